@@ -1,0 +1,32 @@
+"""The engine contract: one primitive per engine (run a task somewhere, report when done).
+
+Batching, retries, backoff, timeouts-as-failures, tolerated failure and result writing are
+policy, written once in :mod:`stepmap.mapper`; an engine only has to implement this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..task import Completion
+
+
+class Executor(Protocol):
+    #: how many tasks can run at the same time
+    slots: int
+
+    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+        """Start one compute call. A task still running after ``timeout`` seconds is stopped
+        and reported as failed with error 'TaskTimeout'."""
+
+    def poll(self, wait: float) -> list[Completion]:
+        """Completions since the last call, waiting up to ``wait`` seconds for the first."""
+
+    def close(self, cancel: bool = False) -> None:
+        """Release workers; with ``cancel`` stop running tasks instead of waiting for them."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def open(self, workload_ref: str, options: dict) -> Executor: ...

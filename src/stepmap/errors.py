@@ -1,0 +1,66 @@
+"""The exceptions stepmap raises, and the exit code each one maps to.
+
+    StepmapError                  base of everything below; .exit_code for the CLI
+     ├── UsageError          (2)  bad input: an option, the run input, a workload parameter
+     │    ├── InvalidEvent   (2)  a step's event (a Lambda handler's input) is malformed
+     │    └── UnknownName    (2)  no such workload, engine, alphabet, method or run
+     ├── ResultsError        (2)  the results store is unusable or its files are corrupt
+     ├── RunLockedError      (2)  another process is already working on this run
+     ├── EngineError         (1)  an engine could not start or broke down
+     └── IncompleteRunError  (1)  not every item succeeded, so there is no total
+
+A failing compute step is *not* an exception at this level: the engine records it as a
+FAILED result (error name, message, traceback) and the tolerated-failure policy decides
+whether the run goes on. Partial failure is data; only the final verdict raises.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class StepmapError(Exception):
+    """Base class; str(error) is the one line the CLI prints."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class UsageError(StepmapError):
+    exit_code = EXIT_USAGE
+
+
+class InvalidEvent(UsageError):
+    """A step received an event it cannot interpret (typed error for Lambda handlers)."""
+
+
+class UnknownName(UsageError):
+    pass
+
+
+class ResultsError(StepmapError):
+    exit_code = EXIT_USAGE
+
+
+class RunLockedError(StepmapError):
+    exit_code = EXIT_USAGE
+
+
+class EngineError(StepmapError):
+    exit_code = EXIT_INCOMPLETE
+
+
+class IncompleteRunError(StepmapError):
+    """Raised by the reduce step when results are missing; carries what is missing."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str, *, failed: int = 0, pending: int = 0,
+                 missing: list | None = None, run_id: str | None = None):
+        super().__init__(message)
+        self.failed = failed
+        self.pending = pending
+        self.missing = missing or []
+        self.run_id = run_id

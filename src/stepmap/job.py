@@ -1,0 +1,225 @@
+"""The job contract: start -> map(compute) -> reduce, in the shapes Step Functions uses.
+
+    run input ──start(event)──► Start(params, items)
+                                   │ one compute event per item, or per batch of items
+                                   ▼
+       item event   {"index": <item value>, **params}            (Distributed Map ItemSelector)
+       batch event  {"Items": [{"index": v}, ...], "BatchInput": params}   (ItemBatcher)
+                                   │ compute(event) -> JSON result (big ints as decimal strings)
+                                   ▼
+                    results store (ResultWriter layout) ──reduce(outputs)──► total
+
+Every engine builds events with :func:`item_event` / :func:`batch_event` and every workload
+reads them back with :func:`event_items`, so a workload runs unchanged on every engine.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+from .bigint import parse_int_strict, reject_constant
+from .errors import InvalidEvent, UsageError
+
+JSON = Any
+
+#: The run input is what `aws stepfunctions start-execution --input` takes: at most 256 KiB.
+MAX_INPUT_BYTES = 256 * 1024
+#: Nesting deeper than this is refused before json recursion can blow the stack.
+MAX_INPUT_DEPTH = 32
+
+ITEM_KEY = "index"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One run-input field of a workload: its help line and its type on the command line."""
+
+    help: str
+    type: type = str
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a start step emits: the job's parameters and its items (possibly a generator).
+
+    ``count`` is the number of items when it is known up front (for progress and batching);
+    ``summary`` is a human line describing the run (printed on stderr, kept in run metadata);
+    ``batch_hint`` suggests a batch size when the user gives none.
+    """
+
+    params: dict
+    items: Iterable[JSON]
+    count: int | None = None
+    summary: str = ""
+    batch_hint: int | None = None
+
+
+class Workload(ABC):
+    """A job: subclass it, fill in the three steps, and name the instance on the CLI.
+
+    ``parameters`` maps each run-input field to a :class:`Param` (shown by ``stepmap
+    workloads``; each also becomes a ``--field`` option of ``stepmap run``). Steps must be deterministic in their input: ``resume`` re-runs
+    ``start`` with the saved input and relies on getting the same items in the same order.
+    """
+
+    name: str = ""
+    summary: str = ""
+    parameters: Mapping[str, Param] = {}
+
+    @abstractmethod
+    def start(self, event: dict) -> Start:
+        """Validate the run input (raise UsageError) and emit the items."""
+
+    @abstractmethod
+    def compute(self, event: dict) -> JSON:
+        """Process one item event or one batch event; return a JSON-serialisable result."""
+
+    @abstractmethod
+    def reduce(self, outputs: Iterable[JSON]) -> JSON:
+        """Combine every compute result (read back from the results store) into the total."""
+
+    def format_total(self, total: JSON) -> str:
+        """The last line of stdout for a complete run."""
+        return total if isinstance(total, str) else json.dumps(total)
+
+
+def item_event(value: JSON, params: Mapping) -> dict:
+    """The event one compute call receives for one item (as ItemSelector builds it)."""
+    return {ITEM_KEY: value, **params}
+
+
+def batch_event(values: Iterable[JSON], params: Mapping) -> dict:
+    """The event one compute call receives for a batch (as ItemBatcher builds it)."""
+    return {"Items": [{ITEM_KEY: v} for v in values], "BatchInput": dict(params)}
+
+
+def is_batch(event: Mapping) -> bool:
+    return isinstance(event, Mapping) and "Items" in event
+
+
+def event_items(event: JSON) -> list[dict]:
+    """Normalise an item or batch event into a list of item dicts ``{"index": v, **params}``.
+
+    BatchInput fields are merged under each item, so a batch whose ItemSelector already put
+    the parameters on every item (the AWS engine without BatchInput) reads the same.
+    """
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"a compute event must be a JSON object, got {_kind(event)}")
+    if "Items" not in event:
+        if ITEM_KEY not in event:
+            raise InvalidEvent(f"a compute event needs {ITEM_KEY!r} (or 'Items' for a batch)")
+        return [dict(event)]
+    items, shared = event["Items"], event.get("BatchInput", {})
+    if not isinstance(items, list) or not items:
+        raise InvalidEvent("'Items' must be a non-empty JSON array")
+    if not isinstance(shared, Mapping):
+        raise InvalidEvent(f"'BatchInput' must be a JSON object, got {_kind(shared)}")
+    out = []
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping) or ITEM_KEY not in item:
+            raise InvalidEvent(f"batch item {position} must be an object with {ITEM_KEY!r}")
+        out.append({**shared, **item})
+    return out
+
+
+def item_count(event: JSON) -> int:
+    """How many items an event (as recorded in a result's Input) stands for."""
+    if isinstance(event, Mapping) and isinstance(event.get("Items"), list):
+        return len(event["Items"])
+    return 1
+
+
+def loads_input(text: str | bytes, what: str = "--input") -> dict:
+    """Parse untrusted run input: a JSON object of bounded size, depth and number length."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
+        raise UsageError(f"{what} is larger than {MAX_INPUT_BYTES // 1024} KiB")
+    if _nesting_depth(text) > MAX_INPUT_DEPTH:
+        raise UsageError(f"{what} is nested deeper than {MAX_INPUT_DEPTH} levels")
+    try:
+        value = json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
+    except UsageError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def _nesting_depth(text: str) -> int:
+    """Upper bound on bracket nesting, counted without parsing (strings are skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _kind(value: JSON) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+                                                                      type(value).__name__)
+
+
+@dataclass
+class Params:
+    """Helpers for validating run-input fields with one-line messages."""
+
+    event: Mapping
+    source: str = "input"
+    used: set = field(default_factory=set)
+
+    def integer(self, key: str, *, default: int | None = None, low: int, high: int) -> int:
+        self.used.add(key)
+        if key not in self.event:
+            if default is None:
+                raise UsageError(f"{self.source} is missing {key!r}")
+            return default
+        value = self.event[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{key!r} must be an integer, got {_show(value)}")
+        if not low <= value <= high:
+            raise UsageError(f"{key!r} must be between {low} and {high:,}, got {_show(value)}")
+        return value
+
+    def string(self, key: str, *, default: str | None = None) -> str | None:
+        self.used.add(key)
+        if key not in self.event:
+            return default
+        value = self.event[key]
+        if not isinstance(value, str):
+            raise UsageError(f"{key!r} must be a string, got {_show(value)}")
+        return value
+
+    def reject_unknown(self, allowed: Iterable[str]) -> None:
+        unknown = sorted(set(self.event) - set(allowed))
+        if unknown:
+            raise UsageError(f"unknown field {unknown[0]!r} in {self.source}; expected one of "
+                             + ", ".join(sorted(allowed)))
+
+
+def _show(value: JSON) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,233 @@
+"""The map step's policy, written once for every engine.
+
+    items ──batches()──► tasks ──► Executor.submit ... Executor.poll ──► Completion
+                                        ▲                                   │
+                                        └── retry after backoff ◄── failed ─┤
+                                                                            ▼
+                                              ResultSink (SUCCEEDED / FAILED / PENDING files)
+
+Semantics follow the Distributed Map: a failed task is retried ``retries`` times with
+exponential backoff (full jitter); a task that still fails is recorded as FAILED with its error
+and traceback; once more items have failed than the tolerated count/percentage allows, the map
+run stops and every item not yet run is recorded as PENDING.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from .engines.base import Executor
+from .errors import UsageError
+from .job import JSON, batch_event, item_event
+from .results import ResultSink, failure_entry, pending_entry, success_entry
+
+#: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
+AUTO_BATCH_MAX = 1000
+
+
+@dataclass(frozen=True)
+class MapPolicy:
+    batch_size: int | None = None
+    max_concurrency: int | None = None
+    retries: int = 2
+    backoff_seconds: float = 0.5
+    backoff_rate: float = 2.0
+    max_backoff_seconds: float = 30.0
+    timeout: float | None = 900.0
+    tolerate_percent: float = 0.0
+    tolerate_count: int = 0
+
+    def __post_init__(self):
+        _check(self.batch_size is None or 1 <= self.batch_size <= 10_000_000,
+               "--batch-size must be between 1 and 10,000,000")
+        _check(self.max_concurrency is None or 1 <= self.max_concurrency <= 100_000,
+               "--max-concurrency must be between 1 and 100,000")
+        _check(0 <= self.retries <= 100, "--retries must be between 0 and 100")
+        _check(0 <= self.backoff_seconds <= 3600, "--backoff must be between 0 and 3600 seconds")
+        _check(self.timeout is None or 0 < self.timeout <= 7 * 86400,
+               "--timeout must be a positive number of seconds (at most a week)")
+        _check(0 <= self.tolerate_percent <= 100, "--tolerate must be a percentage from 0 to 100")
+        _check(self.tolerate_count >= 0, "--tolerate-count must not be negative")
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): full jitter, capped."""
+        ceiling = min(self.max_backoff_seconds,
+                      self.backoff_seconds * self.backoff_rate ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
+    def tolerated(self, total_items: int) -> int:
+        return max(self.tolerate_count, math.floor(total_items * self.tolerate_percent / 100))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def auto_batch_size(count: int | None, slots: int) -> int:
+    """Enough tasks to balance load (about 8 per worker) without drowning in overhead."""
+    if not count:
+        return 100
+    return max(1, min(AUTO_BATCH_MAX, math.ceil(count / (slots * 8))))
+
+
+class Intervals:
+    """Sorted, disjoint [first, end) ranges of item positions (the items already done)."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
+        merged: list[list[int]] = []
+        for first, end in sorted(ranges):
+            if merged and first <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([first, end])
+        self.starts = [r[0] for r in merged]
+        self.ends = [r[1] for r in merged]
+
+    def __contains__(self, position: int) -> bool:
+        index = bisect_right(self.starts, position) - 1
+        return index >= 0 and position < self.ends[index]
+
+    def total(self) -> int:
+        return sum(e - s for s, e in zip(self.starts, self.ends))
+
+
+def batches(items: Iterable[JSON], params: dict, size: int,
+            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
+    """Consecutive item positions grouped into events; a batch never spans a skipped item."""
+    group: list[JSON] = []
+    first = 0
+    for position, value in enumerate(items):
+        if skip is not None and position in skip:
+            if group:
+                yield _event(first, group, params, size)
+                group = []
+            continue
+        if not group:
+            first = position
+        group.append(value)
+        if len(group) >= size:
+            yield _event(first, group, params, size)
+            group = []
+    if group:
+        yield _event(first, group, params, size)
+
+
+def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], dict]:
+    positions = (first, first + len(group))
+    if size == 1:
+        return positions, item_event(group[0], params)
+    return positions, batch_event(group, params)
+
+
+@dataclass(order=True)
+class _Task:
+    not_before: float
+    task_id: int = field(compare=False)
+    positions: tuple[int, int] = field(compare=False)
+    event: dict = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+
+    @property
+    def items(self) -> int:
+        return self.positions[1] - self.positions[0]
+
+
+@dataclass
+class MapOutcome:
+    succeeded: int = 0
+    failed: int = 0
+    pending: int = 0
+    tasks: int = 0
+    retries: int = 0
+    stopped_because: str | None = None  # None: ran to the end
+    interrupted: bool = False
+
+    @property
+    def items(self) -> int:
+        return self.succeeded + self.failed + self.pending
+
+
+def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
+            policy: MapPolicy, sink: ResultSink, *, total_items: int | None = None,
+            on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
+    """Run every task to success, final failure or cancellation; record each outcome."""
+    outcome = MapOutcome()
+    limit = min(executor.slots, policy.max_concurrency or executor.slots)
+    inflight: dict[int, _Task] = {}
+    retry_queue: list[_Task] = []
+    ids = itertools.count()
+    source = iter(tasks)
+    exhausted = False
+    seen_items = 0
+    try:
+        while True:
+            now = time.monotonic()
+            while outcome.stopped_because is None and len(inflight) < limit:
+                if retry_queue and retry_queue[0].not_before <= now:
+                    task = heapq.heappop(retry_queue)
+                elif not exhausted:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                        continue
+                    task = _Task(0.0, next(ids), *nxt)
+                    seen_items += task.items
+                    outcome.tasks += 1
+                else:
+                    break
+                task.attempts += 1
+                executor.submit(task.task_id, task.event, policy.timeout)
+                inflight[task.task_id] = task
+            if not inflight and (outcome.stopped_because or (exhausted and not retry_queue)):
+                break
+            wait = 0.25
+            if retry_queue:
+                wait = max(0.0, min(wait, retry_queue[0].not_before - now))
+            for done in executor.poll(wait):
+                task = inflight.pop(done.task_id)
+                if done.ok:
+                    sink.add(success_entry(task.event, done.output_json, positions=task.positions,
+                                           started=done.started, stopped=done.stopped,
+                                           attempts=task.attempts, worker=done.worker))
+                    outcome.succeeded += task.items
+                elif task.attempts <= policy.retries and outcome.stopped_because is None:
+                    outcome.retries += 1
+                    task.not_before = time.monotonic() + policy.backoff(task.attempts)
+                    heapq.heappush(retry_queue, task)
+                else:
+                    sink.add(failure_entry(task.event, error=done.error or "Error",
+                                           cause=done.cause or "", positions=task.positions,
+                                           started=done.started, stopped=done.stopped,
+                                           attempts=task.attempts, worker=done.worker))
+                    outcome.failed += task.items
+                    allowed = policy.tolerated(total_items if total_items is not None
+                                               else seen_items)
+                    if outcome.failed > allowed and outcome.stopped_because is None:
+                        outcome.stopped_because = (
+                            f"{outcome.failed} item(s) failed, more than the {allowed} tolerated")
+            sink.tick()
+            on_progress(outcome)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        outcome.stopped_because = "interrupted"
+    except BaseException:
+        executor.close(cancel=True)  # e.g. the results disk is full: stop, keep what is written
+        raise
+    stopping = outcome.stopped_because is not None
+    executor.close(cancel=stopping)
+    leftovers = sorted(list(inflight.values()) + retry_queue, key=lambda t: t.positions)
+    if stopping:
+        leftovers += [_Task(0.0, -1, *rest) for rest in source]
+    for task in leftovers:
+        sink.add(pending_entry(task.event, task.positions))
+        outcome.pending += task.items
+    sink.flush()
+    return outcome

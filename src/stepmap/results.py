@@ -1,0 +1,267 @@
+"""The results store: one run's files in the Step Functions ResultWriter layout.
+
+    <runs-dir>/<run-id>/run.json            stepmap's run record (input, params, status, times)
+    <runs-dir>/<run-id>/SUCCEEDED_<n>.json  JSON arrays of result entries, written as they come
+    <runs-dir>/<run-id>/FAILED_<n>.json
+    <runs-dir>/<run-id>/PENDING_<n>.json    items never run (aborted or interrupted runs)
+    <runs-dir>/<run-id>/manifest.json       written last: lists the result files above
+
+Entries carry ``Input``/``Output`` as JSON *strings*, exactly like the files a Distributed
+Map's ResultWriter writes to S3, so the reduce step reads local, Dask and AWS runs with the
+same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts`` and
+``Worker`` to the entries it writes; readers ignore keys they do not know.
+
+This module is the only one that knows file names and entry shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable, Iterator
+
+from . import bigint  # noqa: F401  (lifts the int/str digit limit for result strings)
+from .errors import ResultsError, UsageError
+from .storage import Storage, parse_location
+
+STATUSES = ("SUCCEEDED", "FAILED", "PENDING")
+MANIFEST = "manifest.json"
+RUN_RECORD = "run.json"
+_RESULT_FILE = re.compile(r"^(SUCCEEDED|FAILED|PENDING)_(\d+)\.json$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def new_run_id(workload: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9]+", "-", workload.split(":")[-1]).strip("-")[:24] or "job"
+    return f"{stamp}-{name}-{secrets.token_hex(3)}"
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become path components: refuse anything that could leave the runs directory."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise UsageError(f"invalid run id {str(run_id)[:60]!r}: use letters, digits, '.', '_' "
+                         "and '-' only")
+    return run_id
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# ---------------------------------------------------------------- entries
+
+def success_entry(event: dict, output_json: str, *, positions: tuple[int, int], started: float,
+                  stopped: float, attempts: int, worker: str) -> dict:
+    return {**_common(event, positions), "Status": "SUCCEEDED", "Output": output_json,
+            "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
+            "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+
+
+def failure_entry(event: dict, *, error: str, cause: str, positions: tuple[int, int],
+                  started: float, stopped: float, attempts: int, worker: str) -> dict:
+    return {**_common(event, positions), "Status": "FAILED", "Error": error, "Cause": cause,
+            "StartDate": iso_time(started), "StopDate": iso_time(stopped),
+            "Attempts": attempts, "Worker": worker}
+
+
+def pending_entry(event: dict, positions: tuple[int, int]) -> dict:
+    return {**_common(event, positions), "Status": "PENDING"}
+
+
+def _common(event: dict, positions: tuple[int, int]) -> dict:
+    first, end = positions
+    return {"Name": f"items-{first}-{end - 1}", "Input": json.dumps(event, separators=(",", ":")),
+            "InputDetails": {"Included": True}, "ItemPositions": [first, end],
+            "RedriveCount": 0}
+
+
+def entry_input(entry: dict) -> dict:
+    return _load_json_field(entry, "Input")
+
+
+def entry_output(entry: dict):
+    return _load_json_field(entry, "Output")
+
+
+def _load_json_field(entry: dict, field: str):
+    text = entry.get(field)
+    if not isinstance(text, str):
+        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has no {field} string")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt {field}: "
+                           f"{exc.msg}") from None
+
+
+# ---------------------------------------------------------------- the store
+
+@dataclass(frozen=True)
+class ResultFile:
+    key: str
+    status: str
+    number: int
+
+
+class RunStore:
+    """One run's directory (local path or S3 prefix)."""
+
+    def __init__(self, storage: Storage, prefix: str):
+        self.storage = storage
+        self.prefix = prefix.strip("/")
+
+    @classmethod
+    def open(cls, runs_location: str, run_id: str) -> "RunStore":
+        storage, base = parse_location(runs_location)
+        check_run_id(run_id)
+        return cls(storage, f"{base}/{run_id}" if base else run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.prefix.rsplit("/", 1)[-1]
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def describe(self) -> str:
+        return self.storage.describe(self.prefix)
+
+    # run record ------------------------------------------------------
+    def write_record(self, record: dict) -> None:
+        self.storage.put(self.key(RUN_RECORD), _dump(record))
+
+    def read_record(self) -> dict:
+        return self._read_json(self.key(RUN_RECORD), dict)
+
+    def has_record(self) -> bool:
+        return self.key(RUN_RECORD) in set(self.storage.list(self.prefix))
+
+    # result files ----------------------------------------------------
+    def result_files(self) -> list[ResultFile]:
+        """Every complete result file present, manifest or not (resume starts from these)."""
+        found = []
+        for key in self.storage.list(self.prefix):
+            match = _RESULT_FILE.match(key.rsplit("/", 1)[-1])
+            if match:
+                found.append(ResultFile(key, match.group(1), int(match.group(2))))
+        return sorted(found, key=lambda f: (f.status, f.number))
+
+    def next_numbers(self) -> dict[str, int]:
+        numbers = {status: 0 for status in STATUSES}
+        for result in self.result_files():
+            numbers[result.status] = max(numbers[result.status], result.number + 1)
+        return numbers
+
+    def write_results(self, status: str, number: int, entries: list[dict]) -> ResultFile:
+        key = self.key(f"{status}_{number}.json")
+        self.storage.put(key, _dump(entries))
+        return ResultFile(key, status, number)
+
+    def read_entries(self, key: str) -> list[dict]:
+        entries = self._read_json(key, list)
+        if not all(isinstance(e, dict) and e.get("Status") in STATUSES for e in entries):
+            raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
+                               "entries must be objects with a Status")
+        return entries
+
+    def delete(self, files: Iterable[ResultFile]) -> None:
+        for result in files:
+            self.storage.delete(result.key)
+
+    # manifest --------------------------------------------------------
+    def write_manifest(self, files: Iterable[ResultFile], map_run_arn: str) -> None:
+        listing: dict[str, list] = {status: [] for status in ("FAILED", "PENDING", "SUCCEEDED")}
+        for result in files:
+            listing[result.status].append({"Key": result.key})
+        bucket = getattr(self.storage, "bucket", None) or self.storage.describe()
+        self.storage.put(self.key(MANIFEST), _dump(
+            {"DestinationBucket": bucket, "MapRunArn": map_run_arn, "ResultFiles": listing}))
+
+    def read_manifest(self) -> dict:
+        manifest = self._read_json(self.key(MANIFEST), dict)
+        files = manifest.get("ResultFiles")
+        if not isinstance(files, dict) or not all(
+                isinstance(files.get(s, []), list) for s in STATUSES):
+            raise ResultsError(f"corrupt manifest {self.storage.describe(self.key(MANIFEST))}")
+        return manifest
+
+    def has_manifest(self) -> bool:
+        return self.key(MANIFEST) in set(self.storage.list(self.prefix))
+
+    @staticmethod
+    def manifest_keys(manifest: dict, status: str) -> list[str]:
+        listed = manifest["ResultFiles"].get(status, [])
+        keys = [f.get("Key") for f in listed if isinstance(f, dict)]
+        if len(keys) != len(listed) or not all(isinstance(k, str) for k in keys):
+            raise ResultsError(f"corrupt manifest: bad {status} file list")
+        return keys
+
+    def iter_entries(self, keys: Iterable[str]) -> Iterator[dict]:
+        for key in keys:
+            yield from self.read_entries(key)
+
+    # -----------------------------------------------------------------
+    def _read_json(self, key: str, kind: type):
+        data = self.storage.get(key)
+        try:
+            value = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
+                               f"{getattr(exc, 'msg', exc)}") from None
+        if not isinstance(value, kind):
+            raise ResultsError(f"corrupt results file {self.storage.describe(key)}: expected "
+                               f"a JSON {'object' if kind is dict else 'array'}")
+        return value
+
+
+def _dump(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+class ResultSink:
+    """Buffers entries and writes them as numbered files, so a crash loses at most the
+    entries of the last ``flush_seconds`` (those items are simply recomputed by resume)."""
+
+    def __init__(self, store: RunStore, *, flush_entries: int = 2000, flush_seconds: float = 1.0,
+                 max_buffer_bytes: int = 32 * 1024 * 1024):
+        self.store = store
+        self.numbers = store.next_numbers()
+        self.flush_entries, self.flush_seconds = flush_entries, flush_seconds
+        self.max_buffer_bytes = max_buffer_bytes
+        self.buffers: dict[str, list[dict]] = {status: [] for status in STATUSES}
+        self.buffered_bytes = 0
+        self.last_flush = time.monotonic()
+        self.written: list[ResultFile] = []
+
+    def add(self, entry: dict) -> None:
+        self.buffers[entry["Status"]].append(entry)
+        self.buffered_bytes += len(entry.get("Output", "")) + len(entry["Input"])
+        if (sum(map(len, self.buffers.values())) >= self.flush_entries
+                or self.buffered_bytes >= self.max_buffer_bytes
+                or time.monotonic() - self.last_flush >= self.flush_seconds):
+            self.flush()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        for status, entries in self.buffers.items():
+            if entries:
+                self.written.append(self.store.write_results(status, self.numbers[status], entries))
+                self.numbers[status] += 1
+                self.buffers[status] = []
+        self.buffered_bytes = 0
+        self.last_flush = time.monotonic()

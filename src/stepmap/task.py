@@ -1,0 +1,48 @@
+"""Running one compute call, identically inside every engine's workers.
+
+The worker serialises the result to JSON itself, so an unserialisable result fails *that
+task* (and is retried or recorded) instead of breaking the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+
+from . import bigint  # noqa: F401  (results may carry huge decimal strings)
+from .workloads import resolve
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What an engine reports for one finished task attempt."""
+
+    task_id: int
+    ok: bool
+    output_json: str | None = None
+    error: str | None = None
+    cause: str | None = None
+    started: float = 0.0
+    stopped: float = 0.0
+    worker: str = ""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute(workload_ref: str, task_id: int, event: dict) -> Completion:
+    started = time.time()
+    try:
+        output = resolve(workload_ref).compute(event)
+        output_json = json.dumps(output, separators=(",", ":"), allow_nan=False)
+    except (Exception, SystemExit) as exc:  # every failure of the step becomes task data
+        return Completion(task_id, False, error=type(exc).__name__,
+                          cause=f"{exc}\n{traceback.format_exc()}".strip(),
+                          started=started, stopped=time.time(), worker=worker_name())
+    return Completion(task_id, True, output_json=output_json, started=started,
+                      stopped=time.time(), worker=worker_name())

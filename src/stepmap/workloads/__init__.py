@@ -1,0 +1,49 @@
+"""The workload registry: built-in names, or any ``module:attribute`` the user names.
+
+A user module is imported only because the user named it (on the command line, or at
+deploy time for AWS); nothing read from a run input or a results directory selects code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+
+from ..errors import UnknownName, UsageError
+from ..job import Workload
+
+BUILTIN = {
+    "s3keys": "stepmap.workloads.s3keys:WORKLOAD",
+}
+
+
+def is_builtin(ref: str) -> bool:
+    return ref in BUILTIN
+
+
+@functools.cache
+def resolve(ref: str) -> Workload:
+    """A workload by built-in name or 'module:attribute' (a Workload instance or subclass)."""
+    target = BUILTIN.get(ref, ref)
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UnknownName(f"unknown workload {ref!r}: expected one of {', '.join(BUILTIN)} "
+                          "or module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownName(f"cannot import workload module {module_name!r}: {exc}") from None
+    try:
+        obj = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise UnknownName(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if inspect.isclass(obj) and issubclass(obj, Workload):
+        obj = obj()
+    if not isinstance(obj, Workload):
+        raise UsageError(f"{ref!r} is not a stepmap Workload (subclass stepmap.Workload)")
+    return obj
+
+
+def available() -> dict[str, Workload]:
+    return {name: resolve(name) for name in BUILTIN}

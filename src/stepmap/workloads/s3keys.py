@@ -1,0 +1,130 @@
+"""s3keys: how many distinct S3 object keys have a UTF-8 encoding of exactly n bytes.
+
+Run input (the same JSON the AWS engine's start-execution takes)::
+
+    {"size": 1024}                      items are the lengths 0..size-1 (the original job)
+    {"lengths": "1-1024"}               any inclusive range of lengths instead
+    "alphabet": article|scalar|assigned|"c1,c2,c3,c4"    (default article)
+    "method":   jump|closed|multinomial                    (default jump)
+
+Each compute call returns Σ f(n) over its item(s) as a decimal string; reduce adds them up.
+The maths lives in :mod:`stepmap.workloads.s3keys_math`.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import groupby
+from typing import Iterable
+
+from .. import bigint
+from ..errors import InvalidEvent, UsageError
+from ..job import Param, Params, Start, Workload, event_items
+from . import s3keys_math as maths
+
+#: Largest length accepted: f(10^7) has about 21.5 million digits (≈ 9 MB as an int).
+MAX_LENGTH = 10_000_000
+METHODS = {
+    "jump": maths.sum_jump,  # per batch: O(log n) jump to its first length, then iterate
+    "closed": maths.sum_closed,  # per batch: S(hi) - S(lo), O(log n) each; best for one big range
+    "multinomial": maths.sum_multinomial,  # the original per-item triple loop (slow; cross-checks)
+}
+_RANGE = re.compile(r"^\s*(\d{1,9})\s*-\s*(\d{1,9})\s*$")
+
+
+class S3Keys(Workload):
+    name = "s3keys"
+    summary = "count the S3 object keys whose UTF-8 encoding has each length (exact)"
+    parameters = {
+        "size": Param("items are the lengths 0..size-1; the total is their sum (default 1024)",
+                      int),
+        "lengths": Param("an inclusive range A-B of lengths instead of size (1-1024 is the real "
+                         "S3 key range)"),
+        "alphabet": Param("article (default) | scalar | assigned | c1,c2,c3,c4"),
+        "method": Param("jump (default) | closed (fastest for one big range) | multinomial "
+                        "(the original formula)"),
+    }
+
+    def start(self, event: dict) -> Start:
+        params = Params(event)
+        params.reject_unknown(self.parameters)
+        lo, hi = _lengths(params)
+        alphabet = params.string("alphabet", default="article")
+        try:
+            counts, described = maths.resolve_alphabet(alphabet)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        method = params.string("method", default="jump")
+        if method not in METHODS:
+            raise UsageError(f"unknown method {method!r}: expected {', '.join(METHODS)}")
+        job = {"alphabet": alphabet, "counts": list(counts), "method": method}
+        if "size" in event:
+            job["size"] = hi
+        count = hi - lo
+        return Start(params=job, items=range(lo, hi), count=count,
+                     summary=f"lengths {lo}-{hi - 1}, alphabet {described}, method {method}",
+                     # one task for the whole range is fastest with the closed form
+                     batch_hint=count if method == "closed" else None)
+
+    def compute(self, event: dict) -> str:
+        items = event_items(event)
+        counts, method = _shared(items)
+        indices = sorted(_index(item) for item in items)
+        total = 0
+        # consecutive lengths are summed in one go (jump once, then iterate)
+        for _, run in groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
+            run = [n for _, n in run]
+            total += METHODS[method](run[0], run[-1] + 1, counts)
+        return bigint.to_decimal(total)
+
+    def reduce(self, outputs: Iterable) -> str:
+        total = 0
+        for output in outputs:
+            if not isinstance(output, str):
+                raise InvalidEvent(f"an s3keys result must be a decimal string, got {output!r:.40}")
+            total += bigint.from_decimal(output)
+        return bigint.to_decimal(total)
+
+
+def _lengths(params: Params) -> tuple[int, int]:
+    if "lengths" in params.event and "size" in params.event:
+        raise UsageError("give either size or lengths, not both")
+    text = params.string("lengths")
+    if text is None:
+        size = params.integer("size", default=1024, low=1, high=MAX_LENGTH)
+        return 0, size
+    match = _RANGE.match(text)
+    if not match:
+        raise UsageError(f"lengths must look like A-B (e.g. 1-1024), got {text[:40]!r}")
+    lo, hi = int(match.group(1)), int(match.group(2))
+    if lo > hi:
+        raise UsageError(f"lengths {lo}-{hi} is reversed: the first must not exceed the second")
+    if hi >= MAX_LENGTH:
+        raise UsageError(f"lengths must be below {MAX_LENGTH:,}, got {hi:,}")
+    return lo, hi + 1
+
+
+def _shared(items: list[dict]) -> tuple[tuple[int, ...], str]:
+    first = items[0]
+    for item in items[1:]:
+        if item.get("counts") != first.get("counts") or item.get("method") != first.get("method"):
+            raise InvalidEvent("a batch mixes items with different counts or methods")
+    counts, method = first.get("counts"), first.get("method", "jump")
+    if (not isinstance(counts, list) or len(counts) != 4 or
+            not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 10**7
+                    for c in counts)):
+        raise InvalidEvent("'counts' must be a list of four non-negative integers")
+    if method not in METHODS:
+        raise InvalidEvent(f"unknown method {method!r}")
+    return tuple(counts), method
+
+
+def _index(item: dict) -> int:
+    n = item.get("index")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < MAX_LENGTH:
+        raise InvalidEvent(f"'index' must be an integer length from 0 to {MAX_LENGTH - 1:,}, "
+                           f"got {n!r:.40}")
+    return n
+
+
+WORKLOAD = S3Keys()
