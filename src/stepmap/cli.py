@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--results", default=None, metavar="DIR", help="runs directory or s3://")
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=cmd_runs)
+    _register_optional_commands(sub)
     return parser
+
+
+def _register_optional_commands(sub) -> None:
+    """Commands whose modules own their own options (AWS: synth/deploy/destroy; reports)."""
+    from .aws import commands as aws_commands  # light: imports boto3/CDK only when run
+    aws_commands.register(sub, engine_options=_engine_options, output_options=_output_options)
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
