@@ -235,7 +235,7 @@ def cmd_workloads(args, extra: list[str]) -> int:
 def cmd_runs(args, extra: list[str]) -> int:
     _no_extra(extra)
     runs_location = _runs_location(args)
-    if args.run_id:
+    if args.run_id is not None:
         record = runner.load_run(runs_location, args.run_id)
         if args.json:
             _emit(json.dumps(record))

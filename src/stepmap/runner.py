@@ -80,12 +80,13 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
               "params": start.params, "summary": start.summary, "engine": options.engine,
               "engine_options": options.engine_options, "policy": options.policy.__dict__,
               "items": start.count, "status": "RUNNING", "created": began, "attempts": []}
-    with run_lock(store):
+    executor = get_engine(options.engine).open(workload_ref, options.engine_options)
+    with _closing_on_error(executor), run_lock(store):
         store.write_record(record)
         if on_start:
             on_start(start, run_id)
-        return _execute(store, record, workload_ref, start, options, Intervals(), began,
-                        progress)
+        return _execute(store, record, workload_ref, start, options, executor, Intervals(),
+                        began, progress)
 
 
 def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
@@ -106,15 +107,25 @@ def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
         done = Intervals(tuple(e["ItemPositions"]) for f in store.result_files()
                          if f.status == "SUCCEEDED" for e in store.read_entries(f.key)
                          if isinstance(e.get("ItemPositions"), list))
-        return _execute(store, record, saved_ref, start, options, done, began, progress)
+        executor = get_engine(options.engine).open(saved_ref, options.engine_options)
+        with _closing_on_error(executor):
+            return _execute(store, record, saved_ref, start, options, executor, done, began,
+                            progress)
+
+
+@contextlib.contextmanager
+def _closing_on_error(executor):
+    try:
+        yield
+    except BaseException:
+        executor.close(cancel=True)
+        raise
 
 
 def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
-             options: RunOptions, done: Intervals, began: float,
+             options: RunOptions, executor, done: Intervals, began: float,
              progress: ProgressFn | None) -> RunReport:
     workload = resolve(workload_ref)
-    engine = get_engine(options.engine)
-    executor = engine.open(workload_ref, options.engine_options)
     size = (options.policy.batch_size or start.batch_hint
             or auto_batch_size(start.count, executor.slots))
     sink = ResultSink(store)

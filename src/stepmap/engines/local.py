@@ -73,8 +73,9 @@ class _Worker:
 class LocalExecutor:
     def __init__(self, workload_ref: str, *, workers: int | None = None,
                  memory_limit_mb: int | None = None):
-        workers = workers or os.cpu_count() or 1
-        if not isinstance(workers, int) or workers < 1 or workers > 1024:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
             raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
         method = os.environ.get("STEPMAP_START_METHOD") or (
             "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")

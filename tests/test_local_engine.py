@@ -1,0 +1,48 @@
+"""Local-engine specifics: the process pool's own fault handling and start-up paths."""
+
+import json
+
+from stepmap import runner
+from stepmap.engines.local import LocalExecutor
+from stepmap.mapper import MapPolicy
+from stepmap.results import RunStore
+
+
+def test_memory_exhaustion_fails_only_that_item(runs):
+    report = runner.run("chaos", {"items": 10, "faults": {"oom": [3]}}, runner.RunOptions(
+        engine_options={"workers": 2, "memory_limit_mb": 512},
+        policy=MapPolicy(batch_size=1, retries=0, tolerate_percent=50), runs=runs))
+    assert (report.succeeded, report.failed) == (9, 1)
+    store = RunStore.open(runs, report.run_id)
+    [failed] = store.iter_entries(RunStore.manifest_keys(store.read_manifest(), "FAILED"))
+    assert failed["Error"] == "MemoryError"
+
+
+def test_worker_is_replaced_after_it_dies():
+    executor = LocalExecutor("chaos", workers=1)
+    try:
+        executor.submit(1, {"index": 0, "faults": {"kill": [0]}}, timeout=30)
+        died = _wait(executor)
+        assert not died.ok and died.error == "WorkerDied" and "SIGKILL" in died.cause
+        executor.submit(2, {"index": 5}, timeout=30)
+        ok = _wait(executor)
+        assert ok.ok and json.loads(ok.output_json) == "25"
+        assert died.worker != ok.worker  # a fresh process took over
+    finally:
+        executor.close()
+
+
+def test_spawn_start_method_works(runs, monkeypatch):
+    monkeypatch.setenv("STEPMAP_START_METHOD", "spawn")
+    report = runner.run("s3keys", {"size": 100}, runner.RunOptions(
+        engine_options={"workers": 2}, runs=runs))
+    fork = runner.run("s3keys", {"size": 100}, runner.RunOptions(runs=runs))
+    assert report.total == fork.total and report.status == "SUCCEEDED"
+
+
+def _wait(executor):
+    for _ in range(400):
+        done = executor.poll(0.1)
+        if done:
+            return done[0]
+    raise AssertionError("no completion")
