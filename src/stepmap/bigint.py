@@ -8,16 +8,26 @@ import stepmap; untrusted JSON never reaches int() without a length check first
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from .errors import UsageError
 
-try:  # gmpy2 converts to decimal in O(n log n); CPython's int.__str__ is quadratic.
-    import gmpy2 as _gmpy2
-except ImportError:  # pragma: no cover - exercised when the 'fast' extra is absent
-    _gmpy2 = None
-
 sys.set_int_max_str_digits(0)
+
+#: Past these sizes CPython's quadratic int<->str conversion loses to gmpy2's (if installed).
+_FAST_TO_DECIMAL_BITS = 20_000
+_FAST_FROM_DECIMAL_DIGITS = 5_000
+
+
+@functools.cache
+def _gmpy2():
+    """gmpy2, imported on first need: it costs ~25 ms, more than a small job takes."""
+    try:
+        import gmpy2
+    except ImportError:  # the 'fast' extra is not installed: pure Python, same results
+        return None
+    return gmpy2
 
 #: Decimal strings longer than this are refused when parsing *input* (not results).
 MAX_INPUT_DIGITS = 30
@@ -26,11 +36,9 @@ MAX_INPUT_DIGITS = 30
 def to_decimal(value: int) -> str:
     """Exact decimal string of an int, fast for millions of digits when gmpy2 is present."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if _gmpy2 is not None and isinstance(value, type(_gmpy2.mpz(0))):
-            return value.digits()
         raise TypeError(f"expected an int, got {type(value).__name__}")
-    if _gmpy2 is not None and value.bit_length() > 20000:
-        return _gmpy2.mpz(value).digits()
+    if value.bit_length() > _FAST_TO_DECIMAL_BITS and _gmpy2() is not None:
+        return _gmpy2().mpz(value).digits()
     return str(value)
 
 
@@ -41,8 +49,8 @@ def from_decimal(text: str) -> int:
     body = text[1:] if text[:1] == "-" else text
     if not body.isdigit() or not body.isascii():
         raise ValueError(f"not a decimal integer: {text[:40]!r}")
-    if _gmpy2 is not None and len(body) > 5000:
-        return int(_gmpy2.mpz(text))
+    if len(body) > _FAST_FROM_DECIMAL_DIGITS and _gmpy2() is not None:
+        return int(_gmpy2().mpz(text))
     return int(text)
 
 

@@ -17,8 +17,8 @@ This module is the only one that knows file names and entry shapes.
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,7 +38,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def new_run_id(workload: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9]+", "-", workload.split(":")[-1]).strip("-")[:24] or "job"
-    return f"{stamp}-{name}-{secrets.token_hex(3)}"
+    return f"{stamp}-{name}-{os.urandom(3).hex()}"
 
 
 def check_run_id(run_id: str) -> str:

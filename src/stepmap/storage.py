@@ -8,12 +8,15 @@ either the whole file or none of it, never a torn one.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
 from .errors import ResultsError
+
+
+_unique = itertools.count()
 
 
 class Storage(Protocol):
@@ -39,8 +42,9 @@ class LocalStorage:
     def ensure_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-", delete=True)
-            probe.close()
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
         except OSError as exc:
             raise ResultsError(f"results directory {self.root} is not writable: "
                                f"{exc.strerror or exc}") from None
@@ -50,8 +54,8 @@ class LocalStorage:
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
+            tmp = path.parent / f".{path.name}.{os.getpid()}-{next(_unique)}.tmp"
+            with open(tmp, "xb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

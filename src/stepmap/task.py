@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ class Completion:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{os.uname().nodename}:{os.getpid()}"
 
 
 def execute(workload_ref: str, task_id: int, event: dict) -> Completion:

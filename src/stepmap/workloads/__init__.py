@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 
 from ..errors import UnknownName, UsageError
 from ..job import Workload
@@ -39,7 +38,7 @@ def resolve(ref: str) -> Workload:
         obj = functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
         raise UnknownName(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if inspect.isclass(obj) and issubclass(obj, Workload):
+    if isinstance(obj, type) and issubclass(obj, Workload):
         obj = obj()
     if not isinstance(obj, Workload):
         raise UsageError(f"{ref!r} is not a stepmap Workload (subclass stepmap.Workload)")

@@ -46,6 +46,7 @@ plain ``int``.  Every public function returns plain Python ``int``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import unicodedata
@@ -64,16 +65,25 @@ ALPHABETS: dict[str, Counts] = {
 MAX_EXPLICIT_COUNT = 10**7
 
 # Read once at import so worker processes and the parent agree for a run.
-try:
-    if os.environ.get("STEPMAP_BIGINT", "").strip().lower() == "python":
-        raise ImportError("pure Python forced by STEPMAP_BIGINT")
+_FORCE_PYTHON = os.environ.get("STEPMAP_BIGINT", "").strip().lower() == "python"
+BACKEND = "python" if _FORCE_PYTHON or importlib.util.find_spec("gmpy2") is None else "gmpy2"
+#: Below this many lengths the numbers are small (< ~10k digits): CPython's ints are as fast
+#: and importing gmpy2 (about 25 ms) would dominate a small job's start-up.
+GMP_THRESHOLD = 4096
+
+
+@functools.cache
+def _mpz():
     import gmpy2
 
-    _Z = gmpy2.mpz
-    BACKEND = "gmpy2"
-except ImportError:
-    _Z = int
-    BACKEND = "python"
+    return gmpy2.mpz
+
+
+def _number_type(n: int | None):
+    """The integer type to work in for lengths up to ``n`` (None: always the fast one)."""
+    if BACKEND == "gmpy2" and (n is None or n >= GMP_THRESHOLD):
+        return _mpz()
+    return int
 
 
 # ---------------------------------------------------------------- validation
@@ -183,7 +193,7 @@ def _mulx_mod(a: list, rec: tuple) -> list:
 def _x_pow_mod(e: int, rec: tuple, Z=None) -> list:
     """x^e mod M by left-to-right square-and-multiply-by-x.  ``Z`` is the
     big-integer type to work in (defaults to the module backend)."""
-    Z = _Z if Z is None else Z
+    Z = _number_type(e) if Z is None else Z
     r = [Z(1)] + [Z(0)] * (len(rec) - 1)
     for bit in bin(e)[2:]:
         r = _sqr_mod(r, rec)
@@ -257,7 +267,7 @@ def sum_jump(lo: int, hi: int, counts: Counts) -> int:
     """sum_{lo<=n<hi} f(n) by jumping to lo and iterating (per-batch method)."""
     lo, hi = _check_range(lo, hi)
     counts = _check_counts(counts)
-    total = _Z(0)
+    total = _number_type(hi)(0)
     for v in _iterate(lo, hi, counts):
         total += v
     return int(total)
@@ -278,6 +288,7 @@ def f_multinomial(n: int, counts: Counts) -> int:
     (i+j+k+l)! / (i! j! k! l!) * c1^i c2^j c3^k c4^l.  Slow, O(n^3) terms."""
     _check_index("n", n)
     counts = _check_counts(counts)
+    _Z = _number_type(None)
     fact = [_Z(1)]
     for m in range(1, n + 1):
         fact.append(fact[-1] * m)

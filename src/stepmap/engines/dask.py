@@ -1,0 +1,229 @@
+"""The Dask engine: the same map policy, run on a dask.distributed cluster.
+
+    mapper ──submit(task)──► DaskExecutor ──client.submit(execute)──► scheduler ──► worker 0
+           ◄──poll()──────        ▲                                     │      ──► worker 1
+                                  └── done callbacks ◄── futures ◄──────┘  (each a nanny-kept
+                                       (thread-safe queue)                  process, 1 thread)
+
+With ``scheduler`` the executor connects to an existing cluster; otherwise it starts a
+LocalCluster of worker processes on 127.0.0.1 (no dashboard) and stops it on close.
+
+Semantics match the local engine:
+
+* a task still executing ``timeout`` seconds after it *started* (as its worker reports) is
+  reported failed with 'TaskTimeout', and its worker is restarted through its nanny, so a hung
+  task does not hold a slot forever;
+* a worker that dies (os._exit, SIGKILL, the nanny's memory limit) costs that task one
+  failure, 'WorkerDied', which the mapper retries. The LocalCluster runs with
+  ``distributed.scheduler.allowed-failures = 0`` so Dask reports the death at once instead of
+  re-running the task on other workers; an external scheduler applies its own setting (Dask's
+  default 3: the task is re-run up to 3 more times before it fails with KilledWorker).
+
+Not like the local engine: ``close(cancel=True)`` cancels the futures, but a task already
+running on an *external* cluster keeps its worker thread busy until it returns (stepmap does not
+restart shared workers just because this run stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import dask
+from distributed import Client, Future, LocalCluster, wait as wait_all
+from distributed.scheduler import KilledWorker
+
+from ..errors import EngineError, UsageError
+from ..task import Completion, execute
+
+#: seconds between looks at a task that is past its deadline but has not started executing
+RECHECK = 0.5
+
+
+class DaskEngine:
+    name = "dask"
+
+    def open(self, workload_ref: str, options: dict) -> "DaskExecutor":
+        return DaskExecutor(workload_ref, scheduler=options.get("scheduler"),
+                            workers=options.get("workers"),
+                            memory_limit_mb=options.get("memory_limit_mb"))
+
+
+@dataclass
+class _Attempt:
+    task_id: int
+    future: Future
+    submitted: float  # time.time()
+    timeout: float | None
+    deadline: float | None  # time.monotonic()
+
+
+def _executing_for(key: str, dask_worker=None) -> float | None:
+    """Runs on a worker: seconds ``key`` has been executing there, None if it is not."""
+    state = dask_worker.state.tasks.get(key)
+    if key not in dask_worker.active_keys or state is None or not state.start_time:
+        return None
+    return time.time() - state.start_time
+
+
+class DaskExecutor:
+    def __init__(self, workload_ref: str, *, scheduler: str | None = None,
+                 workers: int | None = None, memory_limit_mb: int | None = None):
+        self._ref = workload_ref
+        self._cluster: LocalCluster | None = None
+        if scheduler:
+            if workers is not None or memory_limit_mb is not None:
+                raise UsageError("--workers and --memory-limit size the local Dask cluster; "
+                                 "with --scheduler the cluster's own workers are used")
+            self._client = _connect(scheduler)
+        else:
+            workers = workers or os.cpu_count() or 1
+            if not isinstance(workers, int) or not 1 <= workers <= 1024:
+                raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
+            self._cluster = _local_cluster(workers, memory_limit_mb)
+            self._client = Client(self._cluster, set_as_default=False)
+        self.slots = sum(self._client.nthreads().values())
+        self._running: dict[str, _Attempt] = {}
+        self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._restarts: list[threading.Thread] = []
+        self._token = uuid.uuid4().hex[:12]
+
+    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+        key = f"stepmap-{self._token}-{task_id}-{uuid.uuid4().hex[:8]}"
+        future = self._client.submit(execute, self._ref, task_id, event, key=key, pure=False)
+        self._running[key] = _Attempt(task_id, future, time.time(), timeout,
+                                      time.monotonic() + timeout if timeout else None)
+        future.add_done_callback(lambda f: self._done.put(f.key))  # runs in a Dask thread
+
+    def poll(self, wait: float) -> list[Completion]:
+        if not self._running:
+            time.sleep(min(wait, 0.05))
+            return []
+        deadlines = [a.deadline for a in self._running.values() if a.deadline is not None]
+        if deadlines:
+            wait = max(0.0, min(wait, min(deadlines) - time.monotonic()))
+        keys = []
+        try:
+            keys.append(self._done.get(timeout=wait) if wait > 0 else self._done.get_nowait())
+            while True:
+                keys.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        done = self._collect([self._running.pop(k) for k in keys if k in self._running])
+        now = time.monotonic()
+        for attempt in list(self._running.values()):
+            if attempt.deadline is not None and now >= attempt.deadline \
+                    and not attempt.future.done():
+                timed_out = self._check_timeout(attempt)
+                if timed_out:
+                    done.append(timed_out)
+        return done
+
+    def _collect(self, attempts: list[_Attempt]) -> list[Completion]:
+        finished = [a.future for a in attempts if a.future.status == "finished"]
+        try:  # one round trip for every result ready now
+            results = dict(zip([f.key for f in finished], self._client.gather(finished)))
+        except Exception:  # e.g. a result lost with its worker: look at each one below
+            results = {}
+        out = []
+        for attempt in attempts:
+            key = attempt.future.key
+            out.append(results[key] if key in results else self._failure(attempt))
+            attempt.future.release()
+        return out
+
+    def _failure(self, attempt: _Attempt) -> Completion:
+        worker = ""
+        try:
+            result = attempt.future.result(timeout=1)
+            if isinstance(result, Completion):
+                return result
+            error, cause = "EngineError", f"unexpected task result {type(result).__name__}"
+        except KilledWorker as exc:
+            error, worker = "WorkerDied", getattr(exc.last_worker, "address", "")
+            cause = (f"the Dask worker process running this task died (it exited, was "
+                     f"killed, or went over its memory limit): {exc}")
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            error, cause = "TaskLost", f"Dask lost the task or its result: {exc!r}"
+        except Exception as exc:  # noqa: BLE001 - execute() catches the step's own errors
+            error, cause = type(exc).__name__, f"{exc}"
+        return Completion(attempt.task_id, False, error=error, cause=cause,
+                          started=attempt.submitted, stopped=time.time(), worker=worker)
+
+    def _check_timeout(self, attempt: _Attempt) -> Completion | None:
+        """Fail and kill a task that has executed for its timeout; else set its next check."""
+        key = attempt.future.key
+        where = [w for w, keys in self._client.processing().items() if key in keys]
+        ran = self._client.run(_executing_for, key, workers=where, on_error="return") \
+            if where else {}
+        running = {w: s for w, s in ran.items() if isinstance(s, (int, float))}
+        if not running:  # still queued: its clock has not started
+            attempt.deadline = time.monotonic() + min(RECHECK, attempt.timeout)
+            return None
+        address, elapsed = max(running.items(), key=lambda pair: pair[1])
+        if elapsed < attempt.timeout:
+            attempt.deadline = time.monotonic() + attempt.timeout - elapsed
+            return None
+        del self._running[key]
+        self._client.cancel([attempt.future])
+        attempt.future.release()
+        restart = threading.Thread(target=self._client.restart_workers, args=([address],),
+                                   kwargs={"timeout": 60, "raise_for_error": False},
+                                   daemon=True, name=f"stepmap-restart-{address}")
+        restart.start()  # in the background: poll() never waits for a worker to come back
+        self._restarts.append(restart)
+        return Completion(attempt.task_id, False, error="TaskTimeout",
+                          cause=f"task ran longer than its timeout of {attempt.timeout:g} s; "
+                                f"its worker {address} was restarted",
+                          started=attempt.submitted, stopped=time.time(), worker=address)
+
+    def close(self, cancel: bool = False) -> None:
+        if self._client is None:
+            return
+        futures = [a.future for a in self._running.values()]
+        try:
+            if futures and cancel:
+                self._client.cancel(futures)
+            elif futures:
+                wait_all(futures)
+        finally:
+            self._running.clear()
+            for restart in self._restarts:
+                restart.join(60)
+            self._client.close()
+            self._client = None
+            if self._cluster is not None:
+                self._cluster.close()
+                self._cluster = None
+
+
+def _connect(address: str) -> Client:
+    try:
+        client = Client(address, timeout=15, set_as_default=False)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise EngineError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
+    try:
+        client.wait_for_workers(1, timeout=30)
+    except (OSError, TimeoutError):
+        client.close()
+        raise EngineError(f"the Dask scheduler at {address} has no workers") from None
+    return client
+
+
+def _local_cluster(workers: int, memory_limit_mb: int | None) -> LocalCluster:
+    import logging
+    settings = {"distributed.scheduler.allowed-failures": 0,  # a dead worker fails its task now
+                "distributed.scheduler.worker-saturation": 1.0}  # no task waits on a busy worker
+    memory = {"memory_limit": memory_limit_mb * 1024 * 1024} if memory_limit_mb else {}
+    try:
+        with dask.config.set(settings):
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                host="127.0.0.1", dashboard_address=None,
+                                silence_logs=logging.CRITICAL, **memory)
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        raise EngineError(f"cannot start a local Dask cluster: {exc}") from None
