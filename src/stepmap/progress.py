@@ -15,10 +15,12 @@ class ProgressBar:
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.drawn = False
+        self.last: tuple[int, int] | None = None
 
     def update(self, done: int, failed: int = 0, *, force: bool = False) -> None:
         if not self.enabled:
             return
+        self.last = (done, failed)
         now = time.monotonic()
         if not force and now - self.last_draw < 0.1:
             return
@@ -43,6 +45,8 @@ class ProgressBar:
         return text
 
     def close(self) -> None:
+        if self.enabled and self.last is not None:
+            self.update(*self.last, force=True)  # the final state, even if throttled
         if self.enabled and self.drawn:
             self.stream.write("\n")
             self.stream.flush()
