@@ -62,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Modules that add their own subcommands; each imports its heavy dependencies only when run.
+COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report")
+
+
 def _register_optional_commands(sub) -> None:
-    """Commands whose modules own their own options (AWS: synth/deploy/destroy; reports)."""
-    from .aws import commands as aws_commands  # light: imports boto3/CDK only when run
-    aws_commands.register(sub, engine_options=_engine_options, output_options=_output_options)
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, engine_options=_engine_options,
+                                               output_options=_output_options)
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,5 @@
+"""Placeholder: `stepmap estimate` is being written."""
+
+
+def register(sub, *, engine_options, output_options) -> None:
+    return None
