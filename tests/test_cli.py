@@ -65,14 +65,15 @@ def test_output_file(cli, runs, tmp_path):
 
 def test_incomplete_run_prints_no_total_and_exits_1(cli, runs):
     code, out, err = cli("run", "chaos", "--items", "10", "--faults", '{"raise": [2]}',
-                         "--retries", "0", "--tolerate", "20", "--results", runs)
+                         "--retries", "0", "--tolerate", "20", "--results", runs,
+                         "--batch-size", "1")
     assert code == 1 and out == ""
     assert "1 failed" in err and "stepmap resume" in err and "Traceback" not in err
 
 
 def test_incomplete_run_json_has_null_total(cli, runs):
     code, out, _ = cli("run", "chaos", "--items", "10", "--faults", '{"raise": [2]}',
-                       "--retries", "0", "--results", runs, "--json")
+                       "--retries", "0", "--results", runs, "--json", "--batch-size", "1")
     report = json.loads(out)
     assert code == 1 and report["total"] is None and report["failed"] == 1
 

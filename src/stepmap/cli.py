@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workload", help="a built-in workload name or module:attribute")
     run.add_argument("--input", help="the run input as JSON (what start-execution --input takes)")
     run.add_argument("--run-id", help="name the run (default: time-workload-random)")
+    run.add_argument("--items-from", metavar="SOURCE",
+                     help="items from a .json/.jsonl/.csv file or s3:// object, or an "
+                          "s3://bucket/prefix/ listing, instead of the start step's")
+    run.add_argument("--items-format", choices=("json", "jsonl", "csv", "s3-listing"),
+                     help="the format of --items-from (default: from its name)")
     _engine_options(run)
     _output_options(run)
     run.set_defaults(func=cmd_run)
@@ -119,7 +124,9 @@ def _options(args) -> runner.RunOptions:
     return runner.RunOptions(engine=args.engine, policy=policy, runs=_runs_location(args),
                              engine_options={k: v for k, v in engine_options.items()
                                              if v is not None},
-                             run_id=getattr(args, "run_id", None))
+                             run_id=getattr(args, "run_id", None),
+                             items_from=getattr(args, "items_from", None),
+                             items_format=getattr(args, "items_format", None))
 
 
 def _workload_input(args, extra: list[str]) -> dict:
@@ -203,7 +210,7 @@ def print_report(args, report: runner.RunReport) -> int:
     if not complete:
         print(f"stepmap: error: run {report.run_id} is {report.status.lower()}: "
               f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
-              f"failed, {report.pending:,} pending; no total. {report.reason}. "
+              f"failed, {report.pending:,} pending, so there is no total. {report.reason}. "
               f"Finish it with: stepmap resume {report.run_id}", file=sys.stderr)
         return EXIT_INTERRUPTED if report.status == "INTERRUPTED" else EXIT_INCOMPLETE
     return 0

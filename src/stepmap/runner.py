@@ -11,9 +11,10 @@ file, computes the rest and reduces again, so nothing finished is ever recompute
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .bigint import to_decimal  # noqa: F401  (re-exported for callers printing totals)
@@ -36,6 +37,8 @@ class RunOptions:
     policy: MapPolicy = field(default_factory=MapPolicy)
     runs: str = DEFAULT_RUNS_DIR
     run_id: str | None = None
+    items_from: str | None = None  # an ItemReader-like source instead of start's items
+    items_format: str | None = None
 
 
 @dataclass
@@ -70,6 +73,8 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
     began = time.time()
     workload = resolve(workload_ref)
     start = workload.start(run_input)
+    if options.items_from:
+        start = _with_source(start, options.items_from, options.items_format)
     run_id = check_run_id(options.run_id) if options.run_id else new_run_id(workload_ref)
     store = RunStore.open(options.runs, run_id)
     if isinstance(store.storage, LocalStorage):
@@ -79,7 +84,8 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
     record = {"run_id": run_id, "workload": workload_ref, "input": run_input,
               "params": start.params, "summary": start.summary, "engine": options.engine,
               "engine_options": options.engine_options, "policy": options.policy.__dict__,
-              "items": start.count, "status": "RUNNING", "created": began, "attempts": []}
+              "items": start.count, "status": "RUNNING", "created": began, "attempts": [],
+              "items_from": options.items_from, "items_format": options.items_format}
     executor = get_engine(options.engine).open(workload_ref, options.engine_options)
     with _closing_on_error(executor), run_lock(store):
         store.write_record(record)
@@ -104,6 +110,8 @@ def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
                              f"{saved_ref} to confirm importing it")
         workload = resolve(saved_ref)
         start = workload.start(record["input"])
+        if record.get("items_from"):
+            start = _resumed_source(store, record, start)
         done = Intervals(tuple(e["ItemPositions"]) for f in store.result_files()
                          if f.status == "SUCCEEDED" for e in store.read_entries(f.key)
                          if isinstance(e.get("ItemPositions"), list))
@@ -129,6 +137,8 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
     size = (options.policy.batch_size or start.batch_hint
             or auto_batch_size(start.count, executor.slots))
     sink = ResultSink(store)
+    if record.get("items_from") and isinstance(store.storage, LocalStorage):
+        start = replace(start, items=_snapshot(store, record, start.items))
     already = done.total()
     tasks = batches(start.items, start.params, size, skip=done if already else None)
     report_progress = (lambda o: progress(already + o.succeeded + o.failed, o.failed)) \
@@ -149,7 +159,9 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
         report.total = reduction.total
     except IncompleteRunError as exc:
         report.status = "INTERRUPTED" if outcome.interrupted else "INCOMPLETE"
-        report.reason = outcome.stopped_because or str(exc)
+        first = next((m for m in exc.missing if "pending" not in m), "")
+        report.reason = "; ".join(filter(None, [
+            outcome.stopped_because, f"first failure: {first}" if first else ""])) or str(exc)
         report.failed, report.pending = exc.failed, exc.pending
         report.succeeded = item_total - exc.failed - exc.pending
     report.seconds = time.time() - began
@@ -171,6 +183,42 @@ def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
     files = [f for f in store.result_files() if f.status == "SUCCEEDED" or f in current]
     store.write_manifest(files, map_run_arn=f"stepmap:{engine}:{store.run_id}")
     store.delete(f for f in store.result_files() if f.status != "SUCCEEDED" and f not in current)
+
+
+def _with_source(start: Start, source: str, kind: str | None) -> Start:
+    from .sources import detect_format
+    kind = kind or detect_format(source)  # bad sources fail now, before anything is written
+    from .sources import read_items
+    return replace(start, items=read_items(source, kind), count=None, batch_hint=None,
+                   summary=f"{start.summary}; items from {source}".lstrip("; "))
+
+
+ITEMS_SNAPSHOT = "items.jsonl"
+
+
+def _snapshot(store: RunStore, record: dict, items):
+    """Tee a source's items into the run directory as they stream by, so a resumed run sees
+    the very same items in the same order even if the source has changed since (as a
+    Distributed Map reads its ItemReader once). Only local runs directories keep one."""
+    path = store.storage.root / store.prefix / ITEMS_SNAPSHOT
+    if record.get("items_snapshot") == "complete":
+        yield from items
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item, separators=(",", ":")) + "\n")
+            yield item
+        handle.flush()
+        os.fsync(handle.fileno())
+    record["items_snapshot"] = "complete"
+    store.write_record(record)
+
+
+def _resumed_source(store: RunStore, record: dict, start: Start) -> Start:
+    if record.get("items_snapshot") == "complete" and isinstance(store.storage, LocalStorage):
+        path = store.storage.root / store.prefix / ITEMS_SNAPSHOT
+        return _with_source(start, str(path), "jsonl")
+    return _with_source(start, record["items_from"], record.get("items_format"))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,152 @@
+"""Item sources, mirroring the Distributed Map's ItemReader: where a run's items come from
+when they are not the start step's own list.
+
+    --items data.json            a JSON array            (ItemReader InputType JSON)
+    --items data.jsonl           JSON Lines               (InputType JSONL)
+    --items data.csv             CSV, first row = header  (InputType CSV; values are strings)
+    --items s3://bucket/key.csv  the same formats, read from S3
+    --items s3://bucket/prefix/  an object listing        (s3:listObjectsV2): {Key, Size, ETag, ...}
+
+Every source streams: files are read in chunks and listings page by page, so memory does not
+grow with the number of items.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import IO, Iterator
+
+from .bigint import parse_int_strict, reject_constant
+from .errors import UsageError
+
+FORMATS = ("json", "jsonl", "csv", "s3-listing")
+_CHUNK = 1 << 16
+
+
+def detect_format(spec: str) -> str:
+    if spec.startswith("s3://") and spec.endswith("/"):
+        return "s3-listing"
+    lowered = spec.lower()
+    for suffix, kind in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                         (".csv", "csv")):
+        if lowered.endswith(suffix):
+            return kind
+    raise UsageError(f"cannot tell the format of --items {spec!r}: name a .json, .jsonl or "
+                     ".csv file, an s3://bucket/prefix/ listing, or give --items-format")
+
+
+def read_items(spec: str, kind: str | None = None) -> Iterator:
+    """Stream the items of ``spec`` (a path or s3:// URL)."""
+    kind = kind or detect_format(spec)
+    if kind not in FORMATS:
+        raise UsageError(f"unknown --items-format {kind!r}: expected {', '.join(FORMATS)}")
+    if kind == "s3-listing":
+        if not spec.startswith("s3://"):
+            raise UsageError("an s3-listing source must be an s3://bucket/prefix URL")
+        bucket, _, prefix = spec[5:].partition("/")
+        return list_objects(bucket, prefix)
+    return _parse(kind, spec)
+
+
+def _parse(kind: str, spec: str) -> Iterator:
+    with _open_binary(spec) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            if kind == "json":
+                yield from _json_array(text, spec)
+            elif kind == "jsonl":
+                for number, line in enumerate(text, 1):
+                    if line.strip():
+                        yield _loads(line, f"{spec} line {number}")
+            else:
+                yield from csv.DictReader(text)
+        except UnicodeDecodeError:
+            raise UsageError(f"--items {spec} is not valid UTF-8") from None
+        except csv.Error as exc:
+            raise UsageError(f"--items {spec}: bad CSV: {exc}") from None
+
+
+def _open_binary(spec: str) -> IO[bytes]:
+    if spec.startswith("s3://"):
+        from .storage import _s3_reason, make_s3_client
+        bucket, _, key = spec[5:].partition("/")
+        try:
+            return make_s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:  # botocore errors share no narrower useful base
+            raise UsageError(f"cannot read --items {spec}: {_s3_reason(exc)}") from None
+    try:
+        return open(spec, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read --items {spec}: {exc.strerror or exc}") from None
+
+
+def _loads(text: str, where: str):
+    try:
+        return json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON: {exc.msg}") from None
+
+
+def _json_array(text: io.TextIOBase, where: str) -> Iterator:
+    """Yield the elements of a top-level JSON array without loading the whole file."""
+    decoder = json.JSONDecoder(parse_int=parse_int_strict, parse_constant=reject_constant)
+    buffer, position, started, done = "", 0, False, False
+    while not done:
+        chunk = text.read(_CHUNK)
+        buffer = buffer[position:] + chunk
+        position = 0
+        at_end = not chunk
+        while True:
+            position = _skip_space(buffer, position)
+            if position >= len(buffer):
+                break
+            char = buffer[position]
+            if not started:
+                if char != "[":
+                    raise UsageError(f"--items {where} must hold a JSON array")
+                started, position = True, position + 1
+                continue
+            if char == "]":
+                done = True
+                break
+            if char == ",":
+                position += 1
+                continue
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+            except json.JSONDecodeError as exc:
+                if at_end:
+                    raise UsageError(f"--items {where}: not valid JSON: {exc.msg}") from None
+                break  # the element continues in the next chunk
+            if end == len(buffer) and not at_end:
+                break  # a number may continue in the next chunk
+            yield value
+            position = end
+        if at_end and not done:
+            raise UsageError(f"--items {where}: the JSON array is not closed")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def list_objects(bucket: str, prefix: str, client=None) -> Iterator[dict]:
+    """Every object under ``prefix``, page by page (ListObjectsV2), as ItemReader gives them."""
+    from .storage import _s3_reason, make_s3_client
+    client = client or make_s3_client()
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield {"Key": obj["Key"], "Size": obj["Size"], "ETag": obj.get("ETag", ""),
+                       "LastModified": obj["LastModified"].isoformat()
+                       if hasattr(obj.get("LastModified"), "isoformat") else obj.get("LastModified"),
+                       "StorageClass": obj.get("StorageClass", "STANDARD")}
+    except Exception as exc:  # botocore errors share no narrower useful base
+        raise UsageError(f"cannot list s3://{bucket}/{prefix}: {_s3_reason(exc)}") from None
+
+

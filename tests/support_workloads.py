@@ -1,0 +1,21 @@
+"""Small workloads the tests use (importable by worker processes: tests/ is on sys.path)."""
+
+import json
+
+from stepmap import Start, Workload, event_items
+
+
+class Echo(Workload):
+    """Each item's JSON text; reduce lists them (in no particular order: results files are
+    read in completion order, as on AWS), to check which items arrived."""
+
+    name = "echo"
+
+    def start(self, event):
+        return Start(params={"tag": event.get("tag", "t")}, items=[], count=0)
+
+    def compute(self, event):
+        return [json.dumps(item["index"], sort_keys=True) for item in event_items(event)]
+
+    def reduce(self, outputs):
+        return [text for output in outputs for text in output]
