@@ -12,6 +12,25 @@ from stepmap import bigint  # noqa: E402,F401  (lifts the int/str limit for exac
 from stepmap.cli import main  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server for the session: Ceph's RADOS Gateway on 127.0.0.1 (tools/s3server),
+    started on first use and stopped by its PIDs at the end."""
+    from support.s3server_fixture import start_s3_server
+    server = start_s3_server(tmp_path_factory.mktemp("s3server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point boto3 (here and in worker processes) at the session's S3 server."""
+    from support.s3server_fixture import s3_env as env_for
+    for key, value in env_for(s3_server).items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
 @pytest.fixture
 def runs(tmp_path) -> str:
     return str(tmp_path / "runs")

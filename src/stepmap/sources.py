@@ -73,13 +73,33 @@ def _open_binary(spec: str) -> IO[bytes]:
         from .storage import _s3_reason, make_s3_client
         bucket, _, key = spec[5:].partition("/")
         try:
-            return make_s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+            body = make_s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:  # botocore errors share no narrower useful base
             raise UsageError(f"cannot read --items {spec}: {_s3_reason(exc)}") from None
+        return io.BufferedReader(_BodyReader(body), _CHUNK)
     try:
         return open(spec, "rb")
     except OSError as exc:
         raise UsageError(f"cannot read --items {spec}: {exc.strerror or exc}") from None
+
+
+class _BodyReader(io.RawIOBase):
+    """botocore's StreamingBody as a real raw stream, so TextIOWrapper can decode it lazily."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.body.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.body.close()
+        super().close()
 
 
 def _loads(text: str, where: str):

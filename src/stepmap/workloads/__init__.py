@@ -15,6 +15,7 @@ from ..job import Workload
 BUILTIN = {
     "s3keys": "stepmap.workloads.s3keys:WORKLOAD",
     "chaos": "stepmap.workloads.chaos:WORKLOAD",
+    "s3copy": "stepmap.workloads.s3copy:WORKLOAD",
 }
 
 

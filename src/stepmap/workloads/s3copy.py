@@ -1,0 +1,220 @@
+"""s3copy: copy every object under s3://bucket/prefix into a directory (e.g. an EFS mount).
+
+Run input: ``{"source": "s3://bucket/prefix/", "dest": "/mnt/efs/data"}``. Items are the
+ListObjectsV2 listing (streamed), each ``{"Key", "Size", "ETag", ...}``; keys keep their path
+relative to the prefix. Per object, compute:
+
+* refuses a key that would escape ``dest`` (``..``, absolute, NUL): reported, never written;
+* skips it when an identical file is already there (same size and, where the ETag is an MD5
+  digest, the same single- or multi-part MD5) -- so re-runs and resumes are idempotent;
+* otherwise streams it (1 MiB at a time; no object is held in memory) into a hidden temporary
+  file beside the target, verifies the size and the ETag -- the MD5 of a single-part upload,
+  or the MD5 of part MD5s of a multipart one, its part size from HeadObject PartNumber=1 or,
+  where a server ignores that, from the part sizes common clients use (an object whose
+  layout cannot be reproduced is size-checked only and counted as "unverified") -- then
+  fsyncs and renames it into place: a partial file never appears under the final name.
+
+A transient S3 error raises, so the engine retries the batch; files already copied are then
+skipped. reduce reports files and bytes copied, skipped and refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import InvalidEvent, UsageError
+from ..job import Param, Params, Start, Workload, event_items
+
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
+MiB = 1 << 20
+_CHUNK = MiB
+PARTIAL = ".stepmap-part-"
+
+
+class S3Copy(Workload):
+    name = "s3copy"
+    summary = "copy the objects under an S3 prefix into a directory, verified and idempotent"
+    parameters = {
+        "source": Param("s3://bucket/prefix to copy from"),
+        "dest": Param("destination directory (any mounted filesystem, e.g. EFS)"),
+    }
+
+    def start(self, event: dict) -> Start:
+        from ..sources import list_objects
+        params = Params(event)
+        params.reject_unknown(self.parameters)
+        source, dest = params.string("source"), params.string("dest")
+        if not source or not source.startswith("s3://") or not source[5:].split("/")[0]:
+            raise UsageError("'source' must be an s3://bucket/prefix URL")
+        if not dest:
+            raise UsageError("'dest' must name the destination directory")
+        bucket, _, prefix = source[5:].partition("/")
+        root = Path(dest).expanduser().resolve()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create dest {root}: {exc.strerror or exc}") from None
+        return Start(params={"bucket": bucket, "prefix": prefix, "dest": str(root)},
+                     items=list_objects(bucket, prefix),
+                     summary=f"copy s3://{bucket}/{prefix} -> {root}")
+
+    def compute(self, event: dict) -> dict:
+        stats = _empty_stats()
+        for item in event_items(event):
+            obj, bucket, prefix, dest = _unpack(item)
+            target = safe_target(dest, prefix, obj["Key"])
+            if target is None:
+                stats["refused"] += 1
+                stats["refused_keys"].append(obj["Key"])
+                continue
+            if obj["Key"].endswith("/") and obj["Size"] == 0:
+                target.mkdir(parents=True, exist_ok=True)  # a "folder" marker object
+                stats["skipped"] += 1
+                continue
+            if _identical(target, obj, bucket):
+                stats["skipped"] += 1
+                stats["skipped_bytes"] += obj["Size"]
+                continue
+            if not _download(bucket, obj, target):
+                stats["unverified"] += 1
+            stats["copied"] += 1
+            stats["copied_bytes"] += obj["Size"]
+        return stats
+
+    def reduce(self, outputs: Iterable) -> dict:
+        total = _empty_stats()
+        for output in outputs:
+            if not isinstance(output, dict):
+                raise InvalidEvent("an s3copy result must be an object")
+            for key in total:
+                total[key] += output.get(key, [] if key == "refused_keys" else 0)
+        return total
+
+
+def _empty_stats() -> dict:
+    return {"copied": 0, "copied_bytes": 0, "skipped": 0, "skipped_bytes": 0,
+            "unverified": 0, "refused": 0, "refused_keys": []}
+
+
+def _unpack(item: dict):
+    obj = item.get("index")
+    if (not isinstance(obj, dict) or not isinstance(obj.get("Key"), str)
+            or isinstance(obj.get("Size"), bool) or not isinstance(obj.get("Size"), int)):
+        raise InvalidEvent("an s3copy item must be an object listing entry with Key and Size")
+    for field in ("bucket", "prefix", "dest"):
+        if not isinstance(item.get(field), str):
+            raise InvalidEvent(f"an s3copy item needs the job parameter {field!r}")
+    return obj, item["bucket"], item["prefix"], Path(item["dest"])
+
+
+def safe_target(dest: Path, prefix: str, key: str) -> Path | None:
+    """Where ``key`` goes under ``dest``, or None when it would escape it."""
+    relative = key[len(prefix):] if key.startswith(prefix) else key
+    relative = relative.lstrip("/")
+    parts = relative.split("/")
+    if (not relative or "\0" in relative or "\\" in relative
+            or any(part in ("..", ".") for part in parts if part) or key.startswith("/")):
+        return None
+    target = (dest / relative).resolve()
+    if target == dest or dest not in target.parents:
+        return None
+    return target
+
+
+@functools.cache
+def _client():
+    from ..storage import make_s3_client
+    return make_s3_client()
+
+
+def _identical(target: Path, obj: dict, bucket: str) -> bool:
+    try:
+        if not target.is_file() or target.stat().st_size != obj["Size"]:
+            return False
+    except OSError:
+        return False
+    return _checksum(target, obj, bucket) is not False
+
+
+def _checksum(path: Path, obj: dict, bucket: str) -> bool | None:
+    """Does the file reproduce the object's ETag? None when that cannot be told: the ETag is
+    not an MD5 digest (e.g. SSE-KMS), or the multipart layout cannot be learned."""
+    match = _MD5_ETAG.match(obj.get("ETag", ""))
+    if not match:
+        return None
+    expected, parts = f"{match.group(1)}" + (f"-{match.group(2)}" if match.group(2) else ""), \
+        int(match.group(2) or 0)
+    if not parts:
+        return _file_etag(path, 0, 0) == expected
+    exact, guesses = _part_sizes(bucket, obj["Key"], obj["Size"], parts)
+    if exact:
+        return _file_etag(path, exact, parts) == expected
+    return True if any(_file_etag(path, size, parts) == expected for size in guesses) else None
+
+
+#: Part sizes common clients use (boto3 and the AWS CLI: 8 MiB), tried when a server will not
+#: say (HeadObject with PartNumber is ignored by some S3-compatible servers, e.g. Ceph 16).
+_COMMON_PART_SIZES = tuple(n * MiB for n in (8, 5, 16, 10, 15, 32, 50, 64, 100, 128))
+
+
+def _part_sizes(bucket: str, key: str, size: int, parts: int) -> tuple[int | None, list[int]]:
+    head = _client().head_object(Bucket=bucket, Key=key, PartNumber=1)
+    if head.get("PartsCount") == parts and head["ContentLength"] < size:
+        return head["ContentLength"], []
+    fits = [p for p in _COMMON_PART_SIZES if -(-size // p) == parts]
+    even = -(-size // parts)
+    return None, fits + [-(-even // MiB) * MiB, even]
+
+
+def _file_etag(path: Path, part_size: int, parts: int) -> str:
+    with open(path, "rb") as handle:
+        if not parts:
+            digest = hashlib.md5(usedforsecurity=False)
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+        digests = []
+        for _ in range(parts):
+            digest, left = hashlib.md5(usedforsecurity=False), part_size
+            while left:
+                chunk = handle.read(min(_CHUNK, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            digests.append(digest.digest())
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}"
+
+
+def _download(bucket: str, obj: dict, target: Path) -> bool:
+    """Stream the object into place; returns whether its checksum could be verified."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}{PARTIAL}*"):
+        stale.unlink(missing_ok=True)  # left by an interrupted earlier attempt
+    partial = target.parent / f".{target.name}{PARTIAL}{os.getpid()}"
+    try:
+        size = 0
+        with open(partial, "wb") as handle:
+            body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
+            for chunk in body.iter_chunks(_CHUNK):  # never more than a chunk in memory
+                handle.write(chunk)
+                size += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if size != obj["Size"]:
+            raise IOError(f"{obj['Key']}: got {size} bytes, the listing said {obj['Size']}")
+        verified = _checksum(partial, obj, bucket)
+        if verified is False:
+            raise IOError(f"{obj['Key']}: checksum mismatch with ETag {obj['ETag']}")
+        os.replace(partial, target)
+        return verified is True
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+WORKLOAD = S3Copy()
