@@ -100,9 +100,15 @@ def test_transient_s3_errors_are_retried(bucket, monkeypatch):
     assert failures["left"] == 0
     failures["left"] = 2
     assert store.read_entries(store.key("SUCCEEDED_0.json"))[0]["Status"] == "SUCCEEDED"
-    failures["left"] = 100  # more than the retry budget: a clear error, not a hang
+    # more failures than the retry budget: a clear error, not a hang (a client with a small
+    # budget, so the test does not sit through the production client's 8 backed-off attempts)
+    import boto3
+    from botocore.config import Config
+    small = boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}))
+    small.meta.events.register_first("before-send.s3.*", slow_down)
+    failures["left"] = 100
     with pytest.raises(ResultsError, match="SlowDown|503"):
-        store.write_results("SUCCEEDED", 1, [])
+        RunStore(S3Storage(bucket, client=small), "flaky-writes").write_results("SUCCEEDED", 1, [])
 
 
 class _Raw:
