@@ -181,3 +181,12 @@ def test_loads_input_never_raises_anything_but_usage_error(text):
 
 def test_results_error_is_a_distinct_type():
     assert ResultsError.exit_code == 2
+
+
+def test_resume_of_a_run_with_a_corrupt_results_file(cli, runs):
+    from pathlib import Path
+    cli("run", "s3keys", "--size", "50", "--results", runs, "--run-id", "hurt", "--quiet")
+    first = sorted((Path(runs) / "hurt").glob("SUCCEEDED_*.json"))[0]
+    first.write_bytes(first.read_bytes()[:-20])  # truncated, as by a broken disk
+    code, out, err = cli("resume", "hurt", "--results", runs)
+    assert code == 2 and out == "" and "corrupt results file" in err and err.count("\n") == 1

@@ -46,3 +46,13 @@ def _wait(executor):
         if done:
             return done[0]
     raise AssertionError("no completion")
+
+
+def test_oversized_and_unserialisable_results_fail_the_task(monkeypatch):
+    from stepmap import task
+    monkeypatch.setattr(task, "MAX_RESULT_BYTES", 10)
+    big = task.execute("s3keys", 1, {"index": 50, "counts": [128, 1863, 42451, 78341]})
+    assert not big.ok and big.error == "ResultTooLarge" and "limit is 10" in big.cause
+    monkeypatch.setattr(task, "MAX_RESULT_BYTES", 10**6)
+    ok = task.execute("s3keys", 2, {"index": 1, "counts": [128, 1863, 42451, 78341]})
+    assert ok.ok and json.loads(ok.output_json) == "128"

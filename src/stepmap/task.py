@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
 from .workloads import resolve
 
+#: The largest result one compute call may return (its JSON text). Results are written to the
+#: results store and read back by reduce, so they must stay far below memory; AWS caps a
+#: child execution's output much lower, at 256 KiB (see the README's limits).
+MAX_RESULT_BYTES = 256 * 1024 * 1024
+
+
+class ResultTooLarge(Exception):
+    pass
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -39,6 +48,9 @@ def execute(workload_ref: str, task_id: int, event: dict) -> Completion:
     try:
         output = resolve(workload_ref).compute(event)
         output_json = json.dumps(output, separators=(",", ":"), allow_nan=False)
+        if len(output_json) > MAX_RESULT_BYTES:
+            raise ResultTooLarge(f"the result is {len(output_json):,} bytes of JSON; the limit "
+                                 f"is {MAX_RESULT_BYTES:,}: return less, or use smaller batches")
     except (Exception, SystemExit) as exc:  # every failure of the step becomes task data
         return Completion(task_id, False, error=type(exc).__name__,
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
