@@ -194,21 +194,26 @@ def _file_etag(path: Path, part_size: int, parts: int) -> str:
 def _download(bucket: str, obj: dict, target: Path) -> bool:
     """Stream the object into place; returns whether its checksum could be verified."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}{PARTIAL}*"):
-        stale.unlink(missing_ok=True)  # left by an interrupted earlier attempt
-    partial = target.parent / f".{target.name}{PARTIAL}{os.getpid()}"
+    # One fixed temporary name per target: an interrupted earlier attempt's partial file is
+    # simply overwritten (a key is only ever processed by one task at a time).
+    partial = target.parent / f".{target.name}{PARTIAL}"
     try:
-        size = 0
+        size, digest = 0, hashlib.md5(usedforsecurity=False)
         with open(partial, "wb") as handle:
             body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
             for chunk in body.iter_chunks(_CHUNK):  # never more than a chunk in memory
                 handle.write(chunk)
+                digest.update(chunk)  # a single-part ETag is checked without re-reading
                 size += len(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         if size != obj["Size"]:
             raise IOError(f"{obj['Key']}: got {size} bytes, the listing said {obj['Size']}")
-        verified = _checksum(partial, obj, bucket)
+        match = _MD5_ETAG.match(obj.get("ETag", ""))
+        if match and not match.group(2):
+            verified = digest.hexdigest() == match.group(1)
+        else:
+            verified = _checksum(partial, obj, bucket)
         if verified is False:
             raise IOError(f"{obj['Key']}: checksum mismatch with ETag {obj['ETag']}")
         os.replace(partial, target)
