@@ -31,6 +31,26 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
+@pytest.fixture(scope="session")
+def dask_session_cluster():
+    """A real Dask cluster for the session: `dask scheduler` and two `dask worker` processes
+    (with nannies) on 127.0.0.1, stopped by their PIDs at the end; nothing may be left."""
+    from dask_cluster import DaskTestCluster
+    cluster = DaskTestCluster(n_workers=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        assert cluster.alive() == [], f"processes left behind: {cluster.alive()}"
+
+
+@pytest.fixture
+def dask_cluster(dask_session_cluster):
+    """The session's cluster with both workers up (a test before may have killed one)."""
+    dask_session_cluster.wait_for_workers()
+    return dask_session_cluster
+
+
 @pytest.fixture
 def runs(tmp_path) -> str:
     return str(tmp_path / "runs")

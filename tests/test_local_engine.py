@@ -56,3 +56,46 @@ def test_oversized_and_unserialisable_results_fail_the_task(monkeypatch):
     monkeypatch.setattr(task, "MAX_RESULT_BYTES", 10**6)
     ok = task.execute("s3keys", 2, {"index": 1, "counts": [128, 1863, 42451, 78341]})
     assert ok.ok and json.loads(ok.output_json) == "128"
+
+
+def _drain(executor, count):
+    done = []
+    for _ in range(600):
+        done += executor.poll(0.1)
+        if len(done) >= count:
+            return {c.task_id: c for c in done}
+    raise AssertionError(f"only {len(done)} of {count} completions")
+
+
+def test_tasks_queued_behind_a_dying_task_run_on_a_fresh_worker():
+    executor = LocalExecutor("chaos", workers=1)
+    try:
+        executor.submit(1, {"index": 0, "faults": {"exit": [0]}}, timeout=30)
+        executor.submit(2, {"index": 3}, timeout=30)  # queued on the same worker
+        done = _drain(executor, 2)
+        assert done[1].error == "WorkerDied" and "exited with code 3" in done[1].cause
+        assert done[2].ok and json.loads(done[2].output_json) == "9"
+    finally:
+        executor.close()
+
+
+def test_a_worker_killed_while_idle_is_replaced_on_the_next_submit():
+    import os
+    import signal
+    executor = LocalExecutor("chaos", workers=1)
+    try:
+        executor.submit(1, {"index": 2}, timeout=30)
+        first = _drain(executor, 1)[1]
+        os.kill(int(first.worker.split(":")[-1]), signal.SIGKILL)
+        import time
+        dead = executor._workers[0].process
+        for _ in range(500):  # until the kernel reports it dead (exit closes fds a bit earlier)
+            if not dead.is_alive():
+                break
+            time.sleep(0.01)
+        executor.submit(2, {"index": 4}, timeout=30)
+        second = _drain(executor, 1)[2]
+        assert second.ok and json.loads(second.output_json) == "16"
+        assert second.worker != first.worker
+    finally:
+        executor.close()

@@ -133,3 +133,15 @@ def test_any_result_survives_the_store_round_trip_exactly(tmp_path, output, numb
     [back] = store.read_entries(store.key("SUCCEEDED_0.json"))
     value = entry_output(back)
     assert value["o"] == output and from_decimal(value["n"]) == number
+
+
+def test_batches_split_around_skipped_positions():
+    from stepmap.mapper import Intervals, batches
+    done = Intervals([(2, 4), (7, 8), (9, 30)])
+    assert done.gaps(0, 12) == [(0, 2), (4, 7), (8, 9)]
+    events = list(batches(range(12), {"p": 1}, 3, skip=done))
+    assert [span for span, _ in events] == [(0, 2), (4, 6), (6, 7), (8, 9)]
+    assert [item["index"] for item in events[1][1]["Items"]] == [4, 5]
+    assert events[2][1]["Items"] == [{"index": 6}] and events[2][1]["BatchInput"] == {"p": 1}
+    assert [span for span, _ in batches(range(5), {}, 1)] == [(i, i + 1) for i in range(5)]
+    assert list(batches([], {}, 4)) == []

@@ -94,7 +94,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tolerate-count", type=int, default=0, metavar="N",
                        help="failed items tolerated, as a count (0)")
     group.add_argument("--memory-limit", type=int, metavar="MB",
-                       help="address-space limit per worker process")
+                       help="memory limit per worker process (local: address space; dask: "
+                            "the worker's RSS, watched by its nanny)")
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="dask: an existing scheduler (default: start a local cluster)")
     group.add_argument("--results", default=None, metavar="DIR",
@@ -172,6 +173,10 @@ def cmd_run(args, extra: list[str]) -> int:
 
 def cmd_resume(args, extra: list[str]) -> int:
     _no_extra(extra)
+    record = runner.load_run(_runs_location(args), args.run_id)
+    if record.get("engine") in REMOTE_ENGINES:
+        from .aws import client as aws_client
+        return aws_client.resume_run(args, record)
     options = _options(args)
     return _run_and_print(args, lambda progress, on_start: runner.resume(
         args.run_id, options, workload_ref=args.workload, progress=progress))
@@ -249,6 +254,9 @@ def cmd_runs(args, extra: list[str]) -> int:
     runs_location = _runs_location(args)
     if args.run_id is not None:
         record = runner.load_run(runs_location, args.run_id)
+        if record.get("engine") in REMOTE_ENGINES:
+            from .aws import client as aws_client
+            return aws_client.show_run(args, record)
         if args.json:
             _emit(json.dumps(record))
             return 0

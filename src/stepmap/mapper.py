@@ -28,7 +28,7 @@ from .job import JSON, batch_event, item_event
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
 #: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
-AUTO_BATCH_MAX = 1000
+AUTO_BATCH_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _check(ok: bool, message: str) -> None:
 
 def auto_batch_size(count: int | None, slots: int) -> int:
     """About four tasks per worker, as multiprocessing.Pool.map chunks: enough to balance the
-    load, few enough that per-task overhead stays small. Capped so progress stays visible."""
+    load, few enough that per-task overhead stays small (capped, to bound one task's event)."""
     if not count:
         return 100
     return max(1, min(AUTO_BATCH_MAX, math.ceil(count / (slots * 4))))
@@ -99,26 +99,42 @@ class Intervals:
     def total(self) -> int:
         return sum(e - s for s, e in zip(self.starts, self.ends))
 
+    def gaps(self, first: int, end: int) -> list[tuple[int, int]]:
+        """The sub-ranges of [first, end) not covered."""
+        out, cursor = [], first
+        index = max(0, bisect_right(self.starts, first) - 1)
+        while cursor < end and index < len(self.starts):
+            start, stop = self.starts[index], self.ends[index]
+            if stop <= cursor:
+                index += 1
+                continue
+            if start >= end:
+                break
+            if start > cursor:
+                out.append((cursor, start))
+            cursor = max(cursor, stop)
+            index += 1
+        if cursor < end:
+            out.append((cursor, end))
+        return out
+
 
 def batches(items: Iterable[JSON], params: dict, size: int,
             skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
-    """Consecutive item positions grouped into events; a batch never spans a skipped item."""
-    group: list[JSON] = []
+    """Consecutive item positions grouped into events; a batch never spans a skipped item.
+
+    Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
+    path for millions of tiny items), then split around any skipped positions."""
+    source = iter(items)
     first = 0
-    for position, value in enumerate(items):
-        if skip is not None and position in skip:
-            if group:
-                yield _event(first, group, params, size)
-                group = []
-            continue
-        if not group:
-            first = position
-        group.append(value)
-        if len(group) >= size:
-            yield _event(first, group, params, size)
-            group = []
-    if group:
-        yield _event(first, group, params, size)
+    while True:
+        chunk = list(itertools.islice(source, size))
+        if not chunk:
+            return
+        for start, end in (skip.gaps(first, first + len(chunk)) if skip else
+                           [(first, first + len(chunk))]):
+            yield _event(start, chunk[start - first:end - first], params, size)
+        first += len(chunk)
 
 
 def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], dict]:
@@ -161,7 +177,10 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
             on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
     """Run every task to success, final failure or cancellation; record each outcome."""
     outcome = MapOutcome()
-    limit = min(executor.slots, policy.max_concurrency or executor.slots)
+    if policy.max_concurrency and policy.max_concurrency < executor.slots:
+        limit = policy.max_concurrency  # no queued tasks: they could start on idle workers
+    else:  # a queued task per worker keeps it busy while we record the last result
+        limit = executor.slots * getattr(executor, "queue_depth", 1)
     inflight: dict[int, _Task] = {}
     retry_queue: list[_Task] = []
     ids = itertools.count()

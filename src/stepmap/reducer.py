@@ -43,15 +43,24 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
         for entry in store.iter_entries(RunStore.manifest_keys(manifest, "SUCCEEDED")):
             if entry.get("Status") != "SUCCEEDED":
                 raise ResultsError(f"a SUCCEEDED results file holds a {entry.get('Status')} entry")
-            counted["items"] += item_count(entry_input(entry))
+            span = entry.get("ItemPositions")
+            if _is_span(span):
+                positions.append(tuple(span))
+                counted["items"] += span[1] - span[0]
+            else:  # written by AWS: count the items of its Input
+                counted["items"] += item_count(entry_input(entry))
             counted["entries"] += 1
-            if isinstance(entry.get("ItemPositions"), list):
-                positions.append(tuple(entry["ItemPositions"]))
             yield entry_output(entry)
 
     total = workload.reduce(outputs())
     _check_coverage(counted["items"], positions, expected_items, store.run_id)
     return Reduction(total, counted["items"], counted["entries"])
+
+
+def _is_span(span) -> bool:
+    return (isinstance(span, list) and len(span) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in span)
+            and 0 <= span[0] < span[1])
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:

@@ -86,7 +86,7 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
               "engine_options": options.engine_options, "policy": options.policy.__dict__,
               "items": start.count, "status": "RUNNING", "created": began, "attempts": [],
               "items_from": options.items_from, "items_format": options.items_format}
-    executor = get_engine(options.engine).open(workload_ref, options.engine_options)
+    executor = _open_engine(options, workload_ref)
     with _closing_on_error(executor), run_lock(store):
         store.write_record(record)
         if on_start:
@@ -115,10 +115,17 @@ def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
         done = Intervals(tuple(e["ItemPositions"]) for f in store.result_files()
                          if f.status == "SUCCEEDED" for e in store.read_entries(f.key)
                          if isinstance(e.get("ItemPositions"), list))
-        executor = get_engine(options.engine).open(saved_ref, options.engine_options)
+        executor = _open_engine(options, saved_ref)
         with _closing_on_error(executor):
             return _execute(store, record, saved_ref, start, options, executor, done, began,
                             progress)
+
+
+def _open_engine(options: RunOptions, workload_ref: str):
+    engine_options = dict(options.engine_options)
+    if options.policy.max_concurrency:
+        engine_options.setdefault("max_concurrency", options.policy.max_concurrency)
+    return get_engine(options.engine).open(workload_ref, engine_options)
 
 
 @contextlib.contextmanager

@@ -22,23 +22,26 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import aws_cdk as cdk
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import aws_stepfunctions_tasks as tasks
-from constructs import Construct
+# jsii prints a page-wide banner about Node 20's end of life on every start; not actionable
+# for a stepmap user, so silence it (before aws_cdk starts the jsii runtime)
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-from ..errors import UsageError
-from ..workloads import is_builtin
+import aws_cdk as cdk  # noqa: E402
+from aws_cdk import aws_lambda as lambda_  # noqa: E402
+from aws_cdk import aws_logs as logs  # noqa: E402
+from aws_cdk import aws_s3 as s3  # noqa: E402
+from aws_cdk import aws_stepfunctions as sfn  # noqa: E402
+from aws_cdk import aws_stepfunctions_tasks as tasks  # noqa: E402
+from constructs import Construct  # noqa: E402
+
+from ..errors import UsageError  # noqa: E402
+from ..workloads import is_builtin  # noqa: E402
 
 #: Without this flag ``result_writer_v2`` renders nothing at all (no error, no writer).
 RESULT_WRITER_V2_FLAG = "@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2"
@@ -48,7 +51,10 @@ RESULTS_PREFIX = "process_output"
 ITEMS_PREFIX = "items"
 OUTPUTS_PREFIX = "outputs"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/stepmap, wherever it is installed
-RUNTIMES = {"python3.12": lambda_.Runtime.PYTHON_3_12, "python3.13": lambda_.Runtime.PYTHON_3_13}
+COMPLETE_MARKER = ".stepmap-staged"
+RUNTIMES = {"python3.12": lambda_.Runtime.PYTHON_3_12, "python3.13": lambda_.Runtime.PYTHON_3_13,
+            "python3.14": lambda_.Runtime.PYTHON_3_14}
+LATEST_RUNTIME = "python3.14"  # what cdk-nag's AwsSolutions-L1 calls current
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class StackConfig:
     tolerated_failure_count: int = 0
     batch_size: int = 0  # ItemBatcher MaxItemsPerBatch; 0 = one item per child execution
     retain_bucket: bool = False
-    runtime: str = "python3.13"
+    runtime: str = LATEST_RUNTIME
 
     def __post_init__(self):
         _need(128 <= self.memory_mb <= 10240, "--memory must be between 128 and 10240 MB")
@@ -111,9 +117,11 @@ class StepmapStack(cdk.Stack):
                          f"-> reduce for workload {config.workload}", **kwargs)
         self.config = config
         self.bucket = self._bucket()
-        code = lambda_.Code.from_asset(str(stage_package(config.workload)))
+        code = lambda_.Code.from_asset(str(stage_package(config.workload)),
+                                       exclude=[COMPLETE_MARKER])
         env = {"STEPMAP_WORKLOAD": config.workload, "STEPMAP_BUCKET": self.bucket.bucket_name}
-        self.start_fn = self._function("StartFunction", "start", code, env, memory=1024, seconds=300)
+        self.start_fn = self._function("StartFunction", "start", code, env, memory=1024,
+                                       seconds=300)
         self.compute_fn = self._function("ComputeFunction", "compute", code, env,
                                          memory=config.memory_mb, seconds=config.timeout_seconds)
         self.reduce_fn = self._function("ReduceFunction", "reduce", code, env,
@@ -126,6 +134,7 @@ class StepmapStack(cdk.Stack):
         self.state_machine = self._state_machine()
         cdk.CfnOutput(self, "StateMachineArn", value=self.state_machine.state_machine_arn)
         cdk.CfnOutput(self, "BucketName", value=self.bucket.bucket_name)
+        cdk.CfnOutput(self, "Workload", value=config.workload)
         self._acknowledge_nag_findings()
 
     # ------------------------------------------------------------ resources
@@ -193,9 +202,9 @@ class StepmapStack(cdk.Stack):
         selector = {"index": sfn.JsonPath.string_at("$$.Map.Item.Value")}
         if cfg.batch_size:
             # parameters travel once per batch, not once per item
+            # (a literal "params.$": a JsonPath token inside BatchInput does not render)
             options["item_batcher"] = sfn.ItemBatcher(
-                max_items_per_batch=cfg.batch_size,
-                batch_input={"params": sfn.JsonPath.object_at("$.params")})
+                max_items_per_batch=cfg.batch_size, batch_input={"params.$": "$.params"})
         else:
             selector["params"] = sfn.JsonPath.object_at("$.params")
         dmap = sfn.DistributedMap(
@@ -205,8 +214,9 @@ class StepmapStack(cdk.Stack):
             result_path="$.results", label=name, **source, **options)
         compute = self._invoke(f"Compute{name[3:]}", self.compute_fn,
                                sfn.TaskInput.from_json_path_at("$"))
-        dmap.item_processor(compute, mode=sfn.ProcessorMode.DISTRIBUTED,
-                            execution_type=sfn.ProcessorType.STANDARD)
+        # Mode DISTRIBUTED and ExecutionType STANDARD are rendered from the DistributedMap
+        # itself (map_execution_type); a ProcessorConfig here would only draw a CDK warning
+        dmap.item_processor(compute)
         return dmap
 
     # ------------------------------------------------------------ cdk-nag
@@ -248,6 +258,10 @@ class StepmapStack(cdk.Stack):
             ack(self.state_machine, f"AwsSolutions-IAM5[Resource::{execution}{suffix}]",
                 "a Distributed Map describes and stops its own child executions, whose names "
                 "are generated at run time")
+        if self.config.runtime != LATEST_RUNTIME:
+            for fn in (self.start_fn, self.compute_fn, self.reduce_fn):
+                ack(fn, "AwsSolutions-L1", f"{self.config.runtime} was chosen explicitly at "
+                    "deploy time (--runtime); it is still a supported Lambda runtime")
         ack(self.state_machine, "AwsSolutions-SF1", "logging ALL events costs per state "
             "transition, and a Distributed Map of a million items makes millions; failures are "
             "visible in the execution history and the ResultWriter files")
@@ -276,13 +290,71 @@ def add_lambda_retries(task: sfn.TaskStateBase) -> None:
                    jitter_strategy=sfn.JitterType.FULL)
 
 
+# ---------------------------------------------------------------- rendering
+
+PLACEHOLDER_ACCOUNT = "123456789012"
+PLACEHOLDER_REGION = "us-east-1"
+
+
+def state_machine_definition(template: dict, *, bucket: str, function_arn=None,
+                             region: str = PLACEHOLDER_REGION,
+                             account: str = PLACEHOLDER_ACCOUNT) -> dict:
+    """The ASL of the template's state machine with its CloudFormation references filled in
+    (function ARNs, bucket name, partition...), for validators and the offline emulator."""
+    resources = template["Resources"]
+    machine = next(r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine")
+    function_arn = function_arn or (lambda logical_id: placeholder_function_arn(
+        logical_id, region=region, account=account))
+
+    def value(node):
+        if isinstance(node, str):
+            return node
+        if isinstance(node, dict) and "Fn::Join" in node:
+            separator, parts = node["Fn::Join"]
+            return separator.join(value(p) for p in parts)
+        if isinstance(node, dict) and "Ref" in node:
+            ref = node["Ref"]
+            pseudo = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": account,
+                      "AWS::URLSuffix": "amazonaws.com"}
+            if ref in pseudo:
+                return pseudo[ref]
+            if resources.get(ref, {}).get("Type") == "AWS::S3::Bucket":
+                return bucket
+        if isinstance(node, dict) and "Fn::GetAtt" in node:
+            logical_id, attribute = node["Fn::GetAtt"]
+            if attribute == "Arn" and resources[logical_id]["Type"] == "AWS::Lambda::Function":
+                return function_arn(logical_id)
+        raise ValueError(f"cannot render {json.dumps(node)[:120]} in the state machine definition")
+
+    return json.loads(value(machine["Properties"]["DefinitionString"]))
+
+
+def placeholder_function_arn(logical_id: str, *, region: str = PLACEHOLDER_REGION,
+                             account: str = PLACEHOLDER_ACCOUNT) -> str:
+    return f"arn:aws:lambda:{region}:{account}:function:stepmap-{logical_id}"
+
+
+def stepmap_functions(template: dict) -> dict[str, dict]:
+    """Logical id -> properties of every stepmap Lambda function in the template."""
+    return {logical_id: resource["Properties"] for logical_id, resource
+            in template["Resources"].items() if resource["Type"] == "AWS::Lambda::Function"
+            and str(resource["Properties"].get("Handler", "")).startswith("stepmap.aws.handlers.")}
+
+
+def synth_template(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME,
+                   outdir: str | None = None, nag: bool = True) -> dict:
+    """Synthesize one stack (and run cdk-nag over it) and return its CloudFormation template."""
+    app, _ = build(config, stack_name=stack_name, nag=nag, outdir=outdir)
+    return app.synth().get_stack_by_name(stack_name).template
+
+
 # ---------------------------------------------------------------- code asset
 
 def stage_package(workload: str, root: Path | None = None) -> Path:
     """Copy the stepmap package (and a user workload's top-level module) into a directory
     that becomes the Lambda code: no Docker, no pip. Pure Python; gmpy2 is optional."""
     sources = [PACKAGE_DIR]
-    if not is_builtin(workload):
+    if not is_builtin(workload) and _workload_source(workload) not in sources:
         sources.append(_workload_source(workload))
     digest = hashlib.sha256()
     for source in sources:
@@ -290,17 +362,25 @@ def stage_package(workload: str, root: Path | None = None) -> Path:
             digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
             digest.update(path.read_bytes())
     root = root or Path(tempfile.gettempdir()) / f"stepmap-lambda-{digest.hexdigest()[:16]}"
-    if not (root / ".complete").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        for source in sources:
-            target = root / source.name
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-                    "__pycache__", "*.pyc", "*.egg-info"))
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-        (root / ".complete").touch()
+    if (root / COMPLETE_MARKER).exists():
+        return root
+    # build next to it and rename into place, so concurrent synths never see half a copy
+    root.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    building.chmod(0o755)  # mkdtemp's 0700 would travel into the Lambda zip
+    for source in sources:
+        target = building / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.pyc", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    (building / COMPLETE_MARKER).touch()
+    shutil.rmtree(root, ignore_errors=True)  # a leftover without its marker
+    try:
+        building.rename(root)
+    except OSError:  # another process finished first: use its copy
+        shutil.rmtree(building, ignore_errors=True)
     return root
 
 
@@ -337,6 +417,3 @@ def build(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME, nag: boo
         add_nag_checks(app)
     return app, stack
 
-
-if __name__ == "__main__":  # pragma: no cover - use `stepmap synth` or app.py
-    sys.exit("use: stepmap synth")

@@ -21,17 +21,21 @@ Semantics match the local engine:
 
 Not like the local engine: ``close(cancel=True)`` cancels the futures, but a task already
 running on an *external* cluster keeps its worker thread busy until it returns (stepmap does not
-restart shared workers just because this run stopped).
+restart shared workers just because this run stopped). ``memory_limit_mb`` is the LocalCluster
+workers' Dask memory limit: the nanny polls each worker's RSS (pausing it at 80 %, killing it at
+95 %), so a hog fails as 'WorkerDied' rather than MemoryError, and the ~100 MB a Dask worker
+needs itself counts against the limit.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
 import queue
 import threading
 import time
 import uuid
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import dask
@@ -43,6 +47,8 @@ from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing
 RECHECK = 0.5
+
+log = logging.getLogger(__name__)
 
 
 class DaskEngine:
@@ -86,7 +92,11 @@ class DaskExecutor:
             if not isinstance(workers, int) or not 1 <= workers <= 1024:
                 raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
             self._cluster = _local_cluster(workers, memory_limit_mb)
-            self._client = Client(self._cluster, set_as_default=False)
+            try:
+                self._client = Client(self._cluster, set_as_default=False)
+            except BaseException:
+                self._cluster.close()
+                raise
         self.slots = sum(self._client.nthreads().values())
         self._running: dict[str, _Attempt] = {}
         self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -148,7 +158,7 @@ class DaskExecutor:
             error, worker = "WorkerDied", getattr(exc.last_worker, "address", "")
             cause = (f"the Dask worker process running this task died (it exited, was "
                      f"killed, or went over its memory limit): {exc}")
-        except (asyncio.CancelledError, TimeoutError) as exc:
+        except (CancelledError, TimeoutError) as exc:
             error, cause = "TaskLost", f"Dask lost the task or its result: {exc!r}"
         except Exception as exc:  # noqa: BLE001 - execute() catches the step's own errors
             error, cause = type(exc).__name__, f"{exc}"
@@ -170,17 +180,35 @@ class DaskExecutor:
             attempt.deadline = time.monotonic() + attempt.timeout - elapsed
             return None
         del self._running[key]
-        self._client.cancel([attempt.future])
+        self._client.cancel([attempt.future])  # first, or Dask might re-run it elsewhere
         attempt.future.release()
-        restart = threading.Thread(target=self._client.restart_workers, args=([address],),
-                                   kwargs={"timeout": 60, "raise_for_error": False},
-                                   daemon=True, name=f"stepmap-restart-{address}")
-        restart.start()  # in the background: poll() never waits for a worker to come back
-        self._restarts.append(restart)
+        self._restart(address)
         return Completion(attempt.task_id, False, error="TaskTimeout",
                           cause=f"task ran longer than its timeout of {attempt.timeout:g} s; "
                                 f"its worker {address} was restarted",
                           started=attempt.submitted, stopped=time.time(), worker=address)
+
+    def _restart(self, address: str) -> None:
+        """Restart a worker in the background (its nanny kills the process, hung thread and
+        all, and starts a new one); return once the scheduler stops giving it tasks, so the
+        next task submitted does not land on the dying worker."""
+        restart = threading.Thread(target=self._restart_now, args=(address,), daemon=True,
+                                   name=f"stepmap-restart-{address}")
+        restart.start()
+        self._restarts.append(restart)
+        give_up = time.monotonic() + 5
+        while restart.is_alive() and time.monotonic() < give_up:
+            worker = self._client.scheduler_info()["workers"].get(address)
+            if worker is None or worker.get("status") != "running":
+                return
+            time.sleep(0.02)
+
+    def _restart_now(self, address: str) -> None:
+        try:
+            self._client.restart_workers([address], timeout=60, raise_for_error=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. a worker without a nanny
+            log.warning("stepmap: could not restart Dask worker %s after a task timeout: %s",
+                        address, exc)
 
     def close(self, cancel: bool = False) -> None:
         if self._client is None:
@@ -215,8 +243,11 @@ def _connect(address: str) -> Client:
     return client
 
 
+#: run in each worker process: Ctrl-C is the parent's business (it cancels and records)
+_IGNORE_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)"
+
+
 def _local_cluster(workers: int, memory_limit_mb: int | None) -> LocalCluster:
-    import logging
     settings = {"distributed.scheduler.allowed-failures": 0,  # a dead worker fails its task now
                 "distributed.scheduler.worker-saturation": 1.0}  # no task waits on a busy worker
     memory = {"memory_limit": memory_limit_mb * 1024 * 1024} if memory_limit_mb else {}
@@ -224,6 +255,9 @@ def _local_cluster(workers: int, memory_limit_mb: int | None) -> LocalCluster:
         with dask.config.set(settings):
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                 host="127.0.0.1", dashboard_address=None,
-                                silence_logs=logging.CRITICAL, **memory)
+                                # its HTTP server (health, metrics) would take port 8787
+                                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                silence_logs=logging.CRITICAL, preload=[_IGNORE_SIGINT],
+                                **memory)
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise EngineError(f"cannot start a local Dask cluster: {exc}") from None

@@ -1,13 +1,15 @@
 """The embedded default engine: a pool of worker processes on this machine.
 
-    mapper ──submit(task)──► LocalExecutor ──pipe──► worker 0 (its own process)
-           ◄──poll()──────        │        ──pipe──► worker 1
+    mapper ──submit(task)──► LocalExecutor ──pipe──► worker 0 (its own process): [running, next]
+           ◄──poll()──────        │        ──pipe──► worker 1                    [running, next]
                                   └─ watches each worker's pipe, process sentinel and deadline
 
-Unlike concurrent.futures.ProcessPoolExecutor, each worker has its own pipe, so the pool
-always knows which task a worker was running: a worker that raises, exits, is SIGKILLed or
-runs out of memory fails only that task, and is replaced; a task past its timeout has its
-worker killed and replaced. The pool itself never becomes "broken".
+Unlike concurrent.futures.ProcessPoolExecutor, each worker has its own pipe and its own short
+queue, so the pool always knows which task a worker is running: a worker that raises, exits,
+is SIGKILLed or runs out of memory fails only that task (its queued tasks, not yet started,
+move to a fresh worker); a task past its timeout has its worker killed and replaced. The pool
+itself never becomes "broken". Each worker is sent its next task before it finishes the
+current one (``QUEUE_DEPTH``), so it never sits idle waiting for the parent to record a result.
 """
 
 from __future__ import annotations
@@ -16,17 +18,24 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
 from multiprocessing.connection import wait as wait_any
 
 from ..errors import EngineError, UsageError
 from ..task import Completion, execute
+
+#: Tasks handed to one worker at a time: the one it runs and the one it runs next.
+QUEUE_DEPTH = 2
 
 
 class LocalEngine:
     name = "local"
 
     def open(self, workload_ref: str, options: dict) -> "LocalExecutor":
-        return LocalExecutor(workload_ref, workers=options.get("workers"),
+        workers = options.get("workers")
+        if options.get("max_concurrency"):
+            workers = min(workers or os.cpu_count() or 1, options["max_concurrency"])
+        return LocalExecutor(workload_ref, workers=workers,
                              memory_limit_mb=options.get("memory_limit_mb"))
 
 
@@ -55,13 +64,17 @@ class _Worker:
                                        args=(child, workload_ref, memory_limit_mb))
         self.process.start()
         child.close()
-        self.task_id: int | None = None
-        self.started = 0.0
-        self.deadline: float | None = None
-        self.timeout: float | None = None
+        self.queue: deque[tuple[int, dict, float | None]] = deque()  # head = running
+        self.started = 0.0  # when the head task started (as far as the parent knows)
+        self.broken = False  # its pipe failed: poll() reaps it and settles what it held
 
     def name(self) -> str:
         return f"local:{self.process.pid}"
+
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.queue[0][2] if self.queue else None
+        return self.started + timeout if timeout else None
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -71,6 +84,8 @@ class _Worker:
 
 
 class LocalExecutor:
+    queue_depth = QUEUE_DEPTH
+
     def __init__(self, workload_ref: str, *, workers: int | None = None,
                  memory_limit_mb: int | None = None):
         if workers is None:
@@ -82,99 +97,117 @@ class LocalExecutor:
         self._context = multiprocessing.get_context(method)
         self._ref, self._memory = workload_ref, memory_limit_mb
         self.slots = workers
-        self._idle: list[_Worker] = []
-        self._busy: dict[int, _Worker] = {}
-        self._replacements = 0
+        self._workers: list[_Worker] = []
 
     def _spawn(self) -> _Worker:
         try:
-            return _Worker(self._context, self._ref, self._memory)
+            worker = _Worker(self._context, self._ref, self._memory)
         except OSError as exc:
             raise EngineError(f"cannot start a worker process: {exc}") from None
+        self._workers.append(worker)
+        return worker
 
     def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
-        worker = self._idle.pop() if self._idle else self._spawn()
-        try:
-            worker.conn.send((task_id, event))
-        except (BrokenPipeError, OSError):
-            # It died while idle; the task has not started anywhere, so hand it to a new one.
-            worker.kill()
+        healthy = [w for w in self._workers if not w.broken]
+        if len(healthy) < self.slots:
             worker = self._spawn()
-            worker.conn.send((task_id, event))
-        worker.task_id, worker.started, worker.timeout = task_id, time.time(), timeout
-        worker.deadline = time.monotonic() + timeout if timeout else None
-        self._busy[task_id] = worker
+        else:
+            worker = min(healthy, key=lambda w: len(w.queue))
+        self._send(worker, (task_id, event, timeout))
+
+    def _send(self, worker: _Worker, task: tuple[int, dict, float | None]) -> None:
+        try:
+            if not worker.process.is_alive():  # reaps it if it died idle (a cheap waitpid)
+                raise BrokenPipeError
+            worker.conn.send(task[:2])
+        except (BrokenPipeError, OSError):
+            # It died; this task never reached it, so hand it on. What the dead worker held
+            # is settled by poll(), which sees its process sentinel.
+            worker.broken = True
+            self._send(self._spawn(), task)
+            return
+        if not worker.queue:
+            worker.started = time.monotonic()
+        worker.queue.append(task)
 
     def poll(self, wait: float) -> list[Completion]:
-        if not self._busy:
+        for worker in [w for w in self._workers if w.broken and not w.queue]:
+            self._retire(worker)
+        busy = [w for w in self._workers if w.queue]
+        if not busy:
             time.sleep(min(wait, 0.05))
             return []
-        deadlines = [w.deadline for w in self._busy.values() if w.deadline is not None]
+        deadlines = [w.deadline for w in busy if w.deadline is not None]
         if deadlines:
             wait = max(0.0, min(wait, min(deadlines) - time.monotonic()))
-        by_handle = {}
-        for worker in self._busy.values():
-            by_handle[worker.conn] = worker
-            by_handle[worker.process.sentinel] = worker
+        handles = {}
+        for worker in busy:
+            handles[worker.conn] = worker
+            handles[worker.process.sentinel] = worker
         done: list[Completion] = []
-        for handle in wait_any(list(by_handle), timeout=wait):
-            worker = by_handle[handle]
-            if worker.task_id is None or worker.task_id not in self._busy:
-                continue  # already handled through its other handle
-            done.append(self._collect(worker))
+        ready = {handles[h] for h in wait_any(list(handles), timeout=wait)}
+        for worker in ready:
+            done.extend(self._collect(worker))
         now = time.monotonic()
-        for worker in list(self._busy.values()):
-            if worker.deadline is not None and now >= worker.deadline:
-                done.append(self._fail(worker, "TaskTimeout",
-                                       f"task ran longer than its timeout of {worker.timeout:g} s;"
-                                       " its worker was killed", kill=True))
+        for worker in list(self._workers):
+            if worker.queue and worker.deadline is not None and now >= worker.deadline:
+                done.append(self._fail_head(worker, "TaskTimeout",
+                                            f"task ran longer than its timeout of "
+                                            f"{worker.queue[0][2]:g} s; its worker was killed"))
         return done
 
-    def _collect(self, worker: _Worker) -> Completion:
+    def _collect(self, worker: _Worker) -> list[Completion]:
+        done = []
         try:
-            if worker.conn.poll():
-                completion = worker.conn.recv()
-                self._release(worker)
-                return completion
+            while worker.queue and worker.conn.poll():
+                done.append(worker.conn.recv())
+                worker.queue.popleft()
+                worker.started = time.monotonic()  # the next one starts now
         except (EOFError, OSError):
             pass
+        if worker.process.is_alive() or not worker.queue:
+            return done
         worker.process.join(1)
         code = worker.process.exitcode
-        if code is None:  # pipe closed but process alive: treat as broken, replace it
-            return self._fail(worker, "WorkerLost", "worker closed its pipe", kill=True)
-        if code < 0:
-            name = signal.Signals(-code).name
-            why = f"worker process was killed by {name}"
+        if code is not None and code < 0:
+            why = f"worker process was killed by {signal.Signals(-code).name}"
             if -code == signal.SIGKILL:
                 why += " (killed externally, or by the kernel's out-of-memory killer)"
         else:
             why = f"worker process exited with code {code}"
-        return self._fail(worker, "WorkerDied", why, kill=True)
+        done.append(self._fail_head(worker, "WorkerDied", why))
+        return done
 
-    def _fail(self, worker: _Worker, error: str, cause: str, *, kill: bool) -> Completion:
-        completion = Completion(worker.task_id, False, error=error, cause=cause,
-                                started=worker.started, stopped=time.time(), worker=worker.name())
-        del self._busy[worker.task_id]
-        if kill:
-            worker.kill()
-            self._replacements += 1
+    def _fail_head(self, worker: _Worker, error: str, cause: str) -> Completion:
+        """Fail the task a worker was running, retire the worker, re-queue what it had not
+        started on a fresh worker."""
+        task_id = worker.queue.popleft()[0]
+        completion = Completion(task_id, False, error=error, cause=cause,
+                                started=time.time() - (time.monotonic() - worker.started),
+                                stopped=time.time(), worker=worker.name())
+        waiting = list(worker.queue)
+        self._retire(worker)
+        if waiting:
+            replacement = self._spawn()
+            for task in waiting:
+                self._send(replacement, task)
         return completion
 
-    def _release(self, worker: _Worker) -> None:
-        del self._busy[worker.task_id]
-        worker.task_id, worker.deadline = None, None
-        self._idle.append(worker)
+    def _retire(self, worker: _Worker) -> None:
+        worker.kill()
+        worker.queue.clear()
+        self._workers.remove(worker)
 
     def close(self, cancel: bool = False) -> None:
-        for worker in list(self._busy.values()):
-            if cancel:
+        for worker in list(self._workers):
+            if cancel and worker.queue:
                 worker.kill()
-        for worker in self._idle + ([] if cancel else list(self._busy.values())):
+                continue
             try:
-                worker.conn.send(None)
+                worker.conn.send(None)  # after its queued tasks: it finishes them, then exits
             except OSError:
                 pass
-        for worker in self._idle + list(self._busy.values()):
+        for worker in self._workers:
             worker.process.join(5)
             worker.kill()
-        self._idle, self._busy = [], {}
+        self._workers = []

@@ -1,0 +1,198 @@
+"""Lambda entry points: thin adapters from Step Functions payloads to the job contract.
+
+    start(run input)        -> {"params", "items" | items in S3, "item_count", "items_in_s3"}
+    compute(child input)    -> the workload's JSON result (big ints as decimal strings)
+    reduce({"results": <ResultWriter details>, "item_count": N}) -> {"total", "items", "results"}
+
+The workload is fixed at deploy time by ``STEPMAP_WORKLOAD``: an execution's input picks
+parameters, never code. Errors are typed: a malformed event raises InvalidEvent, an
+incomplete map run raises IncompleteRunError, so the execution fails with that error name and
+never reports a total computed from part of the results.
+
+Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
+list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
+to S3 with a pointer in its place, and a large total is written next to the ResultWriter
+manifest with its location returned instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any, Mapping
+
+from ..errors import InvalidEvent, ResultsError, UsageError
+from ..job import ITEM_KEY, event_items
+from ..reducer import reduce_run
+from ..results import MANIFEST, RunStore
+from ..storage import S3Storage
+from ..workloads import resolve
+
+WORKLOAD_ENV = "STEPMAP_WORKLOAD"
+BUCKET_ENV = "STEPMAP_BUCKET"
+DEFAULT_WORKLOAD = "s3keys"
+ITEMS_PREFIX = "items"
+OUTPUTS_PREFIX = "outputs"
+
+#: Start output above this goes to S3: the state limit is 256 KiB, and the map state's
+#: output (the start output plus $.results) must fit too.
+INLINE_START_BYTES = 200 * 1024
+#: A child execution's output (and the reduce output) is also capped at 256 KiB.
+INLINE_OUTPUT_BYTES = 200 * 1024
+#: The key of an offloaded output's pointer; no workload result looks like this.
+POINTER_KEY = "__stepmap_s3__"
+
+
+def workload():
+    return resolve(os.environ.get(WORKLOAD_ENV) or DEFAULT_WORKLOAD)
+
+
+def _bucket() -> str:
+    bucket = os.environ.get(BUCKET_ENV)
+    if not bucket:
+        raise UsageError(f"{BUCKET_ENV} is not set: this function was not deployed by stepmap")
+    return bucket
+
+
+def _request_id(context) -> str:
+    return getattr(context, "aws_request_id", None) or uuid.uuid4().hex
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- start
+
+def start(event: Any, context: Any = None) -> dict:
+    if not isinstance(event, Mapping):
+        raise InvalidEvent("the run input must be a JSON object, e.g. {\"size\": 1024}")
+    try:
+        started = workload().start(dict(event))
+        items = list(started.items)
+    except InvalidEvent:
+        raise
+    except UsageError as exc:  # the execution fails with a typed error and this message
+        raise InvalidEvent(f"bad run input: {exc}") from None
+    out = {"params": started.params, "item_count": len(items), "summary": started.summary}
+    items_json = _dumps(items)
+    if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:
+        return {**out, "items": items, "items_in_s3": False}
+    bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
+    S3Storage(bucket).put(key, items_json.encode("utf-8"))
+    return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
+
+
+# ---------------------------------------------------------------- compute
+
+def compute(event: Any, context: Any = None) -> Any:
+    job_event = compute_event(event)
+    output = workload().compute(job_event)
+    text = _dumps(output)
+    if len(text) <= INLINE_OUTPUT_BYTES:
+        return output
+    bucket, key = _bucket(), f"{OUTPUTS_PREFIX}/{_request_id(context)}.json"
+    S3Storage(bucket).put(key, text.encode("utf-8"))
+    return {POINTER_KEY: {"Bucket": bucket, "Key": key, "Bytes": len(text)}}
+
+
+def compute_event(event: Any) -> dict:
+    """The stack's child input -> the job contract's event.
+
+    The ItemSelector gives ``{"index": v, "params": {...}}``; an ItemBatcher gives
+    ``{"Items": [{"index": v}, ...], "BatchInput": {"params": {...}}}``. JSONPath cannot
+    spread run-time keys, so the params arrive wrapped and are unwrapped here into
+    ``{"index": v, **params}`` / ``{"Items": [...], "BatchInput": params}``. Events that are
+    already flat pass through unchanged.
+    """
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"a compute event must be a JSON object, got {type(event).__name__}")
+    if "Items" in event:
+        shared = event.get("BatchInput", {})
+        if isinstance(shared, Mapping) and set(shared) == {"params"}:
+            shared = _params(shared["params"])
+        items = event["Items"]
+        if isinstance(items, list):
+            items = [_unwrap(item) if isinstance(item, Mapping) else item for item in items]
+        job_event = {"Items": items, "BatchInput": shared}
+    else:
+        job_event = _unwrap(event)
+    event_items(job_event)  # validates the shape; raises InvalidEvent with the reason
+    return job_event
+
+
+def _unwrap(item: Mapping) -> dict:
+    if set(item) == {ITEM_KEY, "params"}:
+        return {**_params(item["params"]), ITEM_KEY: item[ITEM_KEY]}
+    return dict(item)
+
+
+def _params(params: Any) -> dict:
+    if not isinstance(params, Mapping):
+        raise InvalidEvent(f"'params' must be a JSON object, got {type(params).__name__}")
+    return dict(params)
+
+
+# ---------------------------------------------------------------- reduce
+
+def reduce(event: Any, context: Any = None) -> dict:
+    bucket, manifest_key, expected = _reduce_event(event)
+    prefix = posixpath.dirname(manifest_key)
+    store = _PointerResolvingStore(S3Storage(bucket), prefix)
+    reduction = reduce_run(store, workload(), expected_items=expected)
+    location = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    out = {"total": reduction.total, "items": reduction.items, "results": location}
+    text = _dumps(reduction.total)
+    if len(text) > INLINE_OUTPUT_BYTES:
+        key = f"{prefix}/total.json" if prefix else "total.json"
+        store.storage.put(key, text.encode("utf-8"))
+        out.update(total=None, total_s3={"Bucket": bucket, "Key": key, "Bytes": len(text)})
+    return out
+
+
+def _reduce_event(event: Any) -> tuple[str, str, int]:
+    if not isinstance(event, Mapping):
+        raise InvalidEvent("the reduce event must be a JSON object with 'results' and "
+                           "'item_count'")
+    results = event.get("results")
+    details = results.get("ResultWriterDetails") if isinstance(results, Mapping) else None
+    if not isinstance(details, Mapping):
+        raise InvalidEvent("the reduce event needs results.ResultWriterDetails (the Distributed "
+                           "Map's ResultWriter output at $.results)")
+    bucket, key = details.get("Bucket"), details.get("Key")
+    if not (isinstance(bucket, str) and bucket and isinstance(key, str)
+            and posixpath.basename(key) == MANIFEST and ".." not in key.split("/")):
+        raise InvalidEvent("ResultWriterDetails must name a Bucket and the Key of a "
+                           f"{MANIFEST}")
+    expected = event.get("item_count")
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise InvalidEvent(f"'item_count' must be a non-negative integer, got {expected!r:.40}")
+    return bucket, key, expected
+
+
+class _PointerResolvingStore(RunStore):
+    """Reads result entries whose Output is an offloaded-output pointer as if the output
+    were inline. Pointers may only name this bucket's outputs/ prefix."""
+
+    def read_entries(self, key: str) -> list[dict]:
+        entries = super().read_entries(key)
+        for entry in entries:
+            text = entry.get("Output")
+            if isinstance(text, str) and POINTER_KEY in text[:64]:
+                entry["Output"] = self._fetch(entry, text)
+        return entries
+
+    def _fetch(self, entry: dict, text: str) -> str:
+        try:
+            pointer = json.loads(text)[POINTER_KEY]
+            bucket, key = pointer["Bucket"], pointer["Key"]
+        except (ValueError, KeyError, TypeError):
+            raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt "
+                               "output pointer") from None
+        own = getattr(self.storage, "bucket", None)
+        if bucket != own or not isinstance(key, str) or not key.startswith(OUTPUTS_PREFIX + "/"):
+            raise ResultsError(f"result entry {entry.get('Name', '?')!r} points outside "
+                               f"s3://{own}/{OUTPUTS_PREFIX}/")
+        return self.storage.get(key).decode("utf-8")

@@ -1,0 +1,94 @@
+"""Shared fixtures of the AWS engine tests: ONE CDK App per test session (jsii takes seconds
+to start), holding two stacks, cdk-nag checked when it is synthesized.
+
+Import the fixtures into a test module with ``from aws_fixtures import *``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+sys.set_int_max_str_digits(0)
+
+REPO = Path(__file__).resolve().parents[1]
+ASL_VALIDATOR = REPO / "node_modules" / ".bin" / "asl-validator"
+
+
+
+def check_published_1024(total: str) -> None:
+    """The figure the original AWS system published for s3keys --size 1024 (tests/published.py)."""
+    from published import SIZE_1024_DIGITS, SIZE_1024_HEAD, SIZE_1024_TAIL
+    assert isinstance(total, str)
+    assert (len(total), total[:18], total[-12:]) == (SIZE_1024_DIGITS, SIZE_1024_HEAD,
+                                                     SIZE_1024_TAIL)
+
+
+def local_total(run_input: dict, workload: str = "s3keys") -> str:
+    """The exact total computed directly from the job contract, in this process."""
+    from stepmap.job import item_event
+    from stepmap.workloads import resolve
+    w = resolve(workload)
+    start = w.start(run_input)
+    return w.reduce(w.compute(item_event(i, start.params)) for i in start.items)
+
+
+@dataclass
+class Synthesized:
+    app: object
+    stacks: dict  # name -> StepmapStack
+    templates: dict  # name -> CloudFormation template (dict)
+    configs: dict  # name -> StackConfig
+    outdir: Path
+
+    def asl(self, name: str, bucket: str = "stepmap-test-bucket") -> dict:
+        from stepmap.aws.stack import state_machine_definition
+        return state_machine_definition(self.templates[name], bucket=bucket)
+
+
+def _configs():
+    from stepmap.aws.stack import StackConfig
+    return {
+        "stepmap": StackConfig(),
+        "stepmap-batched": StackConfig(batch_size=16, tolerated_failure_percentage=5,
+                                       tolerated_failure_count=2, memory_mb=2048,
+                                       timeout_seconds=600, max_concurrency=50,
+                                       retain_bucket=True, runtime="python3.13"),
+    }
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory) -> Synthesized:
+    pytest.importorskip("aws_cdk")
+    from stepmap.aws import emulator
+    from stepmap.aws.stack import DEFAULT_STACK_NAME, StepmapStack, add_nag_checks, new_app
+
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    app = new_app(outdir=str(outdir), builtin_cloud_formation_validation=False)
+    configs = _configs()
+    stacks = {name: StepmapStack(app, name, config=config) for name, config in configs.items()}
+    add_nag_checks(app)
+    assembly = app.synth()  # raises ValidationFailed if cdk-nag has an unacknowledged finding
+    templates = {name: assembly.get_stack_by_name(name).template for name in stacks}
+    for name, config in configs.items():  # the emulator and the CLI reuse these templates
+        emulator.remember_template(config, templates[name], DEFAULT_STACK_NAME)
+    return Synthesized(app, stacks, templates, configs, outdir)
+
+
+def run_asl_validator(path: Path) -> subprocess.CompletedProcess:
+    if not ASL_VALIDATOR.exists():
+        pytest.fail(f"{ASL_VALIDATOR} is missing: run `npm ci` in {REPO} first")
+    return subprocess.run([str(ASL_VALIDATOR), "--json-path", str(path)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def dump(path: Path, value) -> Path:
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return path

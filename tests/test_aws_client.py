@@ -1,0 +1,228 @@
+"""The ``--engine aws`` client (start, progress, result, detach, re-attach) over HTTP against
+moto's server, plus ``--engine aws-emulated`` through the CLI.
+
+Why a mock: a real AWS account is not available offline. moto.server.ThreadedMotoServer on
+127.0.0.1 serves the Step Functions, S3 and CloudFormation APIs the client calls through
+boto3 (AWS_ENDPOINT_URL points at it); it executes the synthesized state machine with moto's
+interpreter, and the emulator's hooks run the real Lambda handlers in-process (the server
+runs in this process)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
+from aws_fixtures import local_total
+
+pytest.importorskip("moto")
+import boto3  # noqa: E402
+import requests  # noqa: E402
+from botocore.exceptions import ClientError  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+from stepmap.aws import client, emulator  # noqa: E402
+from stepmap.aws.stack import state_machine_definition  # noqa: E402
+from stepmap.cli import main  # noqa: E402
+from stepmap.results import RunStore  # noqa: E402
+
+BUCKET = "stepmap-client-test"
+TOTAL_64 = local_total({"size": 64})
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    requests.post(f"{url}/moto-api/config", json=emulator.MOTO_CONFIG, timeout=10)
+    try:
+        yield url, port
+    finally:
+        requests.post(f"{url}/moto-api/config",
+                      json={"stepfunctions": {"execute_state_machine": False}}, timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def deployed(moto_server, synthesized, monkeypatch, tmp_path):
+    """The default stack 'deployed' into the moto server: bucket, state machine, outputs."""
+    url, port = moto_server
+    for key, value in {"AWS_ENDPOINT_URL": url, "MOTO_PORT": str(port),
+                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                       client.cli.RUNS_ENV: str(tmp_path / "runs")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    template = synthesized.templates["stepmap"]
+    for key, value in emulator.function_environment(template, BUCKET).items():
+        monkeypatch.setenv(key, value)
+    # poll fast here; the ≥2 s floor for real AWS is checked in test_watch_polls_gently
+    monkeypatch.setattr(client, "MIN_POLL_SECONDS", 0.1)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    definition, _ = emulator.adapt_for_moto(state_machine_definition(template, bucket=BUCKET))
+    sfn = boto3.client("stepfunctions")
+    arn = sfn.create_state_machine(name=f"stepmap-{time.monotonic_ns()}", roleArn=emulator.ROLE_ARN,
+                                   definition=json.dumps(definition))["stateMachineArn"]
+    lambdas = emulator.FakeLambda(emulator.functions_from_template(template))
+    with emulator.InterpreterHooks(lambdas):
+        yield SimpleNamespace(arn=arn, sfn=sfn, s3=s3, runs=tmp_path / "runs", lambdas=lambdas)
+
+
+def _record(runs: Path, run_id: str) -> dict:
+    return RunStore.open(str(runs), run_id).read_record()
+
+
+def test_run_prints_the_exact_total_and_records_the_run(deployed, capsys):
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn, "--run-id", "first-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == TOTAL_64
+    assert "items on aws" in err and "s3://" + BUCKET in err
+    record = _record(deployed.runs, "first-run")
+    assert (record["engine"], record["status"], record["total"]) == ("aws", "SUCCEEDED", TOTAL_64)
+    assert record["execution_arn"].endswith(":first-run")
+    assert record["state_machine_arn"] == deployed.arn and record["items"] == 64
+    execution = deployed.sfn.describe_execution(executionArn=record["execution_arn"])
+    assert json.loads(execution["input"]) == {"size": 64}
+    assert main(["runs"]) == 0 and "first-run" in capsys.readouterr().out
+
+
+def test_run_json_reports_counts_and_total(deployed, capsys):
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (report["total"], report["items"], report["succeeded"], report["failed"]) == (
+        TOTAL_64, 64, 64, 0)
+    assert report["status"] == "SUCCEEDED" and report["engine"] == "aws"
+
+
+def test_large_outputs_and_total_travel_through_s3(deployed, capsys, monkeypatch):
+    """Results over the inline limit (lowered here) go to S3 as pointers, the total too;
+    the client downloads the total and prints it exactly."""
+    from stepmap.aws import handlers
+    monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 100)
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn, "--run-id", "offloaded"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == TOTAL_64
+    keys = [o["Key"] for o in deployed.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert any(k.startswith("outputs/") for k in keys)
+    assert any(k.endswith("/total.json") for k in keys)
+
+
+def test_state_machine_comes_from_the_deployed_stack_outputs(deployed, capsys, monkeypatch):
+    """Without --state-machine the client reads the stack's outputs (DescribeStacks)."""
+    cfn = boto3.client("cloudformation")
+    cfn.create_stack(StackName="stepmap-outputs", TemplateBody=json.dumps({
+        "Resources": {"Marker": {"Type": "AWS::S3::Bucket"}},
+        "Outputs": {"StateMachineArn": {"Value": deployed.arn}, "BucketName": {"Value": BUCKET},
+                    "Workload": {"Value": "s3keys"}}}))
+    assert client.stack_outputs("stepmap-outputs")["StateMachineArn"] == deployed.arn
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws",
+                 "--stack-name", "stepmap-outputs", "--quiet"])
+    assert code == 0 and capsys.readouterr().out.splitlines()[-1] == TOTAL_64
+    # a stack deployed for another workload is refused before anything starts
+    assert main(["run", "chaos", "--engine", "aws", "--stack-name", "stepmap-outputs"]) == 2
+    assert "deploy it with: stepmap deploy --workload chaos" in capsys.readouterr().err
+    assert main(["run", "s3keys", "--engine", "aws", "--stack-name", "nope"]) == 2
+    assert "stepmap deploy first" in capsys.readouterr().err
+
+
+def test_ctrl_c_detaches_and_runs_reattaches(deployed, capsys, monkeypatch):
+    real_watch = client.watch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "watch", interrupted)
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn, "--run-id", "detached"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Re-attach with: stepmap runs detached" in err
+    record = _record(deployed.runs, "detached")
+    assert record["status"] == "RUNNING"  # the execution was not stopped
+    status = deployed.sfn.describe_execution(executionArn=record["execution_arn"])["status"]
+    assert status in ("RUNNING", "SUCCEEDED")
+    monkeypatch.setattr(client, "watch", real_watch)
+    args = SimpleNamespace(json=False, quiet=False, output=None, results=None)
+    assert client.show_run(args, record) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == TOTAL_64 and "re-attaching" in err
+    assert _record(deployed.runs, "detached")["status"] == "SUCCEEDED"
+    # a finished run is printed from the record (no AWS call needed)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert client.show_run(args, _record(deployed.runs, "detached")) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == TOTAL_64
+
+
+def test_a_failed_execution_reports_incomplete_without_a_total(deployed, capsys):
+    deployed.lambdas.faults.fail_items = frozenset({3})
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn, "--run-id", "broken"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""  # no total at all
+    assert "63 of 64 items succeeded, 1 failed" in err
+    assert "IncompleteRunError" in err and "item 3 was told to fail" in err
+    record = _record(deployed.runs, "broken")
+    assert record["status"] == "INCOMPLETE" and record["total"] is None
+
+
+def test_bad_input_and_missing_state_machines_fail_cleanly(deployed, capsys):
+    code = main(["run", "s3keys", "--engine", "aws", "--state-machine", deployed.arn,
+                 "--input", '{"size": 64, "method": "bogus"}'])
+    assert code == 2 and "unknown method" in capsys.readouterr().err  # refused locally
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws", "--state-machine",
+                 deployed.arn.replace("stateMachine:", "stateMachine:missing-")])
+    assert code == 1 and "AWS call failed" in capsys.readouterr().err
+
+
+def test_watch_polls_gently_and_backs_off_when_throttled():
+    """A scripted Step Functions client (throttling cannot be provoked offline): DescribeMapRun
+    is never called less than 2 s apart, and a ThrottlingException doubles the wait."""
+    calls, sleeps = [], []
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}},
+                            "DescribeMapRun")
+    statuses = iter(["RUNNING", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"])
+    counts = {"total": 10, "succeeded": 4, "failed": 1}
+
+    class FakeSfn:
+        def describe_execution(self, executionArn):
+            calls.append("DescribeExecution")
+            return {"status": next(statuses)}
+
+        def list_map_runs(self, executionArn):
+            return {"mapRuns": [{"mapRunArn": "arn:maprun"}]}
+
+        def describe_map_run(self, mapRunArn):
+            calls.append("DescribeMapRun")
+            if calls.count("DescribeMapRun") == 2:
+                raise throttled
+            return {"itemCounts": counts}
+
+    described, final = client.watch(FakeSfn(), "arn:exec", poll=client.MIN_POLL_SECONDS,
+                                    sleep=sleeps.append)
+    assert described["status"] == "SUCCEEDED" and final == counts
+    assert client.MIN_POLL_SECONDS >= 2.0
+    assert sleeps == [2.0, 4.0, 2.0, 2.0]  # the throttled round waited twice as long
+
+
+def test_aws_emulated_engine_through_the_cli(synthesized, capsys, tmp_path):
+    """`stepmap run s3keys --size 64 --engine aws-emulated`: the synthesized stack on the
+    emulator, printing what a local run prints."""
+    code = main(["run", "s3keys", "--size", "64", "--engine", "aws-emulated",
+                 "--results", str(tmp_path), "--run-id", "emulated"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == TOTAL_64
+    assert "items on aws-emulated" in err and "emulator:" not in err
+    assert _record(tmp_path, "emulated")["status"] == "SUCCEEDED"

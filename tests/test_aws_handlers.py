@@ -1,0 +1,198 @@
+"""The Lambda handlers, called directly. S3 is moto's in-memory S3 (mock_aws): the handlers
+read and write through boto3 exactly as in Lambda, without an AWS account."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from aws_fixtures import check_published_1024, local_total
+
+pytest.importorskip("moto")
+import boto3  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from stepmap.aws import handlers  # noqa: E402
+from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
+from stepmap.job import item_event  # noqa: E402
+from stepmap.workloads import s3keys  # noqa: E402
+
+sys.set_int_max_str_digits(0)
+BUCKET = "handler-test-bucket"
+PARAMS_1024 = s3keys.WORKLOAD.start({"size": 1024}).params
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv(handlers.BUCKET_ENV, BUCKET)
+    monkeypatch.setenv(handlers.WORKLOAD_ENV, "s3keys")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def _get(client, key):
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+# ---------------------------------------------------------------- start
+
+def test_start_returns_items_inline_with_params_and_count():
+    out = handlers.start({"size": 16})
+    assert out["items"] == list(range(16)) and out["item_count"] == 16
+    assert out["items_in_s3"] is False and out["params"] == s3keys.WORKLOAD.start(
+        {"size": 16}).params
+    json.dumps(out)  # a valid Lambda response
+
+
+def test_start_writes_a_long_item_list_to_s3(s3):
+    out = handlers.start({"size": 1_000_000}, None)
+    assert out["items_in_s3"] is True and "items" not in out
+    assert out["item_count"] == 1_000_000 and out["items_bucket"] == BUCKET
+    assert out["items_key"].startswith("items/")
+    assert len(json.dumps(out)) < 2048  # the state payload stays tiny
+    assert json.loads(_get(s3, out["items_key"])) == list(range(1_000_000))
+
+
+@pytest.mark.parametrize("event, message", [
+    ([1, 2], "JSON object"), ("size=3", "JSON object"), ({"size": "big"}, "integer"),
+    ({"size": 0}, "between"), ({"colour": 1}, "unknown field")])
+def test_start_refuses_bad_input_with_a_typed_error(event, message):
+    with pytest.raises(InvalidEvent, match=message):
+        handlers.start(event)
+
+
+# ---------------------------------------------------------------- compute
+
+def test_compute_single_item_envelope_matches_the_job_contract():
+    expected = s3keys.WORKLOAD.compute(item_event(700, PARAMS_1024))
+    out = handlers.compute({"index": 700, "params": PARAMS_1024})
+    assert out == expected and len(out) > 1400  # a ~1500-digit decimal string
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_compute_batch_equals_the_sum_of_its_items():
+    batch = {"Items": [{"index": i} for i in (5, 6, 7, 100)],
+             "BatchInput": {"params": PARAMS_1024}}
+    singles = [handlers.compute({"index": i, "params": PARAMS_1024}) for i in (5, 6, 7, 100)]
+    assert int(handlers.compute(batch)) == sum(int(s) for s in singles)
+    # flat events (the job contract's own shapes) pass through unchanged
+    assert handlers.compute(item_event(100, PARAMS_1024)) == singles[-1]
+    assert handlers.compute({"Items": [{"index": 5}], "BatchInput": PARAMS_1024}) == singles[0]
+
+
+@pytest.mark.parametrize("event, message", [
+    (None, "JSON object"), ([], "JSON object"), ({"params": PARAMS_1024}, "index"),
+    ({"index": 3, "params": [1]}, "'params' must be a JSON object"),
+    ({"Items": [], "BatchInput": {"params": PARAMS_1024}}, "non-empty"),
+    ({"Items": [{"idx": 1}], "BatchInput": {"params": PARAMS_1024}}, "batch item 0"),
+    ({"index": -1, "params": PARAMS_1024}, "'index' must be"),
+    ({"index": 3, "params": {**PARAMS_1024, "counts": [1, 2]}}, "counts")])
+def test_compute_refuses_bad_events_with_a_typed_error(event, message):
+    with pytest.raises(InvalidEvent, match=message):
+        handlers.compute(event)
+
+
+def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypatch):
+    monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 1000)
+    out = handlers.compute({"index": 1000, "params": PARAMS_1024})
+    pointer = out[handlers.POINTER_KEY]
+    assert pointer["Key"].startswith("outputs/") and pointer["Bucket"] == BUCKET
+    stored = json.loads(_get(s3, pointer["Key"]))
+    assert stored == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
+
+
+# ---------------------------------------------------------------- reduce
+
+def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_output/run1"):
+    """Write results in the ResultWriter layout: entries with Input/Output JSON strings."""
+    def entry(index, status, output=None):
+        e = {"Name": f"child-{index}", "ExecutionArn": f"arn:x:{index}", "Status": status,
+             "Input": json.dumps({"index": index, "params": PARAMS_1024}),
+             "StartDate": "2026-01-01T00:00:00.000Z", "StopDate": "2026-01-01T00:00:01.000Z"}
+        if status == "SUCCEEDED":
+            e["Output"] = json.dumps(output)
+        if status == "FAILED":
+            e.update(Error="RuntimeError", Cause='{"errorMessage": "boom"}')
+        return e
+    files = {"SUCCEEDED": [], "FAILED": [], "PENDING": []}
+    groups = {"SUCCEEDED": [entry(i, "SUCCEEDED", o) for i, o in outputs.items()],
+              "FAILED": [entry(i, "FAILED") for i in failed],
+              "PENDING": [entry(i, "PENDING") for i in pending]}
+    for status, entries in groups.items():
+        if entries:
+            key = f"{prefix}/{status}_0.json"
+            body = json.dumps(entries).encode()
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+            files[status].append({"Key": key, "Size": len(body)})
+    manifest = {"DestinationBucket": BUCKET, "MapRunArn": "arn:maprun", "ResultFiles": files}
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json", Body=json.dumps(manifest))
+    return {"results": {"MapRunArn": "arn:maprun", "ResultWriterDetails": {
+        "Bucket": BUCKET, "Key": f"{prefix}/manifest.json"}}}
+
+
+def _outputs(indices):
+    # each output makes the JSON round trip a child execution's Output string makes
+    return {i: json.loads(json.dumps(handlers.compute({"index": i, "params": PARAMS_1024})))
+            for i in indices}
+
+
+def test_reduce_reads_the_result_writer_files_and_returns_the_exact_total(s3):
+    event = _write_run(s3, _outputs(range(1024)))
+    out = handlers.reduce({**event, "item_count": 1024})
+    total = json.loads(json.dumps(out))["total"]  # survives the Lambda response round trip
+    check_published_1024(total)
+    assert total == local_total({"size": 1024})
+    assert out["items"] == 1024 and out["results"] == f"s3://{BUCKET}/process_output/run1/"
+
+
+@pytest.mark.parametrize("failed, pending, expected, message", [
+    ((3,), (), 8, "1 failed"), ((), (4, 5), 8, "2 pending"), ((), (), 9, "cover 8 of 9")])
+def test_reduce_refuses_failed_pending_or_missing_items(s3, failed, pending, expected, message):
+    ok = [i for i in range(8) if i not in failed and i not in pending]
+    event = _write_run(s3, _outputs(ok), failed=failed, pending=pending)
+    with pytest.raises(IncompleteRunError, match=message):
+        handlers.reduce({**event, "item_count": expected})
+
+
+@pytest.mark.parametrize("event, message", [
+    ("x", "JSON object"), ({"item_count": 3}, "ResultWriterDetails"),
+    ({"results": {"ResultWriterDetails": {"Bucket": BUCKET, "Key": "a/other.json"}},
+      "item_count": 1}, "manifest.json"),
+    ({"results": {"ResultWriterDetails": {"Bucket": BUCKET, "Key": "a/manifest.json"}},
+      "item_count": True}, "item_count")])
+def test_reduce_refuses_bad_events_with_a_typed_error(event, message):
+    with pytest.raises(InvalidEvent, match=message):
+        handlers.reduce(event)
+
+
+def test_reduce_reports_missing_or_corrupt_files(s3):
+    missing = {"results": {"ResultWriterDetails": {"Bucket": BUCKET,
+                                                   "Key": "nothing/manifest.json"}},
+               "item_count": 1}
+    with pytest.raises(ResultsError, match="cannot read"):
+        handlers.reduce(missing)
+    event = _write_run(s3, _outputs(range(2)))
+    s3.put_object(Bucket=BUCKET, Key="process_output/run1/SUCCEEDED_0.json", Body=b"[{")
+    with pytest.raises(ResultsError, match="corrupt"):
+        handlers.reduce({**event, "item_count": 2})
+
+
+def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeypatch):
+    monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 1000)
+    outputs = _outputs(range(600, 610))
+    assert all(handlers.POINTER_KEY in o for o in outputs.values())
+    out = handlers.reduce({**_write_run(s3, outputs), "item_count": 10})
+    assert out["total"] is None and out["items"] == 10
+    stored = json.loads(_get(s3, out["total_s3"]["Key"]))
+    assert stored == local_total({"lengths": "600-609"})
+
+
+def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):
+    bad = {0: {handlers.POINTER_KEY: {"Bucket": BUCKET, "Key": "items/secret.json"}}}
+    with pytest.raises(ResultsError, match="points outside"):
+        handlers.reduce({**_write_run(s3, bad), "item_count": 1})
