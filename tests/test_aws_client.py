@@ -226,3 +226,44 @@ def test_aws_emulated_engine_through_the_cli(synthesized, capsys, tmp_path):
     assert out.splitlines()[-1] == TOTAL_64
     assert "items on aws-emulated" in err and "emulator:" not in err
     assert _record(tmp_path, "emulated")["status"] == "SUCCEEDED"
+
+
+class _RedriveStub:
+    """A scripted Step Functions client: moto has no RedriveExecution, so nothing real can
+    answer it offline. Records what stepmap asks for."""
+
+    def __init__(self, status):
+        self.status, self.calls = status, []
+
+    def describe_execution(self, executionArn):
+        self.calls.append(("describe", executionArn))
+        return {"status": self.status}
+
+    def redrive_execution(self, executionArn):
+        self.calls.append(("redrive", executionArn))
+        return {"redriveDate": "now"}
+
+
+@pytest.mark.parametrize("status,redriven", [("FAILED", True), ("RUNNING", False)])
+def test_resume_of_an_aws_run_redrives_a_failed_execution(tmp_path, monkeypatch, capsys,
+                                                         status, redriven):
+    from stepmap.results import RunStore
+    arn = "arn:aws:states:us-east-1:123456789012:execution:sm:r1"
+    RunStore.open(str(tmp_path), "r1").write_record(
+        {"run_id": "r1", "engine": "aws", "workload": "s3keys", "input": {"size": 4},
+         "status": "INCOMPLETE", "execution_arn": arn, "created": 0.0, "items": 4})
+    stub, followed = _RedriveStub(status), []
+    monkeypatch.setattr(client, "_client", lambda service, region=None: stub)
+    monkeypatch.setattr(client, "_follow", lambda args, store, record, target, poll, **kw:
+                        followed.append(record["status"]) or 0)
+    assert main(["resume", "r1", "--results", str(tmp_path)]) == 0
+    assert (("redrive", arn) in stub.calls) is redriven
+    assert followed == ["RUNNING"]  # watched to the end like a fresh run
+
+
+def test_resume_of_an_emulated_run_is_refused(tmp_path, capsys):
+    from stepmap.results import RunStore
+    RunStore.open(str(tmp_path), "e1").write_record(
+        {"run_id": "e1", "engine": "aws-emulated", "status": "INCOMPLETE", "created": 0.0})
+    assert main(["resume", "e1", "--results", str(tmp_path)]) == 2
+    assert "cannot be resumed" in capsys.readouterr().err
