@@ -209,3 +209,17 @@ def test_s3copy_interrupted_then_resumed(s3_server, bucket, tmp_path):
         data = client.get_object(Bucket=bucket, Key=f"slow/f{index:03d}")["Body"].read()
         assert (dest / f"f{index:03d}").read_bytes() == data
     assert not list(dest.glob(".*stepmap-part-*"))
+
+
+def test_a_run_on_s3_in_use_is_refused(bucket, cli):
+    where = f"s3://{bucket}/locked"
+    code, _, _ = cli("run", "chaos", "--items", "4", "--faults", '{"raise": [1]}', "--retries",
+                     "0", "--tolerate", "50", "--batch-size", "1", "--results", where,
+                     "--run-id", "busy")
+    assert code == 1
+    store = runner.RunStore.open(where, "busy")
+    with runner.run_lock(store):
+        code, _, err = cli("resume", "busy", "--results", where)
+        assert code == 2 and "in use" in err
+    lock = make_s3_client().list_objects_v2(Bucket=bucket, Prefix="locked/busy/.lock")
+    assert lock.get("KeyCount", 0) == 0  # released

@@ -228,11 +228,17 @@ def _resumed_source(store: RunStore, record: dict, start: Start) -> Start:
     return _with_source(start, record["items_from"], record.get("items_format"))
 
 
+#: An S3 run lock older than this is taken to be left by a crashed process.
+S3_LOCK_TTL_SECONDS = 6 * 3600
+
+
 @contextlib.contextmanager
 def run_lock(store: RunStore):
-    """One process at a time works on a run (local results; S3 runs are not locked)."""
+    """One process at a time works on a run: an flock for a local runs directory, a lock
+    object for an S3 one."""
     if not isinstance(store.storage, LocalStorage):
-        yield
+        with _s3_lock(store):
+            yield
         return
     import fcntl
     path = store.storage.root / store.prefix / ".lock"
@@ -253,6 +259,34 @@ def run_lock(store: RunStore):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _s3_lock(store: RunStore):
+    """A lock object: written, then read back (S3 is strongly consistent), so of two racing
+    processes the one whose token is not there backs off. A crashed holder's lock expires
+    after S3_LOCK_TTL_SECONDS (or delete <run>/.lock by hand)."""
+    key = store.key(".lock")
+    token = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+
+    def holder():
+        try:
+            return json.loads(store.storage.get(key))
+        except (ResultsError, ValueError):
+            return None
+
+    current = holder()
+    if current and time.time() - current.get("time", 0) < S3_LOCK_TTL_SECONDS:
+        raise RunLockedError(f"run {store.run_id} is in use by {current.get('holder')}; try "
+                             "again when it has finished")
+    store.storage.put(key, json.dumps({"holder": token, "time": time.time()}).encode())
+    if (holder() or {}).get("holder") != token:
+        raise RunLockedError(f"run {store.run_id} was just taken by another process")
+    try:
+        yield
+    finally:
+        if (holder() or {}).get("holder") == token:
+            store.storage.delete(key)
 
 
 def list_runs(runs: str) -> list[dict]:
