@@ -169,7 +169,9 @@ def make_s3_client():
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"})
-    return boto3.client("s3", config=config)
+    # A session of its own: boto3's default session caches the credentials it first resolved,
+    # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.
+    return boto3.session.Session().client("s3", config=config)
 
 
 def _s3_reason(exc: Exception) -> str:
