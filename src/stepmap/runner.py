@@ -19,7 +19,8 @@ from typing import Callable
 
 from .bigint import to_decimal  # noqa: F401  (re-exported for callers printing totals)
 from .engines import get_engine
-from .errors import IncompleteRunError, ResultsError, RunLockedError, UsageError
+from .errors import (IncompleteRunError, ResultsError, RunLockedError, StepmapError,
+                     UsageError)
 from .job import Start
 from .mapper import Intervals, MapOutcome, MapPolicy, auto_batch_size, batches, run_map
 from .reducer import reduce_run
@@ -151,8 +152,14 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
     report_progress = (lambda o: progress(already + o.succeeded + o.failed, o.failed)) \
         if progress else (lambda o: None)
     attempt = {"engine": options.engine, "started": time.time(), "already_done": already}
-    outcome: MapOutcome = run_map(executor, tasks, options.policy, sink, total_items=start.count,
-                                  on_progress=report_progress)
+    try:
+        outcome: MapOutcome = run_map(executor, tasks, options.policy, sink,
+                                      total_items=start.count, on_progress=report_progress)
+    except StepmapError as exc:  # e.g. the results disk filled up: say so in the record
+        with contextlib.suppress(StepmapError):
+            store.write_record({**record, "status": "FAILED", "reason": str(exc),
+                                "finished": time.time()})
+        raise
     report_progress(outcome)
     item_total = start.count if start.count is not None else already + outcome.items
     _write_manifest(store, sink, options.engine)
