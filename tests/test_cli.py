@@ -140,6 +140,9 @@ def test_sigkill_of_the_whole_run_then_resume(tmp_path):
         finished |= {json.loads(e["Input"])["index"] for e in json.loads(path.read_text())}
     assert 0 < len(finished) < 120
     assert not (runs / "killed" / "manifest.json").exists()
+    listed = subprocess.run([sys.executable, "-m", "stepmap", "runs", "--results", str(runs)],
+                            capture_output=True, text=True)
+    assert "killed  STOPPED" in listed.stdout  # not "RUNNING": nobody holds its lock
 
     resumed = subprocess.run([sys.executable, "-m", "stepmap", "resume", "killed", "--results",
                               str(runs), "--quiet"], capture_output=True, text=True)

@@ -301,8 +301,9 @@ def list_runs(runs: str) -> list[dict]:
     storage, base = parse_location(runs)
     out = []
     for name in storage.list_dirs(base):
+        store = RunStore(storage, f"{base}/{name}" if base else name)
         try:
-            out.append(RunStore(storage, f"{base}/{name}" if base else name).read_record())
+            out.append(_with_live_status(store, store.read_record()))
         except ResultsError:  # a foreign or half-written directory is not a run
             continue
     return sorted(out, key=lambda r: r.get("created", 0))
@@ -312,4 +313,18 @@ def load_run(runs: str, run_id: str) -> dict:
     store = RunStore.open(runs, run_id)
     if not store.has_record():
         raise UsageError(f"no run {run_id} in {store.storage.describe()}")
-    return store.read_record()
+    return _with_live_status(store, store.read_record())
+
+
+def _with_live_status(store: RunStore, record: dict) -> dict:
+    """A local run recorded as RUNNING whose lock nobody holds was killed: say STOPPED."""
+    if record.get("status") != "RUNNING" or record.get("engine") in ("aws", "aws-emulated") \
+            or not isinstance(store.storage, LocalStorage):
+        return record
+    try:
+        with run_lock(store):
+            pass
+    except RunLockedError:
+        return record
+    return {**record, "status": "STOPPED",
+            "reason": "the process running it stopped; finish it with stepmap resume"}
