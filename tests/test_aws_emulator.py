@@ -124,3 +124,20 @@ def test_adapt_for_moto_moves_batch_input_into_the_selector(synthesized):
     assert adapted["States"]["MapInline"]["ItemSelector"] == {
         "index.$": "$$.Map.Item.Value", "params.$": "$.params"}
     assert notes == [NOTE_BATCHER, NOTE_TOLERANCE]
+
+
+def test_list_map_runs_before_moto_set_up_the_execution_reads_as_none_yet():
+    """moto 5.2.5 raises AttributeError from ListMapRuns in the first milliseconds of an
+    execution (seen in CI); the emulator's client reads that as "no map run yet"."""
+    from stepmap.aws.emulator import _RaceSafeStepFunctions
+
+    class Early:
+        def list_map_runs(self, **kwargs):
+            raise AttributeError("'NoneType' object has no attribute 'map_run_record_pool_manager'")
+
+        def describe_execution(self, **kwargs):
+            return {"status": "RUNNING"}
+
+    client = _RaceSafeStepFunctions(Early())
+    assert client.list_map_runs(executionArn="arn") == {"mapRuns": []}
+    assert client.describe_execution(executionArn="arn") == {"status": "RUNNING"}
