@@ -7,5 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[fast]'
+# Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every start would compile again.
+.venv/bin/python -m compileall -q src >/dev/null
 if [ "$#" -eq 0 ]; then set -- --size 1024; fi
 exec .venv/bin/stepmap run s3keys "$@"

@@ -12,6 +12,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
+# Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every start would compile again.
+.venv/bin/python -m compileall -q src >/dev/null
 if [ -f package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
