@@ -66,7 +66,17 @@ def _configs():
 
 @pytest.fixture(scope="session")
 def synthesized(tmp_path_factory) -> Synthesized:
-    pytest.importorskip("aws_cdk")
+    # pytest sets an imported session fixture up once per importing module: build it once
+    if not _SYNTHESIZED:
+        _SYNTHESIZED.append(_synthesize(tmp_path_factory))
+    return _SYNTHESIZED[0]
+
+
+_SYNTHESIZED: list = []
+
+
+def _synthesize(tmp_path_factory) -> Synthesized:
+    import aws_cdk  # noqa: F401  (the 'aws' extra; missing, the tests must fail, not skip)
     from stepmap.aws import emulator
     from stepmap.aws.stack import DEFAULT_STACK_NAME, StepmapStack, add_nag_checks, new_app
 

@@ -44,3 +44,44 @@ def test_synth_command_writes_template_and_asl(synthesized, tmp_path, capsys):
     asl = json.loads((out / "stepmap.asl.json").read_text())
     assert asl == synthesized.asl("stepmap", bucket="stepmap-results-bucket")
     assert run_asl_validator(out / "stepmap.asl.json").returncode == 0
+
+
+# ---------------------------------------------------------------- EFS + S3 listing ItemReader
+
+from test_aws_stack import EFS, EFS_NAME, SOURCE_BUCKET, SOURCE_PREFIX  # noqa: E402
+from test_aws_stack import efs_synthesized  # noqa: E402,F401  (the session's second App)
+
+
+def test_rendered_asl_of_the_item_source_stack_is_valid(efs_synthesized, tmp_path):
+    asl = efs_synthesized.asl(EFS_NAME)
+    maps = {k: v for k, v in asl["States"].items() if v["Type"] == "Map"}
+    assert set(maps) == {"MapFromListing"}
+    assert maps["MapFromListing"]["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    result = run_asl_validator(dump(tmp_path / "listing.asl.json", asl))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_synth_command_with_efs_and_an_item_source(efs_synthesized, tmp_path, capsys):
+    """`stepmap synth` with every new option: the template mounts the access point in the
+    VPC, the ASL lists the source with the ItemReader (same as the session fixture's)."""
+    import json
+    from stepmap.cli import main
+    out = tmp_path / "out"
+    argv = ["synth", "--out", str(out), "--workload", "s3copy", "--stack-name", EFS_NAME,
+            "--efs-file-system", EFS["efs_file_system_id"],
+            "--efs-access-point", EFS["efs_access_point_id"],
+            "--efs-mount-path", EFS["efs_mount_path"], "--vpc", EFS["vpc_id"],
+            "--subnets", ",".join(EFS["subnet_ids"]),
+            "--security-group", EFS["security_group_id"],
+            "--item-source", f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    text = (out / f"{EFS_NAME}.template.json").read_text()
+    for expected in ("access-point/fsap-0123456789abcdef0", '"LocalMountPath": "/mnt/data"',
+                     *EFS["subnet_ids"], "sg-0123456789abcdef0", "AWSLambdaVPCAccessExecutionRole",
+                     f"s3:::{SOURCE_BUCKET}/{SOURCE_PREFIX}*"):
+        assert expected in text, expected
+    asl = json.loads((out / f"{EFS_NAME}.asl.json").read_text())
+    assert asl == efs_synthesized.asl(EFS_NAME, bucket="stepmap-results-bucket")
+    assert asl["States"]["MapFromListing"]["ItemReader"]["Parameters"] == {
+        "Bucket": SOURCE_BUCKET, "Prefix": SOURCE_PREFIX}

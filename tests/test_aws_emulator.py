@@ -14,7 +14,7 @@ import pytest
 from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
 from aws_fixtures import check_published_1024, local_total
 
-pytest.importorskip("moto")
+import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 from stepmap.aws import handlers  # noqa: E402
 from stepmap.aws.emulator import (NOTE_BATCHER, NOTE_TOLERANCE, EmulatedStack, Faults,  # noqa: E402
                                   adapt_for_moto)

@@ -10,7 +10,7 @@ import pytest
 
 from aws_fixtures import check_published_1024, local_total
 
-pytest.importorskip("moto")
+import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 
 from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
 
-pytest.importorskip("aws_cdk")
+import aws_cdk  # noqa: E402,F401  (the aws extra: missing, fail rather than skip)
 from aws_cdk import assertions  # noqa: E402
 
 from stepmap.aws import stack as stack_module  # noqa: E402
@@ -267,3 +267,301 @@ def test_a_user_workload_module_is_shipped_with_the_package(tmp_path, monkeypatc
     assert (staged / "stepmap" / "aws" / "handlers.py").exists()
     with pytest.raises(UsageError, match="cannot import workload module"):
         stack_module.stage_package("no_such_module_here:W", root=tmp_path / "other")
+
+
+# ---------------------------------------------------------------- EFS + S3 listing ItemReader
+
+EFS_NAME = "stepmap-efs"
+EFS = {"efs_file_system_id": "fs-0123456789abcdef0",
+       "efs_access_point_id": "fsap-0123456789abcdef0", "efs_mount_path": "/mnt/data", "vpc_id": "vpc-0123456789abcdef0",
+       "subnet_ids": ("subnet-0123456789abcdef0", "subnet-0fedcba9876543210"),
+       "security_group_id": "sg-0123456789abcdef0"}
+SOURCE_BUCKET, SOURCE_PREFIX = "stepmap-source-bucket", "photos/2026/"
+
+
+_BUILT: dict = {}
+
+
+@pytest.fixture(scope="session")
+def efs_synthesized(tmp_path_factory):
+    """The session's second (and last) App: s3copy with an EFS access point and an item
+    source, cdk-nag attached, so synthesizing it proves every finding is acknowledged.
+    pytest sets a session fixture up once per module that imports it (test_aws_asl.py does
+    too), hence the cache: the App is built once per session."""
+    if EFS_NAME not in _BUILT:
+        _BUILT[EFS_NAME] = _build_efs_stack(tmp_path_factory.mktemp("cdk.out.efs"))
+    return _BUILT[EFS_NAME]
+
+
+def _build_efs_stack(outdir):
+    from aws_fixtures import Synthesized
+    app = stack_module.new_app(outdir=str(outdir), builtin_cloud_formation_validation=False)
+    config = stack_module.StackConfig(workload="s3copy", source_bucket=SOURCE_BUCKET,
+                                      source_prefix=SOURCE_PREFIX, **EFS)
+    stack = stack_module.StepmapStack(app, EFS_NAME, config=config)
+    stack_module.add_nag_checks(app)
+    template = app.synth().get_stack_by_name(EFS_NAME).template  # raises on a nag finding
+    return Synthesized(app, {EFS_NAME: stack}, {EFS_NAME: template}, {EFS_NAME: config}, outdir)
+
+
+def _join(node) -> str:
+    """A Fn::Join ARN as text, pseudo parameters kept as ${Name} (enough to compare)."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict) and "Fn::Join" in node:
+        separator, parts = node["Fn::Join"]
+        return separator.join(_join(p) for p in parts)
+    if isinstance(node, dict) and "Ref" in node:
+        return "${" + node["Ref"] + "}"
+    return json.dumps(node)
+
+
+def _role_of(template: dict, function_props: dict) -> dict:
+    return template["Resources"][function_props["Role"]["Fn::GetAtt"][0]]["Properties"]
+
+
+def test_efs_start_and_compute_run_in_the_vpc_and_mount_the_access_point(efs_synthesized):
+    template = efs_synthesized.templates[EFS_NAME]
+    functions = _functions(template)
+    access_point = ("arn:${AWS::Partition}:elasticfilesystem:${AWS::Region}:${AWS::AccountId}"
+                    ":access-point/fsap-0123456789abcdef0")
+    for name in ("start", "compute"):
+        props = functions[name]
+        assert props["VpcConfig"] == {"SubnetIds": list(EFS["subnet_ids"]),
+                                      "SecurityGroupIds": ["sg-0123456789abcdef0"]}
+        (mount,) = props["FileSystemConfigs"]
+        assert (_join(mount["Arn"]), mount["LocalMountPath"]) == (access_point, "/mnt/data")
+        managed = json.dumps(_role_of(template, props)["ManagedPolicyArns"])
+        assert "AWSLambdaVPCAccessExecutionRole" in managed
+    # reduce reads S3 only: no VPC, no mount
+    assert "VpcConfig" not in functions["reduce"] and "FileSystemConfigs" not in functions["reduce"]
+    # everything is imported by ID: no VPC, subnet, security group (rule) or EFS is created
+    assert not [r["Type"] for r in template["Resources"].values()
+                if r["Type"].startswith(("AWS::EC2::", "AWS::EFS::"))]
+    assert template["Outputs"]["EfsMountPath"]["Value"] == "/mnt/data"
+
+
+def test_efs_and_item_source_stack_passes_cdk_nag_and_leaves_no_cdk_warning(efs_synthesized):
+    """The fixture's App ran AwsSolutions (it raises on any unacknowledged finding); the
+    imported VPC and subnets' CDK warnings (AZs unknown offline, no route table IDs) are
+    acknowledged with reasons too, so `cdk deploy` prints none."""
+    stack = efs_synthesized.app.synth().get_stack_by_name(EFS_NAME)
+    assert [(m.level, m.id) for m in stack.messages] == []
+
+
+def test_the_default_stack_has_no_vpc_no_mount_and_no_item_source(synthesized):
+    template = synthesized.templates["stepmap"]
+    for props in _functions(template).values():
+        assert "VpcConfig" not in props and "FileSystemConfigs" not in props
+        assert "STEPMAP_ITEM_SOURCE" not in props["Environment"]["Variables"]
+    assert not {"ItemSource", "EfsMountPath"} & set(template["Outputs"])
+
+
+def test_efs_grant_is_client_mount_and_write_through_the_access_point_only(efs_synthesized):
+    """CDK's fromEfsAccessPoint grants ClientMount on Resource "*"; the stack scopes both
+    actions to the file system and conditions them on the access point."""
+    template = efs_synthesized.templates[EFS_NAME]
+    found = [(logical_id, s) for logical_id, s in _statements(template)
+             if any(a.startswith("elasticfilesystem:") for a in _as_list(s["Action"]))]
+    assert sorted(logical_id.split("ServiceRole")[0] for logical_id, _ in found) == [
+        "ComputeFunction", "StartFunction"]
+    for _, statement in found:
+        assert sorted(_as_list(statement["Action"])) == ["elasticfilesystem:ClientMount",
+                                                         "elasticfilesystem:ClientWrite"]
+        assert _join(statement["Resource"]).endswith(":file-system/fs-0123456789abcdef0")
+        condition = statement["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+        assert _join(condition).endswith(":access-point/fsap-0123456789abcdef0")
+
+
+def test_item_source_map_lists_the_source_prefix_with_an_s3_item_reader(efs_synthesized):
+    asl = efs_synthesized.asl(EFS_NAME)
+    states = asl["States"]
+    assert set(states) == {"Start", "MapFromListing", "Reduce"}  # no Choice, no other map
+    assert asl["StartAt"] == "Start" and states["Start"]["Next"] == "MapFromListing"
+    m = states["MapFromListing"]
+    assert m["ItemReader"] == {"Resource": "arn:aws:states:::s3:listObjectsV2", "Parameters": {
+        "Bucket": SOURCE_BUCKET, "Prefix": SOURCE_PREFIX}}
+    assert "ItemsPath" not in m
+    assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
+                                                     "ExecutionType": "STANDARD"}
+    assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value", "params.$": "$.params"}
+    assert m["ResultWriter"]["Parameters"] == {"Bucket": "stepmap-test-bucket",
+                                               "Prefix": "process_output"}
+    assert m["ResultPath"] == "$.results" and m["Next"] == "Reduce"
+    assert states["Reduce"]["Parameters"]["Payload"] == {"results.$": "$.results",
+                                                         "item_count.$": "$.item_count"}
+    env = _functions(efs_synthesized.templates[EFS_NAME])["start"]["Environment"]["Variables"]
+    assert env["STEPMAP_ITEM_SOURCE"] == f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"
+    assert env["STEPMAP_WORKLOAD"] == "s3copy"
+
+
+def test_item_source_iam_is_read_only_and_no_statement_has_a_wildcard(efs_synthesized):
+    template = efs_synthesized.templates[EFS_NAME]
+    source_arn = "arn:${AWS::Partition}:s3:::" + SOURCE_BUCKET
+    on_source = {}
+    for logical_id, statement in _statements(template):
+        actions = _as_list(statement["Action"])
+        resources = [_join(r) for r in _as_list(statement.get("Resource"))]
+        for action in actions:
+            assert action != "*" and not action.endswith(":*"), (logical_id, action)
+        assert "*" not in resources, logical_id
+        if any(r.startswith(source_arn) for r in resources):
+            on_source[logical_id.split("ServiceRole")[0].split("Role")[0]] = (actions, resources)
+    assert set(on_source) == {"ComputeFunction", "StateMachine"}
+    actions, resources = on_source["ComputeFunction"]
+    assert all(a.startswith(("s3:Get", "s3:List")) for a in actions), actions
+    assert sorted(resources) == [source_arn, f"{source_arn}/{SOURCE_PREFIX}*"]
+    # the ItemReader's own grant: ListBucket on the source bucket, nothing else
+    assert on_source["StateMachine"] == (["s3:ListBucket"], [source_arn])
+
+
+def test_efs_and_item_source_settings_are_validated():
+    StackConfig = stack_module.StackConfig
+    full = {**EFS, "workload": "s3copy", "source_bucket": SOURCE_BUCKET,
+            "source_prefix": SOURCE_PREFIX}
+    config = StackConfig(**full)
+    assert config.efs and config.item_source == f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"
+    again = StackConfig.from_context(config.to_context())  # subnets travel as a JSON list
+    assert again == config and again.subnet_ids == EFS["subnet_ids"] and hash(again)
+    assert StackConfig.from_context(json.dumps(
+        {**full, "subnet_ids": ",".join(EFS["subnet_ids"])})).subnet_ids == EFS["subnet_ids"]
+    for drop in ("efs_access_point_id", "vpc_id", "subnet_ids", "security_group_id",
+                 "efs_file_system_id"):
+        partial = {k: v for k, v in EFS.items() if k != drop and k != "efs_mount_path"}
+        with pytest.raises(UsageError, match="go together: missing --"):
+            StackConfig(**partial)
+    for bad, message in [
+            ({"efs_file_system_id": "fsap-0123456789abcdef0"}, "--efs-file-system must be"),
+            ({"efs_access_point_id": "fs-0123456789abcdef0"}, "--efs-access-point must be"),
+            ({"subnet_ids": ("subnet-01234567", "sg-01234567")}, "--subnets must be"),
+            ({"subnet_ids": ("subnet-01234567", "subnet-01234567")}, "twice"),
+            ({"security_group_id": "sg-1"}, "8 or 17 hex digits"),
+            ({"efs_mount_path": "/mnt/a/b"}, "--efs-mount-path must be /mnt/NAME"),
+            ({"efs_mount_path": "/data"}, "--efs-mount-path must be /mnt/NAME")]:
+        with pytest.raises(UsageError, match=message):
+            StackConfig(**{**EFS, **bad})
+    with pytest.raises(UsageError, match="--efs-mount-path needs --efs-file-system"):
+        StackConfig(efs_mount_path="/mnt/other")
+    with pytest.raises(UsageError, match="workload s3keys does not take those"):
+        StackConfig(source_bucket=SOURCE_BUCKET)
+    with pytest.raises(UsageError, match="not an S3 bucket name"):
+        StackConfig(workload="s3copy", source_bucket="Not_A_Bucket")
+    with pytest.raises(UsageError, match="needs a source bucket"):
+        StackConfig(workload="s3copy", source_prefix="x/")
+    assert StackConfig(workload="my_mod:W", source_bucket="b-1").item_source == "s3://b-1/"
+    assert stack_module.parse_item_source("s3://b-1/a/b/") == ("b-1", "a/b/")
+    assert stack_module.parse_item_source("s3://b-1") == ("b-1", "")
+    for bad in ("b-1/x", "s3:///x", "https://b-1/x"):
+        with pytest.raises(UsageError, match="--item-source"):
+            stack_module.parse_item_source(bad)
+
+
+def test_a_partial_efs_option_set_is_refused_with_one_line(tmp_path, capsys):
+    from stepmap.cli import main
+    code = main(["synth", "--out", str(tmp_path / "out"), "--efs-file-system",
+                 "fs-0123456789abcdef0", "--vpc", "vpc-0123456789abcdef0"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "missing --efs-access-point, --subnets, --security-group" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was synthesized
+    assert main(["synth", "--out", str(tmp_path / "out"), "--workload", "s3copy",
+                 "--item-source", "bucket-name/no-scheme"]) == 2
+    assert "s3://bucket/prefix" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the listing mode's handlers
+
+@pytest.fixture
+def listing_env(monkeypatch, tmp_path):
+    import moto  # noqa: F401
+    import boto3
+    from moto import mock_aws
+    from stepmap.aws import handlers
+    from stepmap.workloads import s3copy
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(handlers.WORKLOAD_ENV, "s3copy")
+    monkeypatch.setenv(handlers.BUCKET_ENV, "results-bucket")
+    monkeypatch.setenv(handlers.ITEM_SOURCE_ENV, f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        for bucket in (SOURCE_BUCKET, "results-bucket"):
+            client.create_bucket(Bucket=bucket)
+        # s3copy caches its client: hand it this one, never leave a moto client behind
+        monkeypatch.setattr(s3copy, "_client", lambda: client)
+        yield client, tmp_path / "efs" / "copy"
+
+
+def test_listing_start_validates_supplies_params_and_never_lists(listing_env, monkeypatch):
+    from stepmap import sources
+    from stepmap.aws import handlers
+    from stepmap.errors import InvalidEvent
+    _, dest = listing_env
+    calls = []
+
+    def no_listing(bucket, prefix, client=None):
+        calls.append((bucket, prefix))
+        raise AssertionError("the start step listed the source; the ItemReader does that")
+        yield  # pragma: no cover
+    monkeypatch.setattr(sources, "list_objects", no_listing)
+    out = handlers.start({"dest": str(dest)})  # source defaults to the deployed one
+    assert out["params"] == {"bucket": SOURCE_BUCKET, "prefix": SOURCE_PREFIX,
+                             "dest": str(dest.resolve())}
+    assert out["item_count"] is None and "items" not in out
+    assert not dest.exists()  # compute creates dest where the files land; start only checks it
+    assert json.loads(json.dumps(out)) == out
+    same = handlers.start({"source": f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}", "dest": str(dest)})
+    assert same["params"] == out["params"]
+    with pytest.raises(InvalidEvent, match="must be the same, or left out"):
+        handlers.start({"source": f"s3://other-bucket/{SOURCE_PREFIX}", "dest": str(dest)})
+    with pytest.raises(InvalidEvent, match="bad run input"):
+        handlers.start({"dest": str(dest), "colour": "blue"})
+
+
+def test_a_listing_item_with_etag_reaches_s3copy_as_etag_and_reduce_trusts_the_manifest(
+        listing_env):
+    """Step Functions' listing entry spells it "Etag": compute hands s3copy "ETag", so the
+    copy is verified against it (not counted "unverified"); reduce takes item_count null."""
+    import hashlib
+    from stepmap.aws import handlers
+    from stepmap.errors import IncompleteRunError, InvalidEvent
+    client, dest = listing_env
+    body = b"a photo\n" * 1000
+    key = f"{SOURCE_PREFIX}cats/1.jpg"
+    client.put_object(Bucket=SOURCE_BUCKET, Key=key, Body=body)
+    etag = client.head_object(Bucket=SOURCE_BUCKET, Key=key)["ETag"]
+    assert etag.strip('"') == hashlib.md5(body).hexdigest()
+    params = handlers.start({"dest": str(dest)})["params"]
+    listed = {"Key": key, "Size": len(body), "Etag": etag, "LastModified": 1767225600,
+              "StorageClass": "STANDARD"}  # the ItemReader's item, as AWS documents it
+    child = {"index": listed, "params": params}
+    event = handlers.compute_event(child)
+    assert event["index"]["ETag"] == etag and "Etag" not in event["index"]
+    batch = handlers.compute_event({"Items": [{"index": listed}], "BatchInput": {"params": params}})
+    assert batch["Items"][0]["index"]["ETag"] == etag
+    out = handlers.compute(child)
+    assert (out["copied"], out["unverified"], out["copied_bytes"]) == (1, 0, len(body))
+    assert (dest / "cats" / "1.jpg").read_bytes() == body
+    assert handlers.compute(child)["skipped"] == 1  # verified identical by its ETag: skipped
+
+    def write_run(prefix, **entries):
+        files = {"SUCCEEDED": [], "FAILED": [], "PENDING": []}
+        for status, entry in entries.items():
+            entry.update(Name=f"child-{status}", Status=status, Input=json.dumps(child))
+            file_key = f"{prefix}/{status}_0.json"
+            client.put_object(Bucket="results-bucket", Key=file_key, Body=json.dumps([entry]))
+            files[status].append({"Key": file_key, "Size": 1})
+        client.put_object(Bucket="results-bucket", Key=f"{prefix}/manifest.json",
+                          Body=json.dumps({"ResultFiles": files}))
+        return {"results": {"ResultWriterDetails": {"Bucket": "results-bucket",
+                                                    "Key": f"{prefix}/manifest.json"}}}
+    done = write_run("process_output/ok", SUCCEEDED={"Output": json.dumps(out)})
+    reduced = handlers.reduce({**done, "item_count": None})
+    assert reduced["items"] == 1 and reduced["total"]["copied"] == 1
+    failed = write_run("process_output/bad", SUCCEEDED={"Output": json.dumps(out)},
+                       FAILED={"Error": "OSError", "Cause": "disk full"})
+    with pytest.raises(IncompleteRunError, match="1 failed"):
+        handlers.reduce({**failed, "item_count": None})
+    with pytest.raises(InvalidEvent, match="needs 'item_count'"):
+        handlers.reduce(done)

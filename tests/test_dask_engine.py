@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytest.importorskip("distributed")
+import distributed  # noqa: E402,F401  (the dask extra: missing, fail rather than skip)
 
 from stepmap import cli, runner  # noqa: E402
 from stepmap.errors import UsageError  # noqa: E402

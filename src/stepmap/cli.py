@@ -28,7 +28,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands built into this module; the others come from COMMAND_MODULES.
+CORE_COMMANDS = ("run", "resume", "workloads", "runs")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command about to run, only what it needs (the optional
+    command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
     parser = _Parser(prog="stepmap", allow_abbrev=False,
                      description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--items-format", choices=("json", "jsonl", "csv", "s3-listing"),
                      help="the format of --items-from (default: from its name)")
     _engine_options(run)
+    _aws_run_options(run)
     _output_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -63,8 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--results", default=None, metavar="DIR", help="runs directory or s3://")
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=cmd_runs)
-    _register_optional_commands(sub)
+    if command not in CORE_COMMANDS:
+        _register_optional_commands(sub)
     return parser
+
+
+def _aws_run_options(parser: argparse.ArgumentParser) -> None:
+    from .aws import DEFAULT_STACK
+    group = parser.add_argument_group("aws engine")
+    group.add_argument("--state-machine", metavar="ARN",
+                       help="aws: the state machine to run (default: the deployed stack's)")
+    group.add_argument("--stack-name", default=DEFAULT_STACK,
+                       help=f"aws: the stack deployed by stepmap deploy ({DEFAULT_STACK})")
 
 
 #: Modules that add their own subcommands; each imports its heavy dependencies only when run.
@@ -297,7 +314,9 @@ def _no_extra(extra: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else argv
+        command = argv[0] if argv and not argv[0].startswith("-") else None
+        parser = build_parser(command)
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "run":
             _no_extra(extra)

@@ -15,21 +15,13 @@ from pathlib import Path
 
 from ..errors import EngineError, UsageError
 
-DEFAULT_STACK = "stepmap"
+from . import DEFAULT_STACK
 #: The repository root (src/stepmap/aws/commands.py -> ../../..), home of the pinned CDK CLI.
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CDK_ENV = "STEPMAP_CDK"
 
 
 def register(sub, *, engine_options, output_options) -> None:
-    run = sub.choices.get("run")
-    if run is not None:
-        group = run.add_argument_group("aws engine")
-        group.add_argument("--state-machine", metavar="ARN",
-                           help="aws: the state machine to run (default: the deployed stack's)")
-        group.add_argument("--stack-name", default=DEFAULT_STACK,
-                           help=f"aws: the stack deployed by stepmap deploy ({DEFAULT_STACK})")
-
     synth = sub.add_parser("synth", allow_abbrev=False, help="write the CloudFormation template "
                            "and the state machine's ASL (offline)")
     _stack_options(synth)
@@ -73,15 +65,45 @@ def _stack_options(parser) -> None:
                        help="keep the results bucket when the stack is destroyed")
     group.add_argument("--runtime", default=None, metavar="python3.X",
                        help="Lambda Python runtime (default: the latest CDK knows)")
+    group.add_argument("--item-source", default="", metavar="s3://BUCKET/PREFIX/",
+                       help="the map lists this prefix itself (S3 ItemReader, ListObjectsV2): "
+                       "each child gets one object's listing entry (workload s3copy); compute "
+                       "may read the prefix")
+    efs = "; needs --efs-access-point, --vpc, --subnets and --security-group"
+    group.add_argument("--efs-file-system", default="", metavar="fs-ID",
+                       help="an existing EFS file system to mount into the start and compute "
+                       "functions" + efs)
+    group.add_argument("--efs-access-point", default="", metavar="fsap-ID",
+                       help="the EFS access point (of that file system) to mount")
+    group.add_argument("--efs-mount-path", default=None, metavar="/mnt/NAME",
+                       help="where the functions see the access point (/mnt/efs)")
+    group.add_argument("--vpc", default="", metavar="vpc-ID",
+                       help="the VPC of the EFS mount targets; the functions run in it")
+    group.add_argument("--subnets", default="", metavar="subnet-ID,subnet-ID",
+                       help="private subnets for the functions, with a route to S3 (gateway "
+                       "endpoint or NAT) and an EFS mount target in their AZs")
+    group.add_argument("--security-group", default="", metavar="sg-ID",
+                       help="the functions' security group; it must reach the mount targets "
+                       "on TCP 2049 (no rule is added)")
 
 
 def _config(args):
-    from .stack import LATEST_RUNTIME, StackConfig
+    from .stack import (DEFAULT_EFS_MOUNT_PATH, LATEST_RUNTIME, StackConfig,
+                        parse_item_source)
+    source_bucket, source_prefix = (parse_item_source(args.item_source) if args.item_source
+                                    else ("", ""))
+    subnets = tuple(s.strip() for s in args.subnets.split(",") if s.strip())
     return StackConfig(workload=args.workload, memory_mb=args.memory,
                        timeout_seconds=args.timeout, max_concurrency=args.max_concurrency,
                        tolerated_failure_percentage=args.tolerate,
                        tolerated_failure_count=args.tolerate_count, batch_size=args.batch_size,
-                       retain_bucket=args.retain_bucket, runtime=args.runtime or LATEST_RUNTIME)
+                       retain_bucket=args.retain_bucket, runtime=args.runtime or LATEST_RUNTIME,
+                       efs_file_system_id=args.efs_file_system,
+                       efs_access_point_id=args.efs_access_point,
+                       efs_mount_path=args.efs_mount_path or DEFAULT_EFS_MOUNT_PATH,
+                       vpc_id=args.vpc, subnet_ids=subnets,
+                       security_group_id=args.security_group,
+                       source_bucket=source_bucket, source_prefix=source_prefix)
 
 
 def _quiet_jsii() -> None:
@@ -157,6 +179,9 @@ def cmd_deploy(args, extra: list[str]) -> int:
         print(f"state machine: {outputs.get('StateMachineArn')}")
         print(f"bucket:        {outputs.get('BucketName')}")
         print(f"workload:      {outputs.get('Workload')}")
+        for key, label in (("ItemSource", "item source:"), ("EfsMountPath", "efs mount:")):
+            if outputs.get(key):
+                print(f"{label:<15}{outputs[key]}")
         print(f"run it with:   stepmap run {config.workload} --engine aws"
               + (f" --stack-name {args.stack_name}" if args.stack_name != DEFAULT_STACK else ""))
     return 0

@@ -1,13 +1,23 @@
 """Lambda entry points: thin adapters from Step Functions payloads to the job contract.
 
     start(run input)        -> {"params", "items" | items in S3, "item_count", "items_in_s3"}
+                               (with an item source: {"params", "item_count": null, ...})
     compute(child input)    -> the workload's JSON result (big ints as decimal strings)
-    reduce({"results": <ResultWriter details>, "item_count": N}) -> {"total", "items", "results"}
+    reduce({"results": <ResultWriter details>, "item_count": N | null})
+                            -> {"total", "items", "results"}
 
 The workload is fixed at deploy time by ``STEPMAP_WORKLOAD``: an execution's input picks
 parameters, never code. Errors are typed: a malformed event raises InvalidEvent, an
 incomplete map run raises IncompleteRunError, so the execution fails with that error name and
 never reports a total computed from part of the results.
+
+A stack deployed with an item source (``STEPMAP_ITEM_SOURCE=s3://bucket/prefix``) lets the
+Distributed Map list that prefix itself (S3ObjectsItemReader): the start step then only
+validates the run input and supplies the params, never iterating the workload's items, and
+reports ``item_count`` null, so the reduce step trusts the ResultWriter manifest (every
+listed item SUCCEEDED, none FAILED or PENDING). Each child's item is Step Functions' listing
+entry, ``{"Key", "Size", "Etag", "LastModified", "StorageClass"}``; compute renames ``Etag``
+to ``ETag``, the spelling of the ListObjectsV2 API and of stepmap's own listing.
 
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
@@ -32,6 +42,7 @@ from ..workloads import resolve
 
 WORKLOAD_ENV = "STEPMAP_WORKLOAD"
 BUCKET_ENV = "STEPMAP_BUCKET"
+ITEM_SOURCE_ENV = "STEPMAP_ITEM_SOURCE"  # stack.py sets it with --item-source
 DEFAULT_WORKLOAD = "s3keys"
 ITEMS_PREFIX = "items"
 OUTPUTS_PREFIX = "outputs"
@@ -69,6 +80,9 @@ def _dumps(value: Any) -> str:
 def start(event: Any, context: Any = None) -> dict:
     if not isinstance(event, Mapping):
         raise InvalidEvent("the run input must be a JSON object, e.g. {\"size\": 1024}")
+    item_source = os.environ.get(ITEM_SOURCE_ENV)
+    if item_source:
+        return _start_listed(dict(event), item_source)
     try:
         started = workload().start(dict(event))
         items = list(started.items)
@@ -83,6 +97,27 @@ def start(event: Any, context: Any = None) -> dict:
     bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
     S3Storage(bucket).put(key, items_json.encode("utf-8"))
     return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
+
+
+def _start_listed(event: dict, item_source: str) -> dict:
+    """The start step of a stack whose map lists ``item_source`` itself: validate the input
+    and emit the params; the workload's own items (a lazy listing) are never iterated."""
+    w = workload()
+    if "source" in getattr(w, "parameters", {}):
+        # the children's items come from the deployed listing, so the params must name it
+        given = event.setdefault("source", item_source)
+        if given != item_source:
+            raise InvalidEvent(f"this stack lists its items from {item_source} (deployed with "
+                               f"--item-source); the run input's source {str(given)[:200]!r} "
+                               "must be the same, or left out")
+    try:
+        started = w.start(event)
+    except InvalidEvent:
+        raise
+    except UsageError as exc:
+        raise InvalidEvent(f"bad run input: {exc}") from None
+    return {"params": started.params, "item_count": None, "summary": started.summary,
+            "item_source": item_source}
 
 
 # ---------------------------------------------------------------- compute
@@ -125,8 +160,21 @@ def compute_event(event: Any) -> dict:
 
 def _unwrap(item: Mapping) -> dict:
     if set(item) == {ITEM_KEY, "params"}:
-        return {**_params(item["params"]), ITEM_KEY: item[ITEM_KEY]}
-    return dict(item)
+        item = {**_params(item["params"]), ITEM_KEY: item[ITEM_KEY]}
+    else:
+        item = dict(item)
+    if ITEM_KEY in item:
+        item[ITEM_KEY] = _listing_entry(item[ITEM_KEY])
+    return item
+
+
+def _listing_entry(value: Any) -> Any:
+    """Step Functions' S3 listing items spell the ETag ``Etag``; the ListObjectsV2 API (and
+    stepmap's own listing, sources.list_objects) spell it ``ETag``. Give workloads one."""
+    if (isinstance(value, Mapping) and "Etag" in value and "ETag" not in value
+            and isinstance(value.get("Key"), str)):
+        return {("ETag" if key == "Etag" else key): v for key, v in value.items()}
+    return value
 
 
 def _params(params: Any) -> dict:
@@ -152,7 +200,7 @@ def reduce(event: Any, context: Any = None) -> dict:
     return out
 
 
-def _reduce_event(event: Any) -> tuple[str, str, int]:
+def _reduce_event(event: Any) -> tuple[str, str, int | None]:
     if not isinstance(event, Mapping):
         raise InvalidEvent("the reduce event must be a JSON object with 'results' and "
                            "'item_count'")
@@ -166,9 +214,17 @@ def _reduce_event(event: Any) -> tuple[str, str, int]:
             and posixpath.basename(key) == MANIFEST and ".." not in key.split("/")):
         raise InvalidEvent("ResultWriterDetails must name a Bucket and the Key of a "
                            f"{MANIFEST}")
-    expected = event.get("item_count")
-    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
-        raise InvalidEvent(f"'item_count' must be a non-negative integer, got {expected!r:.40}")
+    if "item_count" not in event:
+        raise InvalidEvent("the reduce event needs 'item_count' (null when the map listed the "
+                           "items itself)")
+    expected = event["item_count"]
+    # null: Step Functions listed the items (S3ObjectsItemReader) and the start step cannot
+    # know how many; reduce_run then refuses any FAILED or PENDING entry of the manifest and
+    # counts the SUCCEEDED ones, rather than comparing them with a number
+    if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)
+                                 or expected < 0):
+        raise InvalidEvent(f"'item_count' must be a non-negative integer or null, got "
+                           f"{expected!r:.40}")
     return bucket, key, expected
 
 

@@ -54,11 +54,11 @@ class S3Copy(Workload):
         if not dest:
             raise UsageError("'dest' must name the destination directory")
         bucket, _, prefix = source[5:].partition("/")
+        # Not created here: the start step may run far from the workers (a client validating
+        # an AWS run, where dest is an EFS mount only the Lambdas see); compute creates it.
         root = Path(dest).expanduser().resolve()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create dest {root}: {exc.strerror or exc}") from None
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"dest {root} exists and is not a directory")
         return Start(params={"bucket": bucket, "prefix": prefix, "dest": str(root)},
                      items=list_objects(bucket, prefix),
                      summary=f"copy s3://{bucket}/{prefix} -> {root}")
