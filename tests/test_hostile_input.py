@@ -190,3 +190,16 @@ def test_resume_of_a_run_with_a_corrupt_results_file(cli, runs):
     first.write_bytes(first.read_bytes()[:-20])  # truncated, as by a broken disk
     code, out, err = cli("resume", "hurt", "--results", runs)
     assert code == 2 and out == "" and "corrupt results file" in err and err.count("\n") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers() | json_value, min_size=1, max_size=8),
+       params=st.dictionaries(st.text(max_size=6), json_value, max_size=3),
+       batched=st.booleans())
+def test_event_spec_json_is_exactly_json_dumps_of_the_event(values, params, batched):
+    """The worker's fast path for the results' Input must write the very same text."""
+    from stepmap.job import EventSpec
+    params = {k: v for k, v in params.items() if k != "index"}
+    spec = EventSpec(values, params, batched)
+    event = spec.build()
+    assert spec.to_json(event) == json.dumps(event, separators=(",", ":"))

@@ -25,9 +25,10 @@ def _entry(name, worker, offset, seconds, status, position):
     common = dict(positions=(position, position + 1), started=T0 + offset,
                   stopped=T0 + offset + seconds, attempts=1, worker=worker)
     if status == "FAILED":
-        entry = failure_entry({"index": position}, error="RuntimeError", cause="boom", **common)
+        entry = failure_entry(json.dumps({"index": position}), error="RuntimeError",
+                              cause="boom", **common)
     else:
-        entry = success_entry({"index": position}, json.dumps("1"), **common)
+        entry = success_entry(json.dumps({"index": position}), json.dumps("1"), **common)
     entry["Name"] = name
     if worker is None:  # as the AWS ResultWriter writes them: no stepmap extras
         for key in ("Worker", "Attempts", "ItemPositions"):
@@ -46,7 +47,7 @@ def write_run(runs, run_id, tasks, *, record=None, pending=0):
             files.append(store.write_results(status, 0, chosen))
     if pending:
         files.append(store.write_results("PENDING", 0, [
-            pending_entry({"index": 100 + i}, (100 + i, 101 + i)) for i in range(pending)]))
+            pending_entry(json.dumps({"index": 100 + i}), (100 + i, 101 + i)) for i in range(pending)]))
     store.write_manifest(files, map_run_arn="test")
     return store
 

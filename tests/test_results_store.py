@@ -26,7 +26,8 @@ def test_sink_numbers_files_and_manifest_lists_them(tmp_path):
     store = _store(tmp_path)
     sink = ResultSink(store, flush_entries=2, flush_seconds=3600)
     for index in range(5):
-        sink.add(success_entry({"index": index}, json.dumps(str(index)), positions=(index, index + 1),
+        sink.add(success_entry(json.dumps({"index": index}), json.dumps(str(index)),
+                               positions=(index, index + 1),
                                started=1.0, stopped=2.0, attempts=1, worker="w"))
     sink.flush()
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
@@ -127,7 +128,7 @@ json_safe = st.recursive(st.none() | st.booleans() | st.text() | big_ints.map(to
 @given(output=json_safe, number=big_ints)
 def test_any_result_survives_the_store_round_trip_exactly(tmp_path, output, number):
     store = _store(tmp_path, "prop")
-    entry = success_entry({"index": 0}, json.dumps({"o": output, "n": to_decimal(number)}),
+    entry = success_entry(json.dumps({"index": 0}), json.dumps({"o": output, "n": to_decimal(number)}),
                           positions=(0, 1), started=0, stopped=0, attempts=1, worker="w")
     store.write_results("SUCCEEDED", 0, [entry])
     [back] = store.read_entries(store.key("SUCCEEDED_0.json"))
@@ -139,9 +140,11 @@ def test_batches_split_around_skipped_positions():
     from stepmap.mapper import Intervals, batches
     done = Intervals([(2, 4), (7, 8), (9, 30)])
     assert done.gaps(0, 12) == [(0, 2), (4, 7), (8, 9)]
-    events = list(batches(range(12), {"p": 1}, 3, skip=done))
+    events = [(span, spec.build()) for span, spec in batches(range(12), {"p": 1}, 3, skip=done)]
     assert [span for span, _ in events] == [(0, 2), (4, 6), (6, 7), (8, 9)]
     assert [item["index"] for item in events[1][1]["Items"]] == [4, 5]
     assert events[2][1]["Items"] == [{"index": 6}] and events[2][1]["BatchInput"] == {"p": 1}
-    assert [span for span, _ in batches(range(5), {}, 1)] == [(i, i + 1) for i in range(5)]
+    singles = list(batches(range(5), {"p": 2}, 1))
+    assert [span for span, _ in singles] == [(i, i + 1) for i in range(5)]
+    assert singles[3][1].build() == {"index": 3, "p": 2}  # an item event, as ItemSelector
     assert list(batches([], {}, 4)) == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 import time
 from bisect import bisect_right
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
 from .errors import UsageError
-from .job import JSON, batch_event, item_event
+from .job import JSON, EventSpec, built
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
 #: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
@@ -137,11 +138,8 @@ def batches(items: Iterable[JSON], params: dict, size: int,
         first += len(chunk)
 
 
-def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], dict]:
-    positions = (first, first + len(group))
-    if size == 1:
-        return positions, item_event(group[0], params)
-    return positions, batch_event(group, params)
+def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], EventSpec]:
+    return (first, first + len(group)), EventSpec(group, params, batched=size != 1)
 
 
 @dataclass(order=True)
@@ -149,7 +147,7 @@ class _Task:
     not_before: float
     task_id: int = field(compare=False)
     positions: tuple[int, int] = field(compare=False)
-    event: dict = field(compare=False)
+    event: EventSpec = field(compare=False)
     attempts: int = field(default=0, compare=False)
 
     @property
@@ -170,6 +168,10 @@ class MapOutcome:
     @property
     def items(self) -> int:
         return self.succeeded + self.failed + self.pending
+
+
+def _json(event) -> str:
+    return json.dumps(built(event), separators=(",", ":"))
 
 
 def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
@@ -214,7 +216,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
             for done in executor.poll(wait):
                 task = inflight.pop(done.task_id)
                 if done.ok:
-                    sink.add(success_entry(task.event, done.output_json, positions=task.positions,
+                    sink.add(success_entry(done.input_json or _json(task.event),
+                                           done.output_json, positions=task.positions,
                                            started=done.started, stopped=done.stopped,
                                            attempts=task.attempts, worker=done.worker))
                     outcome.succeeded += task.items
@@ -223,7 +226,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
                     task.not_before = time.monotonic() + policy.backoff(task.attempts)
                     heapq.heappush(retry_queue, task)
                 else:
-                    sink.add(failure_entry(task.event, error=done.error or "Error",
+                    sink.add(failure_entry(done.input_json or _json(task.event),
+                                           error=done.error or "Error",
                                            cause=done.cause or "", positions=task.positions,
                                            started=done.started, stopped=done.stopped,
                                            attempts=task.attempts, worker=done.worker))
@@ -247,7 +251,7 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
     if stopping:
         leftovers += [_Task(0.0, -1, *rest) for rest in source]
     for task in leftovers:
-        sink.add(pending_entry(task.event, task.positions))
+        sink.add(pending_entry(_json(task.event), task.positions))
         outcome.pending += task.items
     sink.flush()
     return outcome

@@ -62,27 +62,28 @@ def parse_time(text: str | None) -> float | None:
 
 # ---------------------------------------------------------------- entries
 
-def success_entry(event: dict, output_json: str, *, positions: tuple[int, int], started: float,
+def success_entry(input_json: str, output_json: str, *, positions: tuple[int, int], started: float,
                   stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(event, positions), "Status": "SUCCEEDED", "Output": output_json,
+    return {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
             "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
             "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
 
 
-def failure_entry(event: dict, *, error: str, cause: str, positions: tuple[int, int],
+def failure_entry(input_json: str, *, error: str, cause: str, positions: tuple[int, int],
                   started: float, stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(event, positions), "Status": "FAILED", "Error": error, "Cause": cause,
+    return {**_common(input_json, positions), "Status": "FAILED", "Error": error, "Cause": cause,
             "StartDate": iso_time(started), "StopDate": iso_time(stopped),
             "Attempts": attempts, "Worker": worker}
 
 
-def pending_entry(event: dict, positions: tuple[int, int]) -> dict:
-    return {**_common(event, positions), "Status": "PENDING"}
+def pending_entry(input_json: str, positions: tuple[int, int]) -> dict:
+    return {**_common(input_json, positions), "Status": "PENDING"}
 
 
-def _common(event: dict, positions: tuple[int, int]) -> dict:
+def _common(input_json: str, positions: tuple[int, int]) -> dict:
+    """Fields every entry has; ``input_json`` is the compute event as JSON text."""
     first, end = positions
-    return {"Name": f"items-{first}-{end - 1}", "Input": json.dumps(event, separators=(",", ":")),
+    return {"Name": f"items-{first}-{end - 1}", "Input": input_json,
             "InputDetails": {"Included": True}, "ItemPositions": [first, end],
             "RedriveCount": 0}
 

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
+from .job import EventSpec, built
 from .workloads import resolve
 
 #: The largest result one compute call may return (its JSON text). Results are written to the
@@ -32,6 +33,7 @@ class Completion:
     task_id: int
     ok: bool
     output_json: str | None = None
+    input_json: str | None = None  # the event as built in the worker (the results' Input)
     error: str | None = None
     cause: str | None = None
     started: float = 0.0
@@ -43,8 +45,13 @@ def worker_name() -> str:
     return f"{os.uname().nodename}:{os.getpid()}"
 
 
-def execute(workload_ref: str, task_id: int, event: dict) -> Completion:
+def execute(workload_ref: str, task_id: int, event) -> Completion:
+    """Run one compute call; ``event`` is an event dict or a job.EventSpec to build here."""
     started = time.time()
+    spec = event
+    event = built(spec)
+    input_json = spec.to_json(event) if isinstance(spec, EventSpec) else \
+        json.dumps(event, separators=(",", ":"))
     try:
         output = resolve(workload_ref).compute(event)
         output_json = json.dumps(output, separators=(",", ":"), allow_nan=False)
@@ -52,8 +59,9 @@ def execute(workload_ref: str, task_id: int, event: dict) -> Completion:
             raise ResultTooLarge(f"the result is {len(output_json):,} bytes of JSON; the limit "
                                  f"is {MAX_RESULT_BYTES:,}: return less, or use smaller batches")
     except (Exception, SystemExit) as exc:  # every failure of the step becomes task data
-        return Completion(task_id, False, error=type(exc).__name__,
+        return Completion(task_id, False, input_json=input_json, error=type(exc).__name__,
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
                           started=started, stopped=time.time(), worker=worker_name())
-    return Completion(task_id, True, output_json=output_json, started=started,
+    return Completion(task_id, True, output_json=output_json, input_json=input_json,
+                      started=started,
                       stopped=time.time(), worker=worker_name())

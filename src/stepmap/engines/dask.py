@@ -78,6 +78,11 @@ def _executing_for(key: str, dask_worker=None) -> float | None:
 
 
 class DaskExecutor:
+    #: Tasks in flight per worker thread. Not 2, as the local engine has: Dask assigns a
+    #: queued task to a worker early, so a worker lost or restarted (a timeout) would take
+    #: its queued, never-started tasks down with it (KilledWorker) and fail more than one item.
+    queue_depth = 1
+
     def __init__(self, workload_ref: str, *, scheduler: str | None = None,
                  workers: int | None = None, memory_limit_mb: int | None = None):
         self._ref = workload_ref
