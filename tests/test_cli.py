@@ -181,3 +181,18 @@ def test_user_workload_module(cli, runs, tmp_path, monkeypatch):
     # resuming a user workload needs the user to name the module again
     code, _, err = cli("resume", "words", "--results", runs)
     assert code == 2 and "--workload wordjob:Lengths" in err
+
+
+def test_a_job_parameter_named_index_is_refused(cli, runs, tmp_path, monkeypatch):
+    (tmp_path / "clash.py").write_text(
+        "from stepmap import Workload, Start\n"
+        "class Clash(Workload):\n"
+        "    def start(self, event):\n"
+        "        return Start(params={'index': 1}, items=[1, 2], count=2)\n"
+        "    def compute(self, event):\n"
+        "        return 0\n"
+        "    def reduce(self, outputs):\n"
+        "        return '0'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = cli("run", "clash:Clash", "--results", runs)
+    assert code == 2 and out == "" and "named 'index'" in err

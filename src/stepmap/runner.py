@@ -21,7 +21,7 @@ from .bigint import to_decimal  # noqa: F401  (re-exported for callers printing 
 from .engines import get_engine
 from .errors import (IncompleteRunError, ResultsError, RunLockedError, StepmapError,
                      UsageError)
-from .job import Start
+from .job import ITEM_KEY, Start
 from .mapper import Intervals, MapOutcome, MapPolicy, auto_batch_size, batches, run_map
 from .reducer import reduce_run
 from .results import ResultSink, RunStore, check_run_id, new_run_id
@@ -74,6 +74,9 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
     began = time.time()
     workload = resolve(workload_ref)
     start = workload.start(run_input)
+    if ITEM_KEY in start.params:
+        raise UsageError(f"workload {workload_ref} emits a job parameter named {ITEM_KEY!r}, "
+                         "which would overwrite each item's value in its compute event")
     if options.items_from:
         start = _with_source(start, options.items_from, options.items_format)
     run_id = check_run_id(options.run_id) if options.run_id else new_run_id(workload_ref)
