@@ -217,7 +217,7 @@ def _run_and_print(args, call) -> int:
 def print_report(args, report: runner.RunReport) -> int:
     complete = report.status == "SUCCEEDED"
     if args.output and complete:
-        _write_total(args.output, report.total)
+        _write_total(args.output, _total_text(report.total))
     if args.json:
         _emit(json.dumps(report.as_json()))
     elif complete:
@@ -228,7 +228,7 @@ def print_report(args, report: runner.RunReport) -> int:
             if not args.quiet:
                 print(f"stepmap: total written to {args.output}", file=sys.stderr)
         else:
-            _emit(resolve_total_text(report))
+            _emit(_total_text(report.total))
     if not complete:
         print(f"stepmap: error: run {report.run_id} is {report.status.lower()}: "
               f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
@@ -238,12 +238,12 @@ def print_report(args, report: runner.RunReport) -> int:
     return 0
 
 
-def resolve_total_text(report: runner.RunReport) -> str:
-    return report.total if isinstance(report.total, str) else json.dumps(report.total)
+def _total_text(total) -> str:
+    """A total as printed: decimal strings as they are, anything else as JSON."""
+    return total if isinstance(total, str) else json.dumps(total)
 
 
-def _write_total(path: str, total) -> None:
-    text = total if isinstance(total, str) else json.dumps(total)
+def _write_total(path: str, text: str) -> None:
     try:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
@@ -290,7 +290,7 @@ def cmd_runs(args, extra: list[str]) -> int:
                   f"{attempt.get('computed', 0):,} items in {took:.3f} s")
         total = record.get("total")
         if total is not None:
-            text = total if isinstance(total, str) else json.dumps(total)
+            text = _total_text(total)
             print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
                   f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
         return 0

@@ -81,11 +81,6 @@ class Workload(ABC):
     def reduce(self, outputs: Iterable[JSON]) -> JSON:
         """Combine every compute result (read back from the results store) into the total."""
 
-    def format_total(self, total: JSON) -> str:
-        """The last line of stdout for a complete run."""
-        return total if isinstance(total, str) else json.dumps(total)
-
-
 def item_event(value: JSON, params: Mapping) -> dict:
     """The event one compute call receives for one item (as ItemSelector builds it)."""
     return {ITEM_KEY: value, **params}
@@ -128,10 +123,6 @@ class EventSpec:
 
 def built(event: "dict | EventSpec") -> dict:
     return event.build() if isinstance(event, EventSpec) else event
-
-
-def is_batch(event: Mapping) -> bool:
-    return isinstance(event, Mapping) and "Items" in event
 
 
 def event_items(event: JSON) -> list[dict]:

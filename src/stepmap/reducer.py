@@ -19,7 +19,6 @@ from .results import RunStore, entry_input, entry_output
 class Reduction:
     total: JSON
     items: int
-    result_entries: int
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
@@ -36,7 +35,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
             failed=failed, pending=pending, missing=[d for _, _, d in missing][:20],
             run_id=store.run_id)
 
-    counted = {"items": 0, "entries": 0}
+    counted = {"items": 0}
     positions: list[tuple[int, int]] = []
 
     def outputs():
@@ -49,12 +48,11 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
                 counted["items"] += span[1] - span[0]
             else:  # written by AWS: count the items of its Input
                 counted["items"] += item_count(entry_input(entry))
-            counted["entries"] += 1
             yield entry_output(entry)
 
     total = workload.reduce(outputs())
     _check_coverage(counted["items"], positions, expected_items, store.run_id)
-    return Reduction(total, counted["items"], counted["entries"])
+    return Reduction(total, counted["items"])
 
 
 def _is_span(span) -> bool:

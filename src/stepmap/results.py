@@ -147,7 +147,7 @@ class RunStore:
         return self._read_json(self.key(RUN_RECORD), dict)
 
     def has_record(self) -> bool:
-        return self.key(RUN_RECORD) in set(self.storage.list(self.prefix))
+        return self.storage.exists(self.key(RUN_RECORD))
 
     # result files ----------------------------------------------------
     def result_files(self) -> list[ResultFile]:
@@ -199,7 +199,7 @@ class RunStore:
         return manifest
 
     def has_manifest(self) -> bool:
-        return self.key(MANIFEST) in set(self.storage.list(self.prefix))
+        return self.storage.exists(self.key(MANIFEST))
 
     @staticmethod
     def manifest_keys(manifest: dict, status: str) -> list[str]:

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from .bigint import to_decimal  # noqa: F401  (re-exported for callers printing totals)
 from .engines import get_engine
 from .errors import (IncompleteRunError, ResultsError, RunLockedError, StepmapError,
                      UsageError)
@@ -203,9 +202,8 @@ def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
 
 
 def _with_source(start: Start, source: str, kind: str | None) -> Start:
-    from .sources import detect_format
+    from .sources import detect_format, read_items
     kind = kind or detect_format(source)  # bad sources fail now, before anything is written
-    from .sources import read_items
     return replace(start, items=read_items(source, kind), count=None, batch_hint=None,
                    summary=f"{start.summary}; items from {source}".lstrip("; "))
 

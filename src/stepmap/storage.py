@@ -22,6 +22,7 @@ _unique = itertools.count()
 class Storage(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
     def describe(self, key: str = "") -> str: ...
@@ -81,6 +82,9 @@ class LocalStorage:
         except OSError as exc:
             raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
 
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -131,6 +135,16 @@ class S3Storage:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
             raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+
+    def exists(self, key: str) -> bool:
+        """One HEAD request (not a listing of the run's possibly many result files)."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+        return True
 
     def list(self, prefix: str) -> Iterator[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
