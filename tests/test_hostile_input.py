@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepmap.errors import InvalidEvent, ResultsError, UsageError
+from stepmap.errors import InvalidEvent, UsageError
 from stepmap.job import event_items, loads_input
 from stepmap.workloads import resolve
 
@@ -177,10 +177,6 @@ def test_loads_input_never_raises_anything_but_usage_error(text):
         assert isinstance(loads_input(text), dict)
     except UsageError:
         pass
-
-
-def test_results_error_is_a_distinct_type():
-    assert ResultsError.exit_code == 2
 
 
 def test_resume_of_a_run_with_a_corrupt_results_file(cli, runs):

@@ -69,8 +69,8 @@ def test_corrupt_results_file_is_refused(finished_run, garbage):
         reduce_run(store, resolve("s3keys"), expected_items=64)
 
 
-def test_corrupt_manifest_is_refused_by_the_cli(finished_run, cli):
-    store, report = finished_run
+def test_corrupt_manifest_is_refused(finished_run):
+    store, _ = finished_run
     Path(store.storage.describe(store.key("manifest.json"))).write_text('{"ResultFiles": 7}')
     with pytest.raises(ResultsError):
         reduce_run(store, resolve("s3keys"), expected_items=64)
