@@ -166,17 +166,23 @@ def _unit(seconds: float) -> tuple[float, str]:
 
 
 def draw(path: Path, summary: Summary, tasks: list[Task], title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed
-    from matplotlib import pyplot as plt
+    fig = timeline_figure(summary, tasks, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def timeline_figure(summary: Summary, tasks: list[Task], title: str):
+    """The picture as a matplotlib Figure, built without pyplot (so no GUI backend and no
+    global figure list: it is saved to a file, or shown inline by a notebook)."""
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
     lanes = sorted({t.lane for t in tasks}, key=_lane_key)
     row = {lane: i for i, lane in enumerate(lanes)}
     height = min(9.0, 2.6 + 0.22 * len(lanes))
-    fig, (timeline, hist) = plt.subplots(2, 1, figsize=(11, height + 3.2),
-                                         gridspec_kw={"height_ratios": [height, 3.2]})
+    fig = Figure(figsize=(11, height + 3.2))
+    timeline, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [height, 3.2]})
     scale, unit = _unit(max(summary.wall_seconds, 1e-9))
     slow = {(s["name"], s["lane"]) for s in summary.stragglers}
     for kind in ("SUCCEEDED", "straggler", "FAILED"):
@@ -220,9 +226,7 @@ def draw(path: Path, summary: Summary, tasks: list[Task], title: str) -> None:
     hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _kind(task: Task, slow: set) -> str:
@@ -263,11 +267,7 @@ def cmd_report(args, extra: list[str]) -> int:
     out = Path(args.out) if args.out else default_png(store, args.run_id)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {str(out)[:80]!r}")
-    title = (f"run {args.run_id} ({record.get('workload', '?')} on "
-             f"{record.get('engine', '?')}): {summary.tasks:,} tasks on {summary.workers:,} "
-             f"{'lane' if summary.packed_lanes else 'worker'}{'s' * (summary.workers != 1)}, "
-             f"wall {_secs(summary.wall_seconds)}, "
-             f"busy {summary.busy_percent:.1f} %")
+    title = title_of(args.run_id, record, summary)
     try:
         draw(out, summary, tasks, title)
     except OSError as exc:
@@ -278,6 +278,14 @@ def cmd_report(args, extra: list[str]) -> int:
         return 0
     print(format_summary(summary, record, out))
     return 0
+
+
+def title_of(run_id: str, record: dict, summary: Summary) -> str:
+    return (f"run {run_id} ({record.get('workload', '?')} on "
+            f"{record.get('engine', '?')}): {summary.tasks:,} tasks on {summary.workers:,} "
+            f"{'lane' if summary.packed_lanes else 'worker'}{'s' * (summary.workers != 1)}, "
+            f"wall {_secs(summary.wall_seconds)}, "
+            f"busy {summary.busy_percent:.1f} %")
 
 
 def format_summary(s: Summary, record: dict, png) -> str:

@@ -1,0 +1,336 @@
+"""stepmap as a Python library: map and map_reduce over plain functions.
+
+    stepmap.map(fn, items)            ─┐
+    stepmap.map_reduce(fn, items, r)  ─┼─► Executor ──► Run (a handle) ──► runner.run/resume
+    Executor(...).map(fn, items)      ─┘      settings       │ thread      (the ordinary run:
+                                                              ▼              engines, policy,
+                       run.results() ◄── results store (ResultWriter layout) results store)
+
+A function run is an ordinary run of a :class:`~stepmap.workloads.function.FunctionWorkload`:
+``stepmap runs``, ``stepmap report`` and ``stepmap resume`` work on it, and calling the same map
+again with the same ``run_id`` resumes it (finished items are not recomputed).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Iterable
+
+from . import runner
+from .engines import REMOTE_ENGINES
+from .errors import IncompleteRunError, ItemFailed, UsageError
+from .mapper import MapPolicy
+from .results import RunStore, check_run_id, new_run_id
+from .workloads.function import FunctionRef, decode, function_ref, is_json_value
+from .api_results import MapResults, read_results
+
+__all__ = ["map", "map_reduce", "Executor", "Run", "MapResults"]
+
+ITEMS_FILE = "function-items.jsonl"
+
+
+def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
+        run_id: str | None = None, **options) -> MapResults:
+    """``[fn(item) for item in items]``, computed on an engine, in item order.
+
+    ``options`` are :class:`Executor`'s. A failed item raises :class:`ItemFailed` (after its
+    retries); with ``return_exceptions=True`` its slot holds that exception instead."""
+    with Executor(**options) as executor:
+        run = executor._start(fn, items, None, run_id, background=False)
+        return run.results(return_exceptions=return_exceptions)
+
+
+def map_reduce(fn: Callable, items: Iterable, reduce_fn: Callable, *,
+               run_id: str | None = None, **options) -> Any:
+    """``reduce_fn([fn(item) for item in items])``; the results reach ``reduce_fn`` in no
+    particular order (as a ResultWriter lists them). No total unless every item succeeded."""
+    with Executor(**options) as executor:
+        return executor._start(fn, items, reduce_fn, run_id, background=False).result()
+
+
+class Executor:
+    """Run settings shared by the maps it starts; each map runs in a background thread.
+
+    engine: "local" or "dask"; workers; batch_size (default: about four calls per worker);
+    max_concurrency; retries (2); backoff (0.5 s); timeout (900 s per compute call);
+    tolerate (percent of items) / tolerate_count; memory_limit (MB per worker); scheduler
+    (dask: an existing cluster's address; default: Dask's ``scheduler-address`` setting, else
+    a local cluster is started for the run); runs (the runs directory or s3:// location,
+    default ./stepmap-runs); progress (True/False; default: in Jupyter or on a terminal).
+    """
+
+    def __init__(self, engine: str = "local", *, workers: int | None = None,
+                 batch_size: int | None = None, max_concurrency: int | None = None,
+                 retries: int = 2, backoff: float = 0.5, timeout: float | None = 900.0,
+                 tolerate: float = 0.0, tolerate_count: int = 0,
+                 memory_limit: int | None = None, scheduler: str | None = None,
+                 runs: str = runner.DEFAULT_RUNS_DIR, progress: bool | None = None):
+        if engine in REMOTE_ENGINES:
+            raise UsageError(f"stepmap.map runs on the local and dask engines; for {engine}, "
+                             "turn the functions into a workload with stepmap.workload() and "
+                             "deploy it (stepmap deploy --workload module:attribute)")
+        self.engine, self.runs, self.progress = engine, runs, progress
+        self.policy = MapPolicy(batch_size=batch_size, max_concurrency=max_concurrency,
+                                retries=retries, backoff_seconds=backoff, timeout=timeout,
+                                tolerate_percent=tolerate, tolerate_count=tolerate_count)
+        self.engine_options = {k: v for k, v in {
+            "workers": workers, "memory_limit_mb": memory_limit,
+            "scheduler": scheduler}.items() if v is not None}
+        self._runs: list[Run] = []
+
+    def map(self, fn: Callable, items: Iterable, *, run_id: str | None = None) -> "Run":
+        """Start ``fn`` over ``items``; returns at once with a :class:`Run` handle."""
+        return self._start(fn, items, None, run_id, background=True)
+
+    def map_reduce(self, fn: Callable, items: Iterable, reduce_fn: Callable, *,
+                   run_id: str | None = None) -> "Run":
+        return self._start(fn, items, reduce_fn, run_id, background=True)
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        for run in self._runs:
+            if kind is not None:
+                run.cancel()
+            run.join()
+
+    def _start(self, fn, items, reduce_fn, run_id, *, background: bool) -> "Run":
+        ref = function_ref(fn, reduce_fn)
+        run = Run(self, ref, run_id, reduce=reduce_fn is not None)
+        run.prepare(items)
+        self._runs.append(run)
+        if background:
+            run.thread = threading.Thread(target=run.execute, daemon=True,
+                                          name=f"stepmap-{run.run_id}")
+            run.thread.start()
+        else:
+            run.execute()
+        return run
+
+    def settings(self, run_id: str, items_from: str | None) -> runner.RunOptions:
+        """The one place run settings are built from this executor's arguments."""
+        engine_options = dict(self.engine_options)
+        if self.engine == "local":
+            method = _start_method()
+            if method:
+                engine_options["start_method"] = method
+        elif self.engine == "dask" and "scheduler" not in engine_options:
+            address = _dask_scheduler_address()
+            if address and "workers" not in engine_options:
+                engine_options["scheduler"] = address
+        return runner.RunOptions(engine=self.engine, engine_options=engine_options,
+                                 policy=self.policy, runs=self.runs, run_id=run_id,
+                                 items_from=items_from, items_format="jsonl" if items_from
+                                 else None)
+
+
+def _dask_scheduler_address() -> str | None:
+    """Dask's own setting (``DASK_SCHEDULER_ADDRESS``, or dask.config's
+    ``scheduler-address``), which ``distributed.Client()`` follows too: with it, a map on
+    the dask engine uses that cluster instead of starting a local one."""
+    import dask.config
+    return dask.config.get("scheduler-address", None)
+
+
+def _start_method() -> str | None:
+    """forkserver where forking is unsafe (other threads running, or inside Jupyter, whose
+    kernel runs threads); None (the engine's default, fork) otherwise. The forkserver preloads
+    stepmap rather than the __main__ script, so a script need not guard its top level."""
+    if threading.active_count() == 1 and "ipykernel" not in sys.modules:
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    from multiprocessing import forkserver
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:  # not started yet
+        multiprocessing.set_forkserver_preload(["stepmap.task", "stepmap.workloads.function"])
+    return "forkserver"
+
+
+class Run:
+    """A handle on one map: ``run_id``, ``progress``, ``wait()``, ``results()``, ``result()``,
+    ``cancel()`` and ``report()`` (the run's timeline, drawn inline in a notebook)."""
+
+    def __init__(self, executor: Executor, ref: FunctionRef, run_id: str | None, *,
+                 reduce: bool):
+        self.executor, self.ref, self.reduce = executor, ref, reduce
+        self.run_id = check_run_id(run_id) if run_id else new_run_id(ref.split("+")[0])
+        self.done_items, self.total_items = 0, None
+        self.thread: threading.Thread | None = None
+        self._report: runner.RunReport | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._cancel = threading.Event()
+        self._cancel_raised = False
+        self._bar = None
+
+    # ------------------------------------------------------------ starting
+    def prepare(self, items: Iterable) -> None:
+        """Decide between a fresh run and a resume, and store the items of a fresh one."""
+        store = RunStore.open(self.executor.runs, self.run_id)
+        self._resume = store.has_record()
+        self._items_from = None
+        self._input: dict = {}
+        if self._resume:
+            record = store.read_record()
+            if record.get("workload") != str(self.ref):
+                raise UsageError(f"run {self.run_id} maps {record.get('workload')}, not "
+                                 f"{self.ref}: give a new run_id, or the same function to "
+                                 "resume it")
+            self.total_items = record.get("items")
+            if record.get("status") == "SUCCEEDED":  # nothing to compute: no engine needed
+                self._report = runner.RunReport(
+                    self.run_id, "SUCCEEDED", record["engine"], record["items"],
+                    record["succeeded"], 0, 0, 0.0, total=record.get("total"),
+                    location=store.describe())
+            return
+        if isinstance(items, range):
+            self._input = {"range": [items.start, items.stop, items.step]}
+            self.total_items = len(items)
+            return
+        lines = []
+        for position, item in enumerate(items):
+            lines.append(_item_json(item, position))
+        self.total_items = len(lines)
+        key = store.key(ITEMS_FILE)
+        store.storage.put(key, ("\n".join(lines) + "\n").encode() if lines else b"")
+        self._items_from = store.storage.describe(key)
+
+    def execute(self) -> None:
+        """Run (or resume) to the end; a Ctrl-C in the calling thread is recorded, then
+        re-raised by :meth:`wait`."""
+        if self._report is not None:  # a finished run, called again
+            self._finished.set()
+            return
+        try:
+            options = self.executor.settings(self.run_id, self._items_from)
+            if self._resume:
+                self._report = runner.resume(self.run_id, options, workload_ref=self.ref,
+                                             progress=self._progress)
+            else:
+                self._report = runner.run(self.ref, self._input, options,
+                                          progress=self._progress, on_start=self._on_start)
+        except BaseException as exc:  # handed to the thread that waits, as a future does
+            self._error = exc
+        finally:
+            self._close_bar()
+            self._finished.set()
+        if self.thread is None and isinstance(self._error, KeyboardInterrupt):
+            raise self._error
+
+    def _on_start(self, start, run_id: str) -> None:
+        self.total_items = self.total_items if start.count is None else start.count
+
+    def _progress(self, done: int, failed: int) -> None:
+        self.done_items = done
+        if self._cancel.is_set() and not self._cancel_raised:
+            self._cancel_raised = True
+            raise KeyboardInterrupt  # run_map records the run as interrupted
+        show = self.executor.progress
+        if show is None:
+            show = "ipykernel" in sys.modules or sys.stderr.isatty()
+        if show:
+            self._draw(done)
+
+    def _draw(self, done: int) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=self.total_items, desc=self.run_id, unit="item")
+        self._bar.update(done - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    # ------------------------------------------------------------ watching
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """(items finished, items in all) so far; the total is None until it is known."""
+        return self.done_items, self.total_items
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def cancel(self) -> None:
+        """Stop the run as Ctrl-C would: running tasks are cancelled, the run stays
+        resumable (call the same map with this run_id)."""
+        self._cancel.set()
+
+    def join(self) -> None:
+        while not self._finished.wait(0.2):
+            pass
+
+    def wait(self, timeout: float | None = None) -> runner.RunReport | None:
+        """The run's report once it has finished (None if ``timeout`` passes first). Ctrl-C
+        while waiting stops the run, records it, and raises KeyboardInterrupt."""
+        try:
+            if timeout is None:
+                self.join()
+            elif not self._finished.wait(timeout):
+                return None
+        except KeyboardInterrupt:
+            self.cancel()
+            self.join()
+            raise
+        if self._error is not None:
+            raise self._error
+        assert self._report is not None
+        if self._report.status == "INTERRUPTED":
+            raise KeyboardInterrupt(f"run {self.run_id} was interrupted; call the same map "
+                                    f"with run_id={self.run_id!r} to finish it")
+        return self._report
+
+    # ------------------------------------------------------------ reading
+    def results(self, return_exceptions: bool = False) -> MapResults:
+        """Every item's result in item order. A failed item raises :class:`ItemFailed`
+        unless ``return_exceptions`` is set or its failure was tolerated: then its slot holds
+        the exception and ``.failed`` lists them."""
+        report = self.wait()
+        store = RunStore.open(self.executor.runs, self.run_id)
+        results = read_results(store, report.items)
+        if not results.failed and not results.pending:
+            return results
+        tolerated = report.pending == 0 and (self.executor.policy.tolerate_percent
+                                             or self.executor.policy.tolerate_count)
+        if return_exceptions or tolerated:
+            if tolerated and not return_exceptions:
+                warnings.warn(f"run {self.run_id}: {len(results.failed)} item(s) failed "
+                              "(tolerated); their slots hold ItemFailed", stacklevel=2)
+            return results
+        raise results.first_error()
+
+    def result(self) -> Any:
+        """map_reduce's total: ``reduce_fn`` over every result (none is missing)."""
+        report = self.wait()
+        if report.status != "SUCCEEDED":
+            store = RunStore.open(self.executor.runs, self.run_id)
+            failed = read_results(store, report.items)
+            if failed.failed:
+                raise failed.first_error()
+            raise IncompleteRunError(f"run {self.run_id} is incomplete: {report.reason}",
+                                     failed=report.failed, pending=report.pending,
+                                     run_id=self.run_id)
+        return decode(report.total, allow_pickle=True)
+
+    def report(self):
+        """The run's timeline and task-duration histogram (shown inline in a notebook)."""
+        from .api_results import Timeline
+        return Timeline.load(self.executor.runs, self.run_id)
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        state = self._report.status if self._report else "RUNNING"
+        return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
+
+
+def _item_json(item: Any, position: int) -> str:
+    """One item as a line of JSON; items reach the workers as JSON values, so a tuple (which
+    JSON would silently turn into a list) or any other non-JSON value is refused here."""
+    if not is_json_value(item):
+        raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
+                         "travel to the workers as JSON (lists, objects, strings, numbers)")
+    return json.dumps(item, separators=(",", ":"))
