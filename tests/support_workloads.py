@@ -19,3 +19,12 @@ class Echo(Workload):
 
     def reduce(self, outputs):
         return [text for output in outputs for text in output]
+
+
+def flaky_square(x):
+    """For stepmap.map tests: a module-level function (sent by reference) that fails on
+    item 3 while the file named by $STEPMAP_TEST_FAIL exists."""
+    import os
+    if x == 3 and os.path.exists(os.environ.get("STEPMAP_TEST_FAIL", "/nonexistent")):
+        raise RuntimeError("item 3 is not ready")
+    return x * x

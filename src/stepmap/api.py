@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Iterable
 
 from . import runner
+from .bigint import MAX_INPUT_DIGITS
 from .engines import REMOTE_ENGINES
 from .errors import IncompleteRunError, ItemFailed, UsageError
 from .mapper import MapPolicy
@@ -38,7 +39,10 @@ def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
     """``[fn(item) for item in items]``, computed on an engine, in item order.
 
     ``options`` are :class:`Executor`'s. A failed item raises :class:`ItemFailed` (after its
-    retries); with ``return_exceptions=True`` its slot holds that exception instead."""
+    retries); with ``return_exceptions=True`` every item is run (unless a tolerance is given)
+    and a failed item's slot holds its exception instead."""
+    if return_exceptions and "tolerate" not in options and "tolerate_count" not in options:
+        options["tolerate"] = 100.0
     with Executor(**options) as executor:
         run = executor._start(fn, items, None, run_id, background=False)
         return run.results(return_exceptions=return_exceptions)
@@ -182,6 +186,7 @@ class Run:
                                  f"{self.ref}: give a new run_id, or the same function to "
                                  "resume it")
             self.total_items = record.get("items")
+            _check_same_items(record, items)
             if record.get("status") == "SUCCEEDED":  # nothing to compute: no engine needed
                 self._report = runner.RunReport(
                     self.run_id, "SUCCEEDED", record["engine"], record["items"],
@@ -327,10 +332,38 @@ class Run:
         return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
 
 
+def _check_same_items(record: dict, items: Iterable) -> None:
+    """A resumed run computes the items it stored; refuse items that visibly differ."""
+    saved = record.get("input", {}).get("range")
+    if isinstance(items, range):
+        same = saved == [items.start, items.stop, items.step]
+    else:
+        same = saved is None and (not hasattr(items, "__len__")
+                                  or record.get("items") in (None, len(items)))
+    if not same:
+        raise UsageError(f"run {record['run_id']} was started with other items; give a new "
+                         "run_id, or the same items to resume it")
+
+
 def _item_json(item: Any, position: int) -> str:
     """One item as a line of JSON; items reach the workers as JSON values, so a tuple (which
     JSON would silently turn into a list) or any other non-JSON value is refused here."""
     if not is_json_value(item):
         raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
                          "travel to the workers as JSON (lists, objects, strings, numbers)")
-    return json.dumps(item, separators=(",", ":"))
+    text = json.dumps(item, separators=(",", ":"))
+    if _long_number(item):
+        raise UsageError(f"item {position} holds an integer of more than {MAX_INPUT_DIGITS} "
+                         "digits; items are read back as run input, so pass it as a decimal "
+                         "string (results may be integers of any size)")
+    return text
+
+
+def _long_number(value: Any) -> bool:
+    if type(value) is int:
+        return len(str(abs(value))) > MAX_INPUT_DIGITS
+    if type(value) is list:
+        return any(_long_number(v) for v in value)
+    if type(value) is dict:
+        return any(_long_number(v) for v in value.values())
+    return False

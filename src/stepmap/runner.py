@@ -111,6 +111,8 @@ def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
             # Never import code because a file on disk says so: the user must name it.
             raise UsageError(f"run {run_id} used workload {saved_ref!r}; pass --workload "
                              f"{saved_ref} to confirm importing it")
+        if workload_ref is not None and workload_ref == saved_ref:
+            saved_ref = workload_ref  # the caller's ref object (stepmap.api's carries code)
         workload = resolve(saved_ref)
         start = workload.start(record["input"])
         if record.get("items_from"):

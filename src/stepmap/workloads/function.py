@@ -164,17 +164,22 @@ class FunctionRef(str):
     so worker processes and Dask workers can rebuild it without importing anything by name."""
 
     payload: bytes
+    workload: "FunctionWorkload | None"
 
-    def __new__(cls, text: str, payload: bytes):
+    def __new__(cls, text: str, payload: bytes, workload: FunctionWorkload | None = None):
         ref = super().__new__(cls, text)
-        ref.payload = payload
+        ref.payload, ref.workload = payload, workload
         return ref
 
-    def __reduce__(self):
+    def __reduce__(self):  # the payload only: the receiver rebuilds the workload from it
         return FunctionRef, (str(self), self.payload)
 
     def load(self) -> FunctionWorkload:
-        return _unpickle(hashlib.sha256(self.payload).hexdigest(), self.payload)
+        """The workload: the caller's own object here and in forked workers (real source
+        lines in tracebacks), else unpickled once per payload."""
+        if self.workload is None:
+            self.workload = _unpickle(hashlib.sha256(self.payload).hexdigest(), self.payload)
+        return self.workload
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,12 +196,13 @@ def function_ref(fn: Callable, reduce_fn: Callable | None = None) -> FunctionRef
         if f is not None and not callable(f):
             raise UsageError(f"expected a function, got {type(f).__name__}")
     text = PREFIX + "+".join(_name(f) for f in (fn, reduce_fn) if f is not None)
+    workload = FunctionWorkload(fn, reduce_fn)
     try:
-        payload = cloudpickle.dumps(FunctionWorkload(fn, reduce_fn))
+        payload = cloudpickle.dumps(workload)
     except Exception as exc:  # whatever the closure holds may refuse to pickle
         raise UsageError(f"cannot send {describe(fn)} to the workers: {type(exc).__name__}: "
                          f"{exc}") from None
-    return FunctionRef(text, payload)
+    return FunctionRef(text, payload, workload)
 
 
 def _name(fn: Callable) -> str:
