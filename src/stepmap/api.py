@@ -280,14 +280,17 @@ class Run:
         except KeyboardInterrupt:
             self.cancel()
             self.join()
-            raise
+            raise self._interrupted() from None
         if self._error is not None:
             raise self._error
         assert self._report is not None
         if self._report.status == "INTERRUPTED":
-            raise KeyboardInterrupt(f"run {self.run_id} was interrupted; call the same map "
-                                    f"with run_id={self.run_id!r} to finish it")
+            raise self._interrupted()
         return self._report
+
+    def _interrupted(self) -> KeyboardInterrupt:
+        return KeyboardInterrupt(f"run {self.run_id} was interrupted; call the same map with "
+                                 f"run_id={self.run_id!r} to finish it")
 
     # ------------------------------------------------------------ reading
     def results(self, return_exceptions: bool = False) -> MapResults:
