@@ -109,6 +109,8 @@ class StackConfig:
     # the Distributed Map lists s3://source_bucket/source_prefix itself (S3ObjectsItemReader)
     source_bucket: str = ""
     source_prefix: str = ""
+    # a requirements.txt whose Lambda (arm64) wheels go into the code asset (aws/requirements.py)
+    requirements: str = ""
 
     def __post_init__(self):
         subnets = self.subnet_ids
@@ -223,7 +225,8 @@ class StepmapStack(cdk.Stack):
                          f"-> reduce for workload {config.workload}", **kwargs)
         self.config = config
         self.bucket = self._bucket()
-        code = lambda_.Code.from_asset(str(stage_package(config.workload)),
+        code = lambda_.Code.from_asset(str(stage_package(
+            config.workload, requirements=config.requirements, runtime=config.runtime)),
                                        exclude=[COMPLETE_MARKER])
         env = {"STEPMAP_WORKLOAD": config.workload, "STEPMAP_BUCKET": self.bucket.bucket_name}
         if config.item_source:
@@ -548,13 +551,18 @@ def synth_template(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME,
 
 # ---------------------------------------------------------------- code asset
 
-def stage_package(workload: str, root: Path | None = None) -> Path:
+def stage_package(workload: str, root: Path | None = None, *, requirements: str = "",
+                  runtime: str = LATEST_RUNTIME) -> Path:
     """Copy the stepmap package (and a user workload's top-level module) into a directory
-    that becomes the Lambda code: no Docker, no pip. Pure Python; gmpy2 is optional."""
+    that becomes the Lambda code: no Docker. Pure Python, plus the Lambda wheels of a
+    ``requirements`` file when one is given (installed by pip: see aws/requirements.py)."""
+    from . import requirements as wheels
     sources = [PACKAGE_DIR]
     if not is_builtin(workload) and _workload_source(workload) not in sources:
         sources.append(_workload_source(workload))
     digest = hashlib.sha256()
+    if requirements:
+        digest.update(runtime.encode() + b"\0" + wheels.read(requirements) + b"\0")
     for source in sources:
         for path in sorted(_files(source)):
             digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
@@ -573,6 +581,12 @@ def stage_package(workload: str, root: Path | None = None) -> Path:
                 "__pycache__", "*.pyc", "*.egg-info"))
         else:
             shutil.copy2(source, target)
+    if requirements:
+        try:
+            wheels.install(requirements, building, runtime)
+        except UsageError:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
     (building / COMPLETE_MARKER).touch()
     shutil.rmtree(root, ignore_errors=True)  # a leftover without its marker
     try:

@@ -236,3 +236,67 @@ def failing_position(cause: str) -> int | None:
             return int(number) if number.isdigit() else None
     return None
 
+
+
+# ---------------------------------------------------------------- stepmap.workload()
+
+class PlainWorkload(Workload):
+    """A workload made of plain functions (see :func:`workload`): runs everywhere a
+    Workload runs, the CLI and AWS included, so its results are JSON only (no pickle)."""
+
+    def __init__(self, start: Callable, compute: Callable, reduce: Callable, *, name: str,
+                 summary: str, parameters: dict):
+        self._start, self._compute, self._reduce = start, compute, reduce
+        self.name, self.summary, self.parameters = name, summary, parameters
+
+    def start(self, event: dict) -> Start:
+        emitted = self._start(event)
+        if isinstance(emitted, Start):
+            return emitted
+        items = emitted if isinstance(emitted, range) else list(emitted)
+        return Start(params={}, items=items, count=len(items), summary=self.summary)
+
+    def compute(self, event: dict) -> Any:
+        items = event_items(event)
+        out = [self._one(item["index"], position) for position, item in enumerate(items)]
+        return out if "Items" in event else out[0]
+
+    def _one(self, value: Any, position: int) -> Any:
+        try:
+            result = self._compute(value)
+        except BaseException as exc:
+            exc.add_note(ITEM_NOTE.format(position=position))
+            raise
+        try:
+            return encode(result, allow_pickle=False)
+        except ResultNotStorable as exc:
+            raise ResultNotStorable(f"item {_short(value)}: its result cannot be stored: {exc} "
+                                    "(return JSON values or integers)") from None
+
+    def reduce(self, outputs: Iterable[Any]) -> Any:
+        total = self._reduce([decode(v, allow_pickle=False) for v in flatten(outputs)])
+        if type(total) is int and not -SAFE_INT < total < SAFE_INT:
+            return str(total)  # big totals travel as decimal strings, as every workload's do
+        if not is_json_value(total):
+            raise ResultNotStorable(f"the total is a {type(total).__name__}, not a JSON value")
+        return total
+
+
+def workload(*, start: Callable, compute: Callable, reduce: Callable, name: str = "",
+             summary: str = "", parameters: dict | None = None) -> PlainWorkload:
+    """Plain functions as a Workload the CLI runs and ``stepmap deploy`` deploys:
+    ``start(run_input) -> items`` (or a Start), ``compute(item) -> result`` (a JSON value or
+    an int of any size), ``reduce(results) -> total`` (results in no particular order).
+    ``parameters`` maps run-input fields to :class:`stepmap.Param` (each a CLI option)."""
+    for role, fn in (("start", start), ("compute", compute), ("reduce", reduce)):
+        if not callable(fn):
+            raise UsageError(f"stepmap.workload: {role} must be a function, got "
+                             f"{type(fn).__name__}")
+    return PlainWorkload(start, compute, reduce, name=name or describe(compute),
+                         summary=summary or f"{describe(compute)} over the items of "
+                         f"{describe(start)}", parameters=dict(parameters or {}))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
