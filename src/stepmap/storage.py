@@ -145,22 +145,22 @@ class S3Storage:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as exc:  # botocore's errors share no useful base besides this
-            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def exists(self, key: str) -> bool:
         """One HEAD request (not a listing of the run's possibly many result files)."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
+            if s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -173,7 +173,7 @@ class S3Storage:
                     if name and not name.startswith("."):
                         yield obj["Key"]
         except Exception as exc:
-            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -184,7 +184,7 @@ class S3Storage:
                 names += [p["Prefix"][len(prefix):].rstrip("/")
                           for p in page.get("CommonPrefixes", [])]
         except Exception as exc:
-            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
         return sorted(names)
 
     def local_path(self, key: str) -> Path | None:
@@ -198,7 +198,7 @@ class S3Storage:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def describe(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
@@ -216,7 +216,7 @@ def make_s3_client():
     return boto3.session.Session().client("s3", config=config)
 
 
-def _s3_reason(exc: Exception) -> str:
+def s3_reason(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         error = response["Error"]
