@@ -21,10 +21,12 @@ class Echo(Workload):
         return [text for output in outputs for text in output]
 
 
-def flaky_square(x):
+def flaky_square(item):
     """For stepmap.map tests: a module-level function (sent by reference) that fails on
-    item 3 while the file named by $STEPMAP_TEST_FAIL exists."""
+    item [3, flag] while the file ``flag`` exists (a path in the item, not the environment:
+    forkserver'd workers see the environment of when the fork server started)."""
     import os
-    if x == 3 and os.path.exists(os.environ.get("STEPMAP_TEST_FAIL", "/nonexistent")):
+    x, flag = item
+    if x == 3 and os.path.exists(flag):
         raise RuntimeError("item 3 is not ready")
     return x * x

@@ -43,4 +43,4 @@ def test_notebook_runs_on_a_real_kernel(tmp_path, monkeypatch):
     records = [json.loads(p.read_text()) for p in (tmp_path / "stepmap-runs").glob("*/run.json")]
     assert len(records) == 3 and {r["status"] for r in records} == {"SUCCEEDED", "INCOMPLETE"}
     # inside a kernel (which runs threads), forking is not safe: the API asks for forkserver
-    assert {r["engine_options"].get("start_method") for r in records} == {"forkserver"}
+    assert {r["settings"]["engine_options"]["start_method"] for r in records} == {"forkserver"}

@@ -38,13 +38,13 @@ def test_library_snippets_run_as_written(cluster, tmp_path, request):
         [("dask", "SUCCEEDED", 1024), ("local", "SUCCEEDED", 3), ("local", "SUCCEEDED", 10)]
 
 
-def test_cli_runs_report_and_resume_a_function_run(runs, cli, tmp_path, monkeypatch):
+def test_cli_runs_report_and_resume_a_function_run(runs, cli, tmp_path):
     from support_workloads import flaky_square
     flag = tmp_path / "fail"
     flag.touch()
-    monkeypatch.setenv("STEPMAP_TEST_FAIL", str(flag))
+    items = [[x, str(flag)] for x in range(10)]
     with pytest.raises(RuntimeError, match="item 3 is not ready"):
-        stepmap.map(flaky_square, range(10), run_id="byref", runs=runs, retries=0, batch_size=2)
+        stepmap.map(flaky_square, items, run_id="byref", runs=runs, retries=0, batch_size=2)
     code, out, _ = cli("runs", "byref", "--results", runs)
     assert code == 0 and "INCOMPLETE" in out and "fn:support_workloads:flaky_square" in out
     code, _, err = cli("resume", "byref", "--results", runs)
@@ -53,7 +53,7 @@ def test_cli_runs_report_and_resume_a_function_run(runs, cli, tmp_path, monkeypa
     code, out, err = cli("resume", "byref", "--results", runs, "--quiet",
                          "--workload", "fn:support_workloads:flaky_square")
     assert (code, out) == (0, "10\n"), err  # a map's total: how many results it has
-    assert stepmap.map(flaky_square, range(10), run_id="byref", runs=runs) == \
+    assert stepmap.map(flaky_square, items, run_id="byref", runs=runs) == \
         [x * x for x in range(10)]
     code, out, err = cli("report", "byref", "--results", runs, "--out", str(tmp_path / "t.png"))
     assert code == 0, err
@@ -82,13 +82,23 @@ def fn(x):
         time.sleep(0.5)
     return x * 2
 
-if mode == "map":
-    out = stepmap.map(fn, range(40), run_id="ctrlc", workers=2, batch_size=1, runs="runs")
-else:
-    with stepmap.Executor(workers=2, batch_size=1, runs="runs") as ex:
-        out = ex.map(fn, range(40), run_id="ctrlc").results()
-print(sum(out))
+if __name__ == "__main__":  # forkserver'd workers import this file (the Executor's thread)
+    if mode == "map":
+        out = stepmap.map(fn, range(40), run_id="ctrlc", workers=2, batch_size=1, runs="runs")
+    else:
+        with stepmap.Executor(workers=2, batch_size=1, runs="runs") as ex:
+            out = ex.map(fn, range(40), run_id="ctrlc").results()
+    print(sum(out))
 '''
+
+
+def test_an_unguarded_script_is_told_to_guard_its_top_level(tmp_path):
+    (tmp_path / "script.py").write_text(
+        "import stepmap\nwith stepmap.Executor(workers=1, runs='runs') as ex:\n"
+        "    print(ex.map(abs, [-1]).results())\n")
+    proc = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert "if __name__ == '__main__':" in proc.stderr
 
 
 @pytest.mark.parametrize("mode", ["map", "executor"])

@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterable
 
 from . import runner
 from .bigint import MAX_INPUT_DIGITS
-from .engines import REMOTE_ENGINES
-from .errors import IncompleteRunError, ItemFailed, UsageError
-from .mapper import MapPolicy
+from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
+from .drivers.base import RunReport
+from .errors import IncompleteRunError, UsageError
 from .results import RunStore, check_run_id, new_run_id
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
 from .api_results import MapResults, read_results
@@ -69,21 +69,23 @@ class Executor:
 
     def __init__(self, engine: str = "local", *, workers: int | None = None,
                  batch_size: int | None = None, max_concurrency: int | None = None,
-                 retries: int = 2, backoff: float = 0.5, timeout: float | None = 900.0,
-                 tolerate: float = 0.0, tolerate_count: int = 0,
-                 memory_limit: int | None = None, scheduler: str | None = None,
-                 runs: str = runner.DEFAULT_RUNS_DIR, progress: bool | None = None):
+                 retries: int | None = None, backoff: float | None = None,
+                 timeout: float | None = None, tolerate: float | None = None,
+                 tolerate_count: int | None = None, memory_limit: int | None = None,
+                 scheduler: str | None = None, runs: str = DEFAULT_RUNS_DIR,
+                 progress: bool | None = None):
         if engine in REMOTE_ENGINES:
             raise UsageError(f"stepmap.map runs on the local and dask engines; for {engine}, "
                              "turn the functions into a workload with stepmap.workload() and "
                              "deploy it (stepmap deploy --workload module:attribute)")
         self.engine, self.runs, self.progress = engine, runs, progress
-        self.policy = MapPolicy(batch_size=batch_size, max_concurrency=max_concurrency,
-                                retries=retries, backoff_seconds=backoff, timeout=timeout,
-                                tolerate_percent=tolerate, tolerate_count=tolerate_count)
-        self.engine_options = {k: v for k, v in {
-            "workers": workers, "memory_limit_mb": memory_limit,
-            "scheduler": scheduler}.items() if v is not None}
+        #: the settings given (None: not given, so a resumed run keeps its saved one)
+        self.given = {"workers": workers, "batch_size": batch_size,
+                      "max_concurrency": max_concurrency, "retries": retries,
+                      "backoff": backoff, "timeout": timeout, "tolerate": tolerate,
+                      "tolerate_count": tolerate_count, "memory_limit": memory_limit,
+                      "scheduler": scheduler}
+        self.policy = self.settings(None, None).policy  # validates every argument now
         self._runs: list[Run] = []
 
     def map(self, fn: Callable, items: Iterable, *, run_id: str | None = None) -> "Run":
@@ -104,6 +106,7 @@ class Executor:
             run.join()
 
     def _start(self, fn, items, reduce_fn, run_id, *, background: bool) -> "Run":
+        _refuse_in_bootstrapping_worker()
         ref = function_ref(fn, reduce_fn)
         run = Run(self, ref, run_id, reduce=reduce_fn is not None)
         run.prepare(items)
@@ -116,21 +119,32 @@ class Executor:
             run.execute()
         return run
 
-    def settings(self, run_id: str, items_from: str | None) -> runner.RunOptions:
+    def settings(self, run_id: str | None, items_from: str | None) -> RunConfig:
         """The one place run settings are built from this executor's arguments."""
-        engine_options = dict(self.engine_options)
+        return RunConfig.build(engine=self.engine, runs=self.runs, run_id=run_id,
+                               items_from=items_from,
+                               items_format="jsonl" if items_from else None,
+                               **self.overrides())
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings given, plus the start method or Dask scheduler chosen for here and
+        now (for a new run, and over a resumed run's saved settings)."""
+        given = dict(self.given)
         if self.engine == "local":
-            method = _start_method()
-            if method:
-                engine_options["start_method"] = method
-        elif self.engine == "dask" and "scheduler" not in engine_options:
-            address = _dask_scheduler_address()
-            if address and "workers" not in engine_options:
-                engine_options["scheduler"] = address
-        return runner.RunOptions(engine=self.engine, engine_options=engine_options,
-                                 policy=self.policy, runs=self.runs, run_id=run_id,
-                                 items_from=items_from, items_format="jsonl" if items_from
-                                 else None)
+            given["start_method"] = _start_method()
+        elif self.engine == "dask" and given["scheduler"] is None and given["workers"] is None:
+            given["scheduler"] = _dask_scheduler_address()
+        return given
+
+
+def _refuse_in_bootstrapping_worker() -> None:
+    """A worker started by forkserver or spawn imports the __main__ script again (as
+    __mp_main__): a script that calls stepmap at its top level would start a map in every
+    worker. Say what to do instead of letting the workers die one after the other."""
+    if getattr(sys.modules.get("__mp_main__"), "__name__", "") == "__mp_main__":
+        raise UsageError("stepmap was called while a worker process imported your script: "
+                         "put the script's top-level code under if __name__ == '__main__': "
+                         "(worker processes started by forkserver or spawn import it)")
 
 
 def _dask_scheduler_address() -> str | None:
@@ -165,7 +179,7 @@ class Run:
         self.run_id = check_run_id(run_id) if run_id else new_run_id(ref.split("+")[0])
         self.done_items, self.total_items = 0, None
         self.thread: threading.Thread | None = None
-        self._report: runner.RunReport | None = None
+        self._report: RunReport | None = None
         self._error: BaseException | None = None
         self._finished = threading.Event()
         self._cancel = threading.Event()
@@ -180,18 +194,14 @@ class Run:
         self._items_from = None
         self._input: dict = {}
         if self._resume:
-            record = store.read_record()
-            if record.get("workload") != str(self.ref):
-                raise UsageError(f"run {self.run_id} maps {record.get('workload')}, not "
-                                 f"{self.ref}: give a new run_id, or the same function to "
-                                 "resume it")
-            self.total_items = record.get("items")
-            _check_same_items(record, items)
-            if record.get("status") == "SUCCEEDED":  # nothing to compute: no engine needed
-                self._report = runner.RunReport(
-                    self.run_id, "SUCCEEDED", record["engine"], record["items"],
-                    record["succeeded"], 0, 0, 0.0, total=record.get("total"),
-                    location=store.describe())
+            record = store.read_run()
+            if record.workload != str(self.ref):
+                raise UsageError(f"run {self.run_id} maps {record.workload}, not {self.ref}: "
+                                 "give a new run_id, or the same function to resume it")
+            self.total_items = record.items
+            _check_same_items(record.run_id, record.input, record.items, items)
+            if record.status == "SUCCEEDED":  # nothing to compute: no engine needed
+                self._report = RunReport.from_record(record)
             return
         if isinstance(items, range):
             self._input = {"range": [items.start, items.stop, items.step]}
@@ -212,13 +222,15 @@ class Run:
             self._finished.set()
             return
         try:
-            options = self.executor.settings(self.run_id, self._items_from)
             if self._resume:
-                self._report = runner.resume(self.run_id, options, workload_ref=self.ref,
-                                             progress=self._progress)
+                self._report = runner.resume(
+                    self.run_id, runs=self.executor.runs, workload_ref=self.ref,
+                    overrides={"engine": self.executor.engine, **self.executor.overrides()},
+                    progress=self._progress)
             else:
-                self._report = runner.run(self.ref, self._input, options,
-                                          progress=self._progress, on_start=self._on_start)
+                self._report = runner.run(
+                    self.ref, self._input, self.executor.settings(self.run_id, self._items_from),
+                    progress=self._progress, on_start=self._on_start)
         except BaseException as exc:  # handed to the thread that waits, as a future does
             self._error = exc
         finally:
@@ -269,7 +281,7 @@ class Run:
         while not self._finished.wait(0.2):
             pass
 
-    def wait(self, timeout: float | None = None) -> runner.RunReport | None:
+    def wait(self, timeout: float | None = None) -> RunReport | None:
         """The run's report once it has finished (None if ``timeout`` passes first). Ctrl-C
         while waiting stops the run, records it, and raises KeyboardInterrupt."""
         try:
@@ -335,17 +347,17 @@ class Run:
         return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
 
 
-def _check_same_items(record: dict, items: Iterable) -> None:
+def _check_same_items(run_id: str, run_input: dict, count: int | None,
+                      items: Iterable) -> None:
     """A resumed run computes the items it stored; refuse items that visibly differ."""
-    saved = record.get("input", {}).get("range")
+    saved = (run_input or {}).get("range")
     if isinstance(items, range):
         same = saved == [items.start, items.stop, items.step]
     else:
-        same = saved is None and (not hasattr(items, "__len__")
-                                  or record.get("items") in (None, len(items)))
+        same = saved is None and (not hasattr(items, "__len__") or count in (None, len(items)))
     if not same:
-        raise UsageError(f"run {record['run_id']} was started with other items; give a new "
-                         "run_id, or the same items to resume it")
+        raise UsageError(f"run {run_id} was started with other items; give a new run_id, or "
+                         "the same items to resume it")
 
 
 def _item_json(item: Any, position: int) -> str:
