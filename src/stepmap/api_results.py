@@ -44,8 +44,10 @@ def read_results(store: RunStore, items: int) -> MapResults:
     for entry in store.iter_entries(RunStore.manifest_keys(manifest, "SUCCEEDED")):
         first = entry["ItemPositions"][0]
         output = entry_output(entry)
-        for offset, stored in enumerate(output if type(output) is list else [output]):
-            values[first + offset] = decode(stored, allow_pickle=True)
+        stored = output if type(output) is list else [output]
+        if any(type(v) is dict for v in stored):
+            stored = [decode(v, allow_pickle=True) for v in stored]
+        values[first:first + len(stored)] = stored
     results = MapResults(values)
     for entry in store.iter_entries(RunStore.manifest_keys(manifest, "FAILED")):
         failure = _failure(entry, store.run_id)

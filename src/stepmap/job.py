@@ -108,14 +108,16 @@ class EventSpec:
             return batch_event(self.values, self.params)
         return item_event(self.values[0], self.params)
 
-    def to_json(self, event: dict) -> str:
-        """``event`` (this spec, built) as compact JSON; integer items, the common case for
-        millions of tiny items, are written directly, about 2.5x faster than json.dumps."""
+    def to_json(self, event: dict | None) -> str:
+        """``event`` (this spec, built; None: build it if needed) as compact JSON; integer
+        items, the common case for millions of tiny items, are written directly, about 2.5x
+        faster than json.dumps."""
         if self.batched and all(type(v) is int for v in self.values):
             items = ",".join(['{"index":%d}' % v for v in self.values])
             return '{"Items":[%s],"BatchInput":%s}' % (
                 items, json.dumps(self.params, separators=(",", ":")))
-        return json.dumps(event, separators=(",", ":"), check_circular=False)
+        return json.dumps(event if event is not None else self.build(), separators=(",", ":"),
+                          check_circular=False)
 
     def __reduce__(self):  # pickles as its three fields (no per-instance dict to carry)
         return EventSpec, (self.values, self.params, self.batched)

@@ -121,23 +121,30 @@ class FunctionWorkload(Workload):
                      summary=f"{self.name} over {_show_range(items)}")
 
     def compute(self, event: dict) -> Any:
-        items = event_items(event)
-        if "Items" not in event:
-            return encode(self.fn(items[0]["index"]))
-        out = []
-        for position, item in enumerate(items):
+        values = [item["index"] for item in event_items(event)]
+        return self.compute_values(values, "Items" in event)
+
+    def compute_values(self, values: list, batched: bool) -> Any:
+        """fn over the item values of one event (task.execute calls this directly)."""
+        fn, out = self.fn, []
+        for position, value in enumerate(values):
             try:
-                out.append(encode(self.fn(item["index"])))
+                result = fn(value)
             except BaseException as exc:
                 exc.add_note(ITEM_NOTE.format(position=position))
                 raise
-        return out
+            kind = type(result)  # the common plain values inline: this runs per item
+            if (kind is int and -SAFE_INT < result < SAFE_INT) or kind is str \
+                    or (kind is float and math.isfinite(result)):
+                out.append(result)
+            else:
+                out.append(encode(result))
+        return out if batched else out[0]
 
     def reduce(self, outputs: Iterable[Any]) -> Any:
-        values = [decode(v, allow_pickle=True) for v in flatten(outputs)]
-        if self.reduce_fn is None:
-            return len(values)
-        return encode(self.reduce_fn(values))
+        if self.reduce_fn is None:  # a map: its total is how many results it has
+            return sum(len(o) if type(o) is list else 1 for o in outputs)
+        return encode(self.reduce_fn([decode(v, allow_pickle=True) for v in flatten(outputs)]))
 
 
 def flatten(outputs: Iterable[Any]):
