@@ -19,6 +19,15 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
+def test_readme_library_snippets_are_the_tested_file():
+    import re
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python library"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    source = (ROOT / "examples" / "library.py").read_text()
+    assert block.strip() in source and "stepmap.map_reduce(count" in block
+
+
 @pytest.mark.parametrize("cluster", ["fixture", "started by the engine"])
 def test_library_snippets_run_as_written(cluster, tmp_path, request):
     env = dict(ENV)
