@@ -18,7 +18,7 @@ import multiprocessing
 import sys
 import threading
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sized
 
 from . import runner
 from .bigint import MAX_INPUT_DIGITS
@@ -177,14 +177,15 @@ class Run:
                  reduce: bool):
         self.executor, self.ref, self.reduce = executor, ref, reduce
         self.run_id = check_run_id(run_id) if run_id else new_run_id(ref.split("+")[0])
-        self.done_items, self.total_items = 0, None
+        self.done_items: int = 0
+        self.total_items: int | None = None
         self.thread: threading.Thread | None = None
         self._report: RunReport | None = None
         self._error: BaseException | None = None
         self._finished = threading.Event()
         self._cancel = threading.Event()
         self._cancel_raised = False
-        self._bar = None
+        self._bar: Any = None
 
     # ------------------------------------------------------------ starting
     def prepare(self, items: Iterable) -> None:
@@ -300,6 +301,11 @@ class Run:
             raise self._interrupted()
         return self._report
 
+    def _final(self) -> RunReport:
+        report = self.wait()
+        assert report is not None  # wait() without a timeout returns a report or raises
+        return report
+
     def _interrupted(self) -> KeyboardInterrupt:
         return KeyboardInterrupt(f"run {self.run_id} was interrupted; call the same map with "
                                  f"run_id={self.run_id!r} to finish it")
@@ -309,7 +315,7 @@ class Run:
         """Every item's result in item order. A failed item raises :class:`ItemFailed`
         unless ``return_exceptions`` is set or its failure was tolerated: then its slot holds
         the exception and ``.failed`` lists them."""
-        report = self.wait()
+        report = self._final()
         store = RunStore.open(self.executor.runs, self.run_id)
         results = read_results(store, report.items)
         if not results.failed and not results.pending:
@@ -325,7 +331,7 @@ class Run:
 
     def result(self) -> Any:
         """map_reduce's total: ``reduce_fn`` over every result (none is missing)."""
-        report = self.wait()
+        report = self._final()
         if report.status != "SUCCEEDED":
             store = RunStore.open(self.executor.runs, self.run_id)
             failed = read_results(store, report.items)
@@ -354,7 +360,7 @@ def _check_same_items(run_id: str, run_input: dict, count: int | None,
     if isinstance(items, range):
         same = saved == [items.start, items.stop, items.step]
     else:
-        same = saved is None and (not hasattr(items, "__len__") or count in (None, len(items)))
+        same = saved is None and (not isinstance(items, Sized) or count in (None, len(items)))
     if not same:
         raise UsageError(f"run {run_id} was started with other items; give a new run_id, or "
                          "the same items to resume it")

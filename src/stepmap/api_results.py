@@ -80,7 +80,7 @@ def _failure(entry: dict, run_id: str) -> ItemFailed:
     text = (f"item {position} ({_short(items[offset])}) failed after {attempts} attempt(s): "
             f"{error}: {message}")
     kind = _dual(_original_type(error, trace))
-    exc = kind.__new__(kind, text)
+    exc: ItemFailed = kind.__new__(kind, text)
     ItemFailed.__init__(exc, text, item=items[offset], position=position, error_type=error,
                         error_message=message, remote_traceback=_TRACEBACK + trace if trace
                         else "", run_id=run_id, attempts=attempts)
@@ -108,13 +108,13 @@ def _original_type(error: str, trace: str) -> type | None:
 
 
 @functools.cache
-def _dual(original: type | None) -> type:
+def _dual(original: type | None) -> type[ItemFailed]:
     """A subclass of both ItemFailed and the original type, so ``except ZeroDivisionError``
     catches it; plain ItemFailed when the two cannot be combined."""
     if original is None:
         return ItemFailed
     try:
-        kind = type(original.__name__, (ItemFailed, original),
+        kind: type[ItemFailed] = type(original.__name__, (ItemFailed, original),
                     {"__module__": "stepmap", "__str__": BaseException.__str__})
         kind.__new__(kind, "probe")
         return kind

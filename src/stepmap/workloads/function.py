@@ -220,7 +220,9 @@ def from_name(ref: str) -> FunctionWorkload:
     """The workload a plain ``fn:module:qualname[+module:qualname]`` names (the user named it:
     ``stepmap resume RUN --workload fn:...``)."""
     parts = [p.partition(":") for p in ref[len(PREFIX):].split("+")]
-    functions = []
+    if len(parts) > 2:
+        raise UsageError(f"{ref!r}: expected fn:module:function[+module:reduce_function]")
+    functions: list[Callable] = []
     for module_name, sep, qualname in parts:
         if not sep or "<" in qualname or module_name in ("__main__", "?"):
             raise UsageError(f"{ref!r} names a function defined in a script or by value (a "
@@ -228,10 +230,13 @@ def from_name(ref: str) -> FunctionWorkload:
                              "stepmap.map with its run_id")
         try:
             module = importlib.import_module(module_name)
-            functions.append(functools.reduce(getattr, qualname.split("."), module))
+            found = functools.reduce(getattr, qualname.split("."), module)
         except (ImportError, AttributeError) as exc:
             raise UnknownName(f"cannot find function {module_name}:{qualname}: {exc}") from None
-    return FunctionWorkload(*functions[:2])
+        if not callable(found):
+            raise UsageError(f"{module_name}:{qualname} is not a function")
+        functions.append(found)
+    return FunctionWorkload(functions[0], functions[1] if len(functions) > 1 else None)
 
 
 def failing_position(cause: str) -> int | None:
