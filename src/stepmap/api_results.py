@@ -45,7 +45,7 @@ def read_results(store: RunStore, items: int) -> MapResults:
         first = entry["ItemPositions"][0]
         output = entry_output(entry)
         stored = output if type(output) is list else [output]
-        if any(type(v) is dict for v in stored):
+        if "{" in entry["Output"]:  # some envelope inside (plain results have no object)
             stored = [decode(v, allow_pickle=True) for v in stored]
         values[first:first + len(stored)] = stored
     results = MapResults(values)
