@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import EngineError, UsageError
+from ..extras import require
 
 from . import DEFAULT_STACK
 #: The repository root (src/stepmap/aws/commands.py -> ../../..), home of the pinned CDK CLI.
@@ -114,6 +115,7 @@ def _quiet_jsii() -> None:
 # ---------------------------------------------------------------- synth
 
 def cmd_synth(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap synth")
     from . import stack as stack_module
 
     config = _config(args)
@@ -164,6 +166,7 @@ def _run_cdk(command: list[str]) -> None:
 
 
 def cmd_deploy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap deploy")  # the CDK CLI runs our app with this Python
     config = _config(args)
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:
         outputs_file = Path(outdir) / "outputs.json"
@@ -188,6 +191,7 @@ def cmd_deploy(args, extra: list[str]) -> int:
 
 
 def cmd_destroy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap destroy")
     from .stack import StackConfig
 
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:
