@@ -8,6 +8,7 @@ every item exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from .errors import IncompleteRunError, ResultsError
 from .job import JSON, Workload, item_count
@@ -44,7 +45,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
                 raise ResultsError(f"a SUCCEEDED results file holds a {entry.get('Status')} entry")
             span = entry.get("ItemPositions")
             if _is_span(span):
-                positions.append(tuple(span))
+                positions.append((span[0], span[1]))
                 counted["items"] += span[1] - span[0]
             else:  # written by AWS: count the items of its Input
                 counted["items"] += item_count(entry_input(entry))
@@ -55,7 +56,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
     return Reduction(total, counted["items"])
 
 
-def _is_span(span) -> bool:
+def _is_span(span: object) -> TypeGuard[list[int]]:
     return (isinstance(span, list) and len(span) == 2
             and all(isinstance(p, int) and not isinstance(p, bool) for p in span)
             and 0 <= span[0] < span[1])

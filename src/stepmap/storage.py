@@ -7,6 +7,7 @@ either the whole file or none of it, never a torn one.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import itertools
 import os
@@ -28,7 +29,7 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[str]:
         """The files directly under ``prefix`` (not in its subdirectories; no dot-files)."""
         ...
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """The names of the directories (S3: common prefixes) directly under ``prefix``."""
         ...
     def delete(self, key: str) -> None: ...
@@ -110,7 +111,7 @@ class LocalStorage:
             if path.is_file() and not path.name.startswith("."):
                 yield path.relative_to(self.root).as_posix()
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
@@ -175,7 +176,7 @@ class S3Storage:
         except Exception as exc:
             raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         names = []

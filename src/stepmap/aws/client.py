@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 import time
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -210,7 +211,7 @@ def _cause(cause: str | None) -> str:
 
 def _seconds(described: dict, began: float) -> float:
     start, stop = described.get("startDate"), described.get("stopDate")
-    if hasattr(start, "timestamp") and hasattr(stop, "timestamp"):
+    if isinstance(start, datetime) and isinstance(stop, datetime):
         return max(0.0, stop.timestamp() - start.timestamp())
     return time.time() - began
 

@@ -43,6 +43,7 @@ from distributed import Client, Future, LocalCluster, wait as wait_all
 from distributed.scheduler import KilledWorker
 
 from ..errors import EngineError, UsageError
+from ..job import EventSpec
 from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing
@@ -108,7 +109,7 @@ class DaskExecutor:
         self._restarts: list[threading.Thread] = []
         self._token = uuid.uuid4().hex[:12]
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
         key = f"stepmap-{self._token}-{task_id}-{uuid.uuid4().hex[:8]}"
         future = self._client.submit(execute, self._ref, task_id, event, key=key, pure=False)
         self._running[key] = _Attempt(task_id, future, time.time(), timeout,
@@ -172,17 +173,20 @@ class DaskExecutor:
 
     def _check_timeout(self, attempt: _Attempt) -> Completion | None:
         """Fail and kill a task that has executed for its timeout; else set its next check."""
+        timeout = attempt.timeout
+        if timeout is None:  # no deadline was set: nothing to check
+            return None
         key = attempt.future.key
         where = [w for w, keys in self._client.processing().items() if key in keys]
         ran = self._client.run(_executing_for, key, workers=where, on_error="return") \
             if where else {}
         running = {w: s for w, s in ran.items() if isinstance(s, (int, float))}
         if not running:  # still queued: its clock has not started
-            attempt.deadline = time.monotonic() + min(RECHECK, attempt.timeout)
+            attempt.deadline = time.monotonic() + min(RECHECK, timeout)
             return None
         address, elapsed = max(running.items(), key=lambda pair: pair[1])
-        if elapsed < attempt.timeout:
-            attempt.deadline = time.monotonic() + attempt.timeout - elapsed
+        if elapsed < timeout:
+            attempt.deadline = time.monotonic() + timeout - elapsed
             return None
         del self._running[key]
         self._client.cancel([attempt.future])  # first, or Dask might re-run it elsewhere

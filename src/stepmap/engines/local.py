@@ -22,6 +22,7 @@ from collections import deque
 from multiprocessing.connection import wait as wait_any
 
 from ..errors import EngineError, UsageError
+from ..job import EventSpec
 from ..task import Completion, execute
 
 #: Tasks handed to one worker at a time: the one it runs and the one it runs next.
@@ -65,7 +66,7 @@ class _Worker:
                                        args=(child, workload_ref, memory_limit_mb))
         self.process.start()
         child.close()
-        self.queue: deque[tuple[int, dict, float | None]] = deque()  # head = running
+        self.queue: deque[tuple[int, EventSpec, float | None]] = deque()  # head = running
         self.started = 0.0  # when the head task started (as far as the parent knows)
         self.broken = False  # its pipe failed: poll() reaps it and settles what it held
 
@@ -108,7 +109,7 @@ class LocalExecutor:
         self._workers.append(worker)
         return worker
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
         healthy = [w for w in self._workers if not w.broken]
         if len(healthy) < self.slots:
             worker = self._spawn()
@@ -116,7 +117,7 @@ class LocalExecutor:
             worker = min(healthy, key=lambda w: len(w.queue))
         self._send(worker, (task_id, event, timeout))
 
-    def _send(self, worker: _Worker, task: tuple[int, dict, float | None]) -> None:
+    def _send(self, worker: _Worker, task: tuple[int, EventSpec, float | None]) -> None:
         try:
             if not worker.process.is_alive():  # reaps it if it died idle (a cheap waitpid)
                 raise BrokenPipeError
