@@ -48,7 +48,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", allow_abbrev=False,
-                            help="finish an incomplete run: compute only what is missing")
+                            help="finish an incomplete run: compute only what is missing",
+                            description="Continues with the engine and settings the run was "
+                            "started with (saved in its run.json); only the options given "
+                            "here override them.")
     resume.add_argument("run_id")
     resume.add_argument("--workload", help="confirm the module:attribute of a user workload")
     _engine_options(resume)
