@@ -216,6 +216,10 @@ def _run_and_print(args, call) -> int:
 
 def print_report(args, report: runner.RunReport) -> int:
     complete = report.status == "SUCCEEDED"
+    if report.rejected and complete and not args.quiet:
+        print(f"stepmap: warning: ignored {len(report.rejected)} result entr"
+              f"{'y' if len(report.rejected) == 1 else 'ies'} that failed verification; "
+              f"their items were recomputed (first: {report.rejected[0]})", file=sys.stderr)
     if args.output and complete:
         _write_total(args.output, _total_text(report.total))
     if args.json:

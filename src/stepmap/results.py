@@ -8,8 +8,9 @@
 
 Entries carry ``Input``/``Output`` as JSON *strings*, exactly like the files a Distributed
 Map's ResultWriter writes to S3, so the reduce step reads local, Dask and AWS runs with the
-same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts`` and
-``Worker`` to the entries it writes; readers ignore keys they do not know.
+same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts``, ``Worker``
+and ``Checksum`` (the worker's checksum of Input and Output, see verify.py) to the entries it
+writes; readers ignore keys they do not know.
 
 This module is the only one that knows file names and entry shapes.
 """
@@ -63,10 +64,15 @@ def parse_time(text: str | None) -> float | None:
 # ---------------------------------------------------------------- entries
 
 def success_entry(input_json: str, output_json: str, *, positions: tuple[int, int], started: float,
-                  stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
-            "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
-            "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+                  stopped: float, attempts: int, worker: str, checksum: str | None = None) -> dict:
+    """``checksum``: the worker's verify.checksum of the two texts (None: the entry will
+    not verify, and reduce treats its items as missing)."""
+    entry = {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
+             "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
+             "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+    if checksum is not None:
+        entry["Checksum"] = checksum
+    return entry
 
 
 def failure_entry(input_json: str, *, error: str, cause: str, positions: tuple[int, int],

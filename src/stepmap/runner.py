@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .engines import get_engine
-from .errors import (IncompleteRunError, ResultsError, RunLockedError, StepmapError,
-                     UsageError)
+from .errors import IncompleteRunError, ResultsError, StepmapError, UsageError
 from .job import ITEM_KEY, Start
+from .locks import create_run, lock_holder, run_lock
 from .mapper import Intervals, MapOutcome, MapPolicy, auto_batch_size, batches, run_map
 from .reducer import reduce_run
+from .verify import Expected, check_results
 from .results import ResultSink, RunStore, check_run_id, new_run_id
 from .storage import LocalStorage
 from .workloads import is_builtin, resolve
@@ -56,6 +57,7 @@ class RunReport:
     location: str = ""
     reason: str = ""
     recomputed: int = 0
+    rejected: list = field(default_factory=list)  # result entries that failed verification
 
     def as_json(self) -> dict:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,
@@ -82,20 +84,22 @@ def run(workload_ref: str, run_input: dict, options: RunOptions,
     store = RunStore.open(options.runs, run_id)
     if isinstance(store.storage, LocalStorage):
         store.storage.ensure_writable()
-    if store.has_record():
+    if store.has_record():  # said at once, lock or not (create_run checks again, locked)
         raise UsageError(f"run {run_id} already exists in {options.runs}; use 'stepmap resume'")
     record = {"run_id": run_id, "workload": workload_ref, "input": run_input,
               "params": start.params, "summary": start.summary, "engine": options.engine,
               "engine_options": options.engine_options, "policy": options.policy.__dict__,
               "items": start.count, "status": "RUNNING", "created": began, "attempts": [],
               "items_from": options.items_from, "items_format": options.items_format}
-    executor = _open_engine(options, workload_ref)
-    with _closing_on_error(executor), run_lock(store):
-        store.write_record(record)
-        if on_start:
-            on_start(start, run_id)
-        return _execute(store, record, workload_ref, start, options, executor, Intervals(),
-                        began, progress)
+    with run_lock(store):  # lock, then check and create: of racing runs with one id, one wins
+        create_run(store, record, check_only=True)  # refuse before starting an engine
+        executor = _open_engine(options, workload_ref)
+        with _closing_on_error(executor):
+            create_run(store, record)
+            if on_start:
+                on_start(start, run_id)
+            return _execute(store, record, workload_ref, start, options, executor, Intervals(),
+                            began, progress)
 
 
 def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
@@ -115,9 +119,10 @@ def resume(run_id: str, options: RunOptions, workload_ref: str | None = None,
         start = workload.start(record["input"])
         if record.get("items_from"):
             start = _resumed_source(store, record, start)
-        done = Intervals(tuple(e["ItemPositions"]) for f in store.result_files()
-                         if f.status == "SUCCEEDED" for e in store.read_entries(f.key)
-                         if isinstance(e.get("ItemPositions"), list))
+        # only entries that verify count as done: damaged or foreign ones are recomputed
+        done = Intervals(check_results(store, [f.key for f in store.result_files()
+                                               if f.status == "SUCCEEDED"],
+                                       _expected(store, record, workload, start)).spans)
         executor = _open_engine(options, saved_ref)
         with _closing_on_error(executor):
             return _execute(store, record, saved_ref, start, options, executor, done, began,
@@ -158,9 +163,7 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
         outcome: MapOutcome = run_map(executor, tasks, options.policy, sink,
                                       total_items=start.count, on_progress=report_progress)
     except StepmapError as exc:  # e.g. the results disk filled up: say so in the record
-        with contextlib.suppress(StepmapError):
-            store.write_record({**record, "status": "FAILED", "reason": str(exc),
-                                "finished": time.time()})
+        _record_failure(store, record, exc)
         raise
     report_progress(outcome)
     item_total = start.count if start.count is not None else already + outcome.items
@@ -171,8 +174,12 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
                        summary=start.summary, location=store.describe(),
                        recomputed=outcome.succeeded + outcome.failed)
     try:
-        reduction = reduce_run(store, workload, expected_items=item_total)
-        report.total = reduction.total
+        reduction = reduce_run(store, workload, expected_items=item_total,
+                               expected=_expected(store, record, workload, start))
+        report.total, report.rejected = reduction.total, reduction.rejected
+    except ResultsError as exc:  # e.g. two result entries claim one item: no resume fixes it
+        _record_failure(store, record, exc)
+        raise
     except IncompleteRunError as exc:
         report.status = "INTERRUPTED" if outcome.interrupted else "INCOMPLETE"
         first = next((m for m in exc.missing if "pending" not in m), "")
@@ -190,6 +197,24 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
                   attempts=record.get("attempts", []) + [attempt])
     store.write_record(record)
     return report
+
+
+def _record_failure(store: RunStore, record: dict, exc: StepmapError) -> None:
+    with contextlib.suppress(StepmapError):
+        store.write_record({**record, "status": "FAILED", "reason": str(exc),
+                            "finished": time.time()})
+
+
+def _expected(store: RunStore, record: dict, workload, start: Start) -> Expected:
+    """This run's start once more, for verify: its items are streamed afresh (a source or a
+    generator is re-read; a local run's source snapshot once it is complete)."""
+    def items():
+        if isinstance(start.items, (range, list, tuple)):
+            return start.items
+        again = workload.start(record["input"])
+        return (_resumed_source(store, record, again) if record.get("items_from")
+                else again).items
+    return Expected(start.params, items)
 
 
 def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
@@ -236,67 +261,6 @@ def _resumed_source(store: RunStore, record: dict, start: Start) -> Start:
     return _with_source(start, record["items_from"], record.get("items_format"))
 
 
-#: An S3 run lock older than this is taken to be left by a crashed process.
-S3_LOCK_TTL_SECONDS = 6 * 3600
-
-
-@contextlib.contextmanager
-def run_lock(store: RunStore):
-    """One process at a time works on a run: an flock for a local runs directory, a lock
-    object for an S3 one."""
-    if not isinstance(store.storage, LocalStorage):
-        with _s3_lock(store):
-            yield
-        return
-    import fcntl
-    path = store.storage.root / store.prefix / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunLockedError(f"run {store.run_id} is in use by {holder}; try again "
-                                 "when it has finished") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _s3_lock(store: RunStore):
-    """A lock object: written, then read back (S3 is strongly consistent), so of two racing
-    processes the one whose token is not there backs off. A crashed holder's lock expires
-    after S3_LOCK_TTL_SECONDS (or delete <run>/.lock by hand)."""
-    key = store.key(".lock")
-    token = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-
-    def holder():
-        try:
-            return json.loads(store.storage.get(key))
-        except (ResultsError, ValueError):
-            return None
-
-    current = holder()
-    if current and time.time() - current.get("time", 0) < S3_LOCK_TTL_SECONDS:
-        raise RunLockedError(f"run {store.run_id} is in use by {current.get('holder')}; try "
-                             "again when it has finished")
-    store.storage.put(key, json.dumps({"holder": token, "time": time.time()}).encode())
-    if (holder() or {}).get("holder") != token:
-        raise RunLockedError(f"run {store.run_id} was just taken by another process")
-    try:
-        yield
-    finally:
-        if (holder() or {}).get("holder") == token:
-            store.storage.delete(key)
-
-
 def list_runs(runs: str) -> list[dict]:
     from .storage import parse_location
     storage, base = parse_location(runs)
@@ -322,10 +286,7 @@ def _with_live_status(store: RunStore, record: dict) -> dict:
     if record.get("status") != "RUNNING" or record.get("engine") in ("aws", "aws-emulated") \
             or not isinstance(store.storage, LocalStorage):
         return record
-    try:
-        with run_lock(store):
-            pass
-    except RunLockedError:
+    if lock_holder(store) is not None:
         return record
     return {**record, "status": "STOPPED",
             "reason": "the process running it stopped; finish it with stepmap resume"}
