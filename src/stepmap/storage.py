@@ -160,8 +160,11 @@ class S3Storage:
 
     def replace(self, key: str, data: bytes, etag: str) -> str | None:
         """Overwrite ``key`` only if its ETag is still ``etag`` (If-Match): the new ETag, or
-        None if the object changed or vanished since it was read."""
-        return self._put_if(key, data, IfMatch=etag)
+        None if the object changed or vanished since it was read. (Ceph 16's RGW matches
+        only the bare ETag, AWS the quoted one: a refused quoted form is tried bare, which
+        is the same condition.)"""
+        return (self._put_if(key, data, IfMatch=etag)
+                or (self._put_if(key, data, IfMatch=etag.strip('"')) if '"' in etag else None))
 
     def _put_if(self, key: str, data: bytes, **condition) -> str | None:
         try:
