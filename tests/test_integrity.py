@@ -172,3 +172,33 @@ def test_resume_verifies_against_a_fresh_copy_of_a_generated_item_stream(runs, t
     again = runner.resume("src", runner.RunOptions(runs=runs))
     assert again.status == "SUCCEEDED" and again.total == first.total
     assert again.recomputed > 0 and len(again.rejected) == 1
+
+
+def test_files_this_process_wrote_skip_the_rebuild_only_while_unchanged(runs, monkeypatch):
+    """The reduce right after a map trusts the files it has just written (by the sha256 of
+    their bytes): no Input is rebuilt. A file changed since is verified in full."""
+    import hashlib
+
+    from stepmap import runner
+    from stepmap.errors import IncompleteRunError
+    from stepmap.reducer import reduce_run
+    from stepmap.workloads import resolve
+    runner.run("s3keys", {"size": 1024}, runner.RunOptions(runs=runs, run_id="own"))
+    store = RunStore.open(runs, "own")
+    [key] = [f.key for f in store.result_files()]
+    written = {key: hashlib.sha256(store.storage.get(key)).digest()}
+    start = resolve("s3keys").start({"size": 1024})
+    expected = verify.Expected(start.params, lambda: start.items)
+    rebuilt = []
+    original = verify._expected_inputs
+    monkeypatch.setattr(verify, "_expected_inputs",
+                        lambda group, exp: rebuilt.append(len(group)) or original(group, exp))
+    total = reduce_run(store, resolve("s3keys"), expected_items=1024, expected=expected,
+                       written=written).total
+    assert is_published_total(total) and rebuilt == []
+    _edit(Path(store.storage.describe(key)),
+          lambda entries: entries[0].update(ItemPositions=[0, 1]))
+    with pytest.raises(IncompleteRunError, match="not this run's event"):
+        reduce_run(store, resolve("s3keys"), expected_items=1024, expected=expected,
+                   written=written)
+    assert rebuilt  # the changed file was verified entry by entry

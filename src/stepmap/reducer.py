@@ -10,6 +10,7 @@ counts as missing (resume recomputes it) and is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from .errors import IncompleteRunError, ResultsError
 from .job import JSON, Workload, item_count
@@ -25,9 +26,11 @@ class Reduction:
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
-               manifest: dict | None = None, expected: Expected | None = None) -> Reduction:
+               manifest: dict | None = None, expected: Expected | None = None,
+               written: Mapping[str, bytes | None] | None = None) -> Reduction:
     """``expected``: this run's start, to prove each entry's Input (AWS entries carry no
-    positions, so the AWS reduce passes None and relies on checksums and the item count)."""
+    positions, so the AWS reduce passes None and relies on checksums and the item count);
+    ``written``: the files this process just wrote (see verify.check_results)."""
     manifest = manifest if manifest is not None else store.read_manifest()
     missing = _unfinished(store, manifest)
     if missing:
@@ -40,7 +43,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
             failed=failed, pending=pending, missing=[d for _, _, d in missing][:20],
             run_id=store.run_id)
     keys = RunStore.manifest_keys(manifest, "SUCCEEDED")
-    verified = check_results(store, keys, expected)
+    verified = check_results(store, keys, expected, written)
     _check_coverage(verified, expected_items, store.run_id)
     total = workload.reduce(verified.outputs(store, keys))
     return Reduction(total, verified.items, verified.rejected)

@@ -175,7 +175,8 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
                        recomputed=outcome.succeeded + outcome.failed)
     try:
         reduction = reduce_run(store, workload, expected_items=item_total,
-                               expected=_expected(store, record, workload, start))
+                               expected=_expected(store, record, workload, start),
+                               written={f.key: f.digest for f in sink.written})
         report.total, report.rejected = reduction.total, reduction.rejected
     except ResultsError as exc:  # e.g. two result entries claim one item: no resume fixes it
         _record_failure(store, record, exc)

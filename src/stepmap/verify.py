@@ -20,11 +20,10 @@ ItemPositions, so there only (1) and the item count apply.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from .errors import ResultsError
 from .job import JSON, item_count
@@ -39,6 +38,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 def checksum(input_text: str, output_text: str) -> str:
     """The checksum of one entry: its Input and Output texts (a NUL between them, which JSON
     text never contains raw)."""
+    import hashlib  # here, not at import: ~15 ms of start-up for commands that verify nothing
     digest = hashlib.sha256(input_text.encode("utf-8", "surrogatepass"))
     digest.update(b"\0")
     digest.update(output_text.encode("utf-8", "surrogatepass"))
@@ -134,12 +134,18 @@ class Verified:
                 f"failed verification and count as missing (first: {self.rejected[0]})")
 
 
-def check_results(store: RunStore, keys: Iterable[str], expected: Expected | None) -> Verified:
+def check_results(store: RunStore, keys: Iterable[str], expected: Expected | None,
+                  written: Mapping[str, bytes | None] | None = None) -> Verified:
     """Verify every entry of the SUCCEEDED files ``keys`` (see the module docstring);
-    ResultsError if two verified entries share an item."""
-    found, spans, cached = Verified(), [], 0
+    ResultsError if two verified entries share an item. ``written``: files this process
+    wrote in this attempt, by key, with the sha256 of their bytes; while those bytes are
+    unchanged their entries are the mapper's own (its positions, its workers' Inputs and
+    checksums), so they skip the rebuild of their Inputs, the serial part of verification."""
+    found, spans, own, cached = Verified(), [], [], 0
     for key in keys:
-        entries = store.read_entries(key)
+        data = store.storage.get(key) if (written or {}).get(key) else None
+        trusted = data is not None and _digest(data) == (written or {}).get(key)
+        entries = store.read_entries(key) if data is None else store.parse_entries(key, data)
         size = sum(len(e.get("Input") or "") + len(e.get("Output") or "") for e in entries)
         if cached + size <= CACHE_BYTES:
             found.cache[key], cached = entries, cached + size
@@ -147,25 +153,27 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
             if entry.get("Status") != "SUCCEEDED":
                 raise ResultsError(f"{_where(store, key)} is a SUCCEEDED file holding a "
                                    f"{entry.get('Status')} entry")
-            problem = integrity_problem(entry)
-            span = entry.get("ItemPositions")
+            name, span = str(entry.get("Name", "?")), entry.get("ItemPositions")
+            problem = None if trusted else integrity_problem(entry)
             if problem is None and expected is not None and not _is_span(span):
                 problem = "no valid ItemPositions"
             if problem is not None:
-                _reject(found, store, key, str(entry.get("Name", "?")), problem)
+                _reject(found, store, key, name, problem)
             elif expected is None:  # written by AWS: no positions, count the Input's items
                 found.accepted.add((key, index))
                 found.items += item_count(entry_input(entry))
+            elif trusted:
+                own.append(_Span(span[0], span[1], key, index, name, b""))
             else:
-                spans.append(_Span(span[0], span[1], key, index, str(entry.get("Name", "?")),
-                                   _digest(entry["Input"])))
+                spans.append(_Span(span[0], span[1], key, index, name, _digest(entry["Input"])))
     if expected is not None:
-        _match_inputs(found, store, spans, expected)
+        _accept(found, store, own + _match_inputs(found, store, spans, expected))
     return found
 
 
 def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],
-                  expected: Expected) -> None:
+                  expected: Expected) -> list[_Span]:
+    """The spans whose entry's Input is this run's event at its positions."""
     spans.sort(key=lambda s: (s.first, s.end))
     source = iter(expected.items())
     window: list = []  # the items at positions [base, base + len(window))
@@ -189,6 +197,12 @@ def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],
                     "its Input is not this run's event at its ItemPositions")
         else:
             good.append(span)
+    return good
+
+
+def _accept(found: Verified, store: RunStore, good: list[_Span]) -> None:
+    """Count the verified spans; two that share an item are an error no resume can fix."""
+    good.sort(key=lambda s: (s.first, s.end))
     for before, after in zip(good, good[1:]):
         if after.first < before.end:
             raise ResultsError(
@@ -220,8 +234,11 @@ def _where(store: RunStore, key: str) -> str:
     return store.storage.describe(key)
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+def _digest(text: str | bytes) -> bytes:
+    import hashlib
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).digest()
 
 
 def _is_span(span) -> bool:
