@@ -285,3 +285,29 @@ def test_a_held_s3_lock_is_kept_alive_by_its_heartbeat(bucket, monkeypatch):
                 pass
         assert locks.lock_holder(store) is not None
     assert locks.lock_holder(store) is None
+
+
+def test_ctrl_c_releases_the_s3_lock_and_the_run_resumes(bucket):
+    where = f"s3://{bucket}/int"
+    proc = subprocess.Popen(_stepmap("run", "chaos", "--items", "30", "--sleep", "0.3",
+                                     "--batch-size", "1", "--workers", "2", "--results", where,
+                                     "--run-id", "ctrl-c", "--quiet"),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = make_s3_client()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not client.list_objects_v2(
+                Bucket=bucket, Prefix="int/ctrl-c/SUCCEEDED_").get("KeyCount"):
+            time.sleep(0.1)
+        assert client.head_object(Bucket=bucket, Key="int/ctrl-c/.lock")  # held meanwhile
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert client.list_objects_v2(Bucket=bucket, Prefix="int/ctrl-c/.lock").get("KeyCount") == 0
+    resumed = subprocess.run(_stepmap("resume", "ctrl-c", "--results", where, "--quiet"),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and int(resumed.stdout) == sum_of_squares(30)

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import struct
 import sys
 import threading
@@ -82,6 +83,8 @@ def lock_holder(store: RunStore) -> str | None:
         info = os.stat(path)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(info.st_mode):
+        return None  # not a lock anyone could hold (taking it says what is wrong)
     with _HELD_GUARD:
         if (info.st_dev, info.st_ino) in _HELD:
             return f"process {os.getpid()} (this one)"

@@ -283,9 +283,9 @@ def load_run(runs: str, run_id: str) -> dict:
 
 
 def _with_live_status(store: RunStore, record: dict) -> dict:
-    """A local run recorded as RUNNING whose lock nobody holds was killed: say STOPPED."""
-    if record.get("status") != "RUNNING" or record.get("engine") in ("aws", "aws-emulated") \
-            or not isinstance(store.storage, LocalStorage):
+    """A run recorded as RUNNING whose lock nobody holds (or only an expired S3 lock) was
+    killed: say STOPPED. Only reads the lock (locks.lock_holder)."""
+    if record.get("status") != "RUNNING" or record.get("engine") in ("aws", "aws-emulated"):
         return record
     if lock_holder(store) is not None:
         return record

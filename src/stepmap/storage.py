@@ -98,7 +98,13 @@ class LocalStorage:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                with open(path, "xb") as handle:  # no hard links here: exclusive, not atomic
+                    handle.write(data)
         except FileExistsError:
             return False
         except OSError as exc:
