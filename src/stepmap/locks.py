@@ -85,59 +85,64 @@ def lock_holder(store: RunStore) -> str | None:
         return None
     if not stat.S_ISREG(info.st_mode):
         return None  # not a lock anyone could hold (taking it says what is wrong)
-    with _HELD_GUARD:
+    with _HELD_GUARD:  # held until the descriptor is closed: no thread of ours locks it meanwhile
         if (info.st_dev, info.st_ino) in _HELD:
             return f"process {os.getpid()} (this one)"
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pid = _lock_owner(fd, path)
-        return None if pid is None else (_holder_text(fd) or f"process {pid}")
-    finally:
-        os.close(fd)  # this process holds no lock on it (checked above): nothing is dropped
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None  # unreadable: nobody we could name (taking it says what is wrong)
+        try:
+            pid = _lock_owner(fd, path)
+            return None if pid is None else (_holder_text(fd) or f"process {pid}")
+        finally:
+            os.close(fd)  # this process holds no lock on it (checked above): nothing dropped
 
 
 # ---------------------------------------------------------------- local
 
 @contextlib.contextmanager
 def _local_lock(store: RunStore) -> Iterator[None]:
-    import fcntl
     path = store.storage.root / store.prefix / LOCK_NAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not path.is_file():
             raise ResultsError(f"{path} is not a file: remove it (a run's lock must be a file)")
-        with contextlib.suppress(FileNotFoundError), _HELD_GUARD:
-            info = os.stat(path)
-            if (info.st_dev, info.st_ino) in _HELD:
-                raise RunLockedError(f"run {store.run_id} is in use by this process")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with _HELD_GUARD:  # no thread of ours takes or drops a lock meanwhile
+            fd, ident = _take(store, path)
     except OSError as exc:
         raise ResultsError(f"cannot open the run lock {path}: {exc.strerror or exc}") from None
-    ident = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
-    try:
-        with _HELD_GUARD:
-            if ident in _HELD:  # taken by another thread of ours since the check above
-                raise RunLockedError(f"run {store.run_id} is in use by this process")
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise ResultsError(f"cannot lock {path}: {exc.strerror}") from None
-                holder = _holder_text(fd) or "another process"
-                raise RunLockedError(f"run {store.run_id} is in use by {holder}; try again "
-                                     "when it has finished") from None
-            _HELD.add(ident)
-    except BaseException:
-        os.close(fd)
-        raise
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        os.pwrite(fd, f"process {os.getpid()} on {_hostname()}".encode(), 0)
         yield
     finally:
         with _HELD_GUARD:
             _HELD.discard(ident)
             os.close(fd)  # closing drops the record lock
+
+
+def _take(store: RunStore, path) -> tuple[int, tuple[int, int]]:
+    """Open and lock ``path`` (call with _HELD_GUARD held). A file this process already
+    locks is refused before it is opened: closing a second descriptor would drop the lock."""
+    import fcntl
+    with contextlib.suppress(FileNotFoundError):  # lock files are never deleted
+        info = os.stat(path)
+        if (info.st_dev, info.st_ino) in _HELD:
+            raise RunLockedError(f"run {store.run_id} is in use by this process")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _holder_text(fd) or "another process"
+        os.close(fd)
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise ResultsError(f"cannot lock {path}: {exc.strerror}") from None
+        raise RunLockedError(f"run {store.run_id} is in use by {holder}; try again when it "
+                             "has finished") from None
+    ident = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    _HELD.add(ident)
+    return fd, ident
 
 
 def _holder_text(fd: int) -> str:
