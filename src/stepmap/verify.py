@@ -85,7 +85,7 @@ def integrity_problem(entry: dict) -> str | None:
         return None if value[SEAL_KEY] == checksum(canonical(json.loads(text_in)),
                                                    canonical(value["Output"])) \
             else "checksum mismatch"
-    except ValueError:
+    except (ValueError, RecursionError):
         return "corrupt Input or Output"
 
 
@@ -122,9 +122,12 @@ class Verified:
     def outputs(self, store: RunStore, keys: Iterable[str]) -> Iterator[JSON]:
         """Every accepted entry's result, file by file."""
         for key in keys:
-            entries = self.cache.pop(key, None) or store.read_entries(key)
+            cached = self.cache.pop(key, None)
+            entries = cached if cached is not None else store.read_entries(key)
             for index, entry in enumerate(entries):
                 if (key, index) in self.accepted:
+                    if cached is None and integrity_problem(entry):  # read again: recheck
+                        raise ResultsError(f"{_where(store, key)} changed while it was read")
                     yield output_value(entry)
 
     def note(self) -> str:
