@@ -30,11 +30,12 @@ import struct
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 from .errors import ResultsError, RunLockedError, UsageError
 from .results import RunStore
-from .storage import LocalStorage
+from .storage import S3Storage
 
 LOCK_NAME = ".lock"
 #: An S3 lock not rewritten for this long (by the server's clock) was left by a crashed run.
@@ -53,8 +54,9 @@ _HELD_GUARD = threading.Lock()
 @contextlib.contextmanager
 def run_lock(store: RunStore) -> Iterator[None]:
     """Hold the run's lock for the duration of the block; RunLockedError if another holds it."""
-    if isinstance(store.storage, LocalStorage):
-        with _local_lock(store):
+    path = store.storage.local_path(store.key(LOCK_NAME))
+    if path is not None:
+        with _local_lock(store, path):
             yield
     else:
         with _S3Lock(store):
@@ -75,10 +77,10 @@ def create_run(store: RunStore, record: dict, *, check_only: bool = False) -> No
 def lock_holder(store: RunStore) -> str | None:
     """Who holds the run's lock now (None: nobody). Reads only: the lock is not taken and
     its file is not rewritten, so checking a stopped run changes nothing."""
-    if not isinstance(store.storage, LocalStorage):
+    path = store.storage.local_path(store.key(LOCK_NAME))
+    if path is None:
         current = _S3Lock(store).current()
         return None if current is None or current.stale else current.holder
-    path = store.storage.root / store.prefix / LOCK_NAME
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -102,8 +104,7 @@ def lock_holder(store: RunStore) -> str | None:
 # ---------------------------------------------------------------- local
 
 @contextlib.contextmanager
-def _local_lock(store: RunStore) -> Iterator[None]:
-    path = store.storage.root / store.prefix / LOCK_NAME
+def _local_lock(store: RunStore, path: Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not path.is_file():
@@ -122,7 +123,7 @@ def _local_lock(store: RunStore) -> Iterator[None]:
             os.close(fd)  # closing drops the record lock
 
 
-def _take(store: RunStore, path) -> tuple[int, tuple[int, int]]:
+def _take(store: RunStore, path: Path) -> tuple[int, tuple[int, int]]:
     """Open and lock ``path`` (call with _HELD_GUARD held). A file this process already
     locks is refused before it is opened: closing a second descriptor would drop the lock."""
     import fcntl
@@ -152,7 +153,7 @@ def _holder_text(fd: int) -> str:
         return ""
 
 
-def _lock_owner(fd: int, path) -> int | None:
+def _lock_owner(fd: int, path: Path) -> int | None:
     """The pid holding a write lock on the file, None if unlocked (F_GETLK: no lock taken)."""
     import fcntl
     if sys.platform.startswith("linux") and struct.calcsize("P") == 8:
@@ -190,7 +191,7 @@ class _S3Lock:
 
     def __init__(self, store: RunStore):
         self.store, self.key = store, store.key(LOCK_NAME)
-        self.storage = store.storage
+        self.storage: S3Storage = store.storage  # type: ignore[assignment]  # no local path
         self.token = os.urandom(8).hex()
         self.etag: str | None = None
         self.lost = ""
