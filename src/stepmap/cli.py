@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import runner
-from .bigint import parse_int_strict
+from .bigint import flag_float, flag_int, parse_int_strict
 from .engines import ALL_ENGINES, REMOTE_ENGINES
 from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, StepmapError, UsageError
 from .job import loads_input
@@ -98,19 +98,19 @@ def _register_optional_commands(sub) -> None:
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", default="local", choices=ALL_ENGINES)
-    group.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    group.add_argument("--batch-size", type=int, help="items per compute call (default: auto)")
-    group.add_argument("--max-concurrency", type=int, help="compute calls running at once")
-    group.add_argument("--retries", type=int, default=2, help="retries per failed call (2)")
-    group.add_argument("--backoff", type=float, default=0.5,
+    group.add_argument("--workers", type=flag_int, help="worker processes (default: all cores)")
+    group.add_argument("--batch-size", type=flag_int, help="items per compute call (default: auto)")
+    group.add_argument("--max-concurrency", type=flag_int, help="compute calls running at once")
+    group.add_argument("--retries", type=flag_int, default=2, help="retries per failed call (2)")
+    group.add_argument("--backoff", type=flag_float, default=0.5,
                        help="first retry delay in seconds, doubling each retry (0.5)")
-    group.add_argument("--timeout", type=float, default=900.0,
+    group.add_argument("--timeout", type=flag_float, default=900.0,
                        help="seconds before a compute call is killed (900, Lambda's maximum)")
-    group.add_argument("--tolerate", type=float, default=0.0, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, default=0.0, metavar="PERCENT",
                        help="failed items tolerated before the map run stops (0)")
-    group.add_argument("--tolerate-count", type=int, default=0, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, default=0, metavar="N",
                        help="failed items tolerated, as a count (0)")
-    group.add_argument("--memory-limit", type=int, metavar="MB",
+    group.add_argument("--memory-limit", type=flag_int, metavar="MB",
                        help="memory limit per worker process (local: address space; dask: "
                             "the worker's RSS, watched by its nanny)")
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
@@ -172,7 +172,7 @@ def _workload_input(args, extra: list[str]) -> dict:
 def _convert(name: str, value: str, kind: type):
     if kind is int:
         text = value.strip()
-        if not text.lstrip("-").isdigit():
+        if not (text.lstrip("-").isdigit() and text.isascii()):  # '²'.isdigit() is True
             raise UsageError(f"--{name} must be an integer, got {value[:40]!r}")
         return parse_int_strict(text)
     return value

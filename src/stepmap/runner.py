@@ -250,8 +250,7 @@ def run_lock(store: RunStore):
         return
     import fcntl
     path = store.storage.root / store.prefix / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    with _open_lock_file(path, store.run_id) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -267,6 +266,16 @@ def run_lock(store: RunStore):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock_file(path, run_id: str):
+    """The lock file, opened for writing; a read-only runs directory or a .lock that is a
+    directory is a clear error, not a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
+    except OSError as exc:
+        raise ResultsError(f"cannot lock run {run_id}: {path}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -304,9 +313,12 @@ def list_runs(runs: str) -> list[dict]:
     for name in storage.list_dirs(base):
         store = RunStore(storage, f"{base}/{name}" if base else name)
         try:
+            if not store.has_record():  # a foreign directory is not a run
+                continue
             out.append(_with_live_status(store, store.read_record()))
-        except ResultsError:  # a foreign or half-written directory is not a run
-            continue
+        except ResultsError as exc:  # a run whose record is unreadable: shown, not hidden
+            out.append({"run_id": name, "status": "DAMAGED", "reason": str(exc),
+                        "summary": str(exc)})
     return sorted(out, key=lambda r: r.get("created", 0))
 
 
@@ -326,6 +338,8 @@ def _with_live_status(store: RunStore, record: dict) -> dict:
         with run_lock(store):
             pass
     except RunLockedError:
+        return record
+    except ResultsError:  # no lock to take (a read-only runs directory): cannot tell
         return record
     return {**record, "status": "STOPPED",
             "reason": "the process running it stopped; finish it with stepmap resume"}

@@ -42,7 +42,7 @@ def cmd_run(args, run_input: dict) -> int:
     started = resolve(args.workload).start(run_input)  # bad input fails here, before AWS
     run_id = check_run_id(args.run_id) if getattr(args, "run_id", None) \
         else new_run_id(args.workload)
-    if not _EXECUTION_NAME.match(run_id):
+    if not _EXECUTION_NAME.fullmatch(run_id):
         raise UsageError(f"run id {run_id!r} cannot name an execution: at most 80 letters, "
                          "digits, '.', '_' or '-'")
     store = RunStore.open(_runs_location(args), run_id)
