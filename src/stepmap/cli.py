@@ -21,6 +21,8 @@ from .progress import ProgressBar
 from .workloads import available, resolve
 
 RUNS_ENV = "STEPMAP_RESULTS"
+#: The largest --memory-limit (16 TiB): far above any machine, far below setrlimit's range.
+MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,8 +139,9 @@ def _options(args) -> runner.RunOptions:
                        tolerate_percent=args.tolerate, tolerate_count=args.tolerate_count)
     engine_options = {"workers": args.workers, "memory_limit_mb": args.memory_limit,
                       "scheduler": args.scheduler}
-    if args.memory_limit is not None and args.memory_limit < 64:
-        raise UsageError("--memory-limit must be at least 64 MB")
+    if args.memory_limit is not None and not 64 <= args.memory_limit <= MAX_MEMORY_LIMIT_MB:
+        raise UsageError(f"--memory-limit must be from 64 MB to {MAX_MEMORY_LIMIT_MB:,} MB "
+                         "(16 TiB)")
     return runner.RunOptions(engine=args.engine, policy=policy, runs=_runs_location(args),
                              engine_options={k: v for k, v in engine_options.items()
                                              if v is not None},
@@ -234,13 +237,33 @@ def print_report(args, report: runner.RunReport) -> int:
               f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
               f"failed, {report.pending:,} pending, so there is no total. {report.reason}. "
               f"Finish it with: stepmap resume {report.run_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED if report.status == "INTERRUPTED" else EXIT_INCOMPLETE
+        return EXIT_INTERRUPTED if report.by_user else EXIT_INCOMPLETE
     return 0
 
 
 def _total_text(total) -> str:
     """A total as printed: decimal strings as they are, anything else as JSON."""
     return total if isinstance(total, str) else json.dumps(total)
+
+
+def check_output(path: str) -> None:
+    """Before computing: can --output be opened for writing? Opened without truncating, a
+    zero-length write made (it fails on /dev/full), and a file created here removed again,
+    so a run never computes for hours only to find it cannot write its total."""
+    import stat
+    try:
+        existed = os.path.lexists(path)
+        if existed and stat.S_ISFIFO(os.stat(path).st_mode):
+            return  # opening it would take (or, non-blocking, need) the reader
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, b"")
+        finally:
+            os.close(fd)
+        if not existed:
+            os.unlink(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
 
 
 def _write_total(path: str, text: str) -> None:
@@ -320,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "run":
             _no_extra(extra)
+        if getattr(args, "output", None):
+            check_output(args.output)
         return args.func(args, extra)
     except StepmapError as exc:
         print(f"stepmap: error: {exc}", file=sys.stderr)

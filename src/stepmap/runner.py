@@ -56,6 +56,7 @@ class RunReport:
     location: str = ""
     reason: str = ""
     recomputed: int = 0
+    by_user: bool = False  # INTERRUPTED by Ctrl-C (exit 130), not by a lost engine (exit 1)
 
     def as_json(self) -> dict:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,
@@ -174,7 +175,8 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
         reduction = reduce_run(store, workload, expected_items=item_total)
         report.total = reduction.total
     except IncompleteRunError as exc:
-        report.status = "INTERRUPTED" if outcome.interrupted else "INCOMPLETE"
+        report.status = "INTERRUPTED" if outcome.interrupted or outcome.lost else "INCOMPLETE"
+        report.by_user = outcome.interrupted
         first = next((m for m in exc.missing if "pending" not in m), "")
         report.reason = "; ".join(filter(None, [
             outcome.stopped_because, f"first failure: {first}" if first else ""])) or str(exc)
