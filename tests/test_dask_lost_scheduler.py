@@ -111,3 +111,16 @@ def test_malformed_timeout_settings_are_one_line_errors(monkeypatch, value):
     monkeypatch.setenv("STEPMAP_DASK_SCHEDULER_TIMEOUT", value)
     with pytest.raises(UsageError, match="STEPMAP_DASK_SCHEDULER_TIMEOUT must be"):
         get_engine("dask").open("chaos", {"scheduler": "tcp://127.0.0.1:1"})
+
+
+def test_exit_codes_tell_ctrl_c_from_a_lost_engine(capsys):
+    """Both end INTERRUPTED and resumable; Ctrl-C exits 130, a lost scheduler 1."""
+    from types import SimpleNamespace
+
+    from stepmap.cli_common import print_report
+    from stepmap.drivers.base import RunReport
+    args = SimpleNamespace(output=None, json=False, quiet=True)
+    for by_user, code in ((True, 130), (False, 1)):
+        report = RunReport("r", "INTERRUPTED", "dask", 10, 4, 0, 6, 1.0, by_user=by_user)
+        assert print_report(args, report) == code
+        assert "stepmap resume r" in capsys.readouterr().err

@@ -301,7 +301,7 @@ HOSTILE = {
     "malformed --scheduler": Hostile(
         lambda tmp, runs: ["run", "s3keys", "--size", "4", "--engine", "dask",
                            "--scheduler", "garbage!!", "--results", runs],
-        "not a scheduler address"),
+        "--scheduler must be an address such as tcp://HOST:PORT"),
     "full-width digit in estimate --memory": Hostile(
         lambda tmp, runs: ["estimate", "s3keys", "--memory", "\uff14"], "invalid integer value"),
     "full-width digit in synth --memory": Hostile(

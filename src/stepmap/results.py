@@ -31,8 +31,8 @@ from .storage import Storage, parse_location
 
 STATUSES = ("SUCCEEDED", "FAILED", "PENDING")
 #: Fields every run record has (every engine writes them when it creates the run).
-_RECORD_FIELDS = {"run_id": str, "workload": str, "input": dict, "status": str,
-                  "created": (int, float)}
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "workload": str, "input": dict, "status": str, "created": (int, float)}
 _RECORD_KINDS = {str: "a string", dict: "an object", (int, float): "a number"}
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"

@@ -210,7 +210,7 @@ def make_s3_client():
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
-    from botocore.exceptions import BotoCoreError
+    from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"})
     # A session of its own: boto3's default session caches the credentials it first resolved,
     # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.

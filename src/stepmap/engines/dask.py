@@ -40,7 +40,6 @@ import functools
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import uuid
@@ -53,6 +52,7 @@ from distributed.client import ClosedClientError
 from distributed.scheduler import KilledWorker
 
 from ..bigint import flag_float
+from ..config import is_scheduler_address
 from ..errors import EngineError, EngineLost, UsageError
 from ..task import Completion, execute
 
@@ -62,9 +62,6 @@ RECHECK = 0.5
 SCHEDULER_TIMEOUT_ENV, SCHEDULER_TIMEOUT = "STEPMAP_DASK_SCHEDULER_TIMEOUT", 30.0
 #: Seconds one gather of finished results may take before those tasks count as lost.
 GATHER_TIMEOUT_ENV, GATHER_TIMEOUT = "STEPMAP_DASK_GATHER_TIMEOUT", 120.0
-#: [scheme://]host:port, host a name, an IPv4 address or a bracketed IPv6 address.
-_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})"
-                      r"|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
 
 log = logging.getLogger(__name__)
 
@@ -298,10 +295,8 @@ class DaskExecutor:
 
 
 def _connect(address: str, timeout: float) -> Client:
-    """A client of the scheduler at ``address``, checked first: a Client built from a
-    malformed address fails, then stalls the exit for 30 s closing itself."""
-    match = _ADDRESS.fullmatch(address)
-    if not match or not 1 <= int(match.group(1)) <= 65535:
+    """A client of the scheduler at ``address`` (checked first: see is_scheduler_address)."""
+    if not is_scheduler_address(address):
         raise UsageError(f"--scheduler {address[:60]!r} is not a scheduler address: "
                          "expected tcp://HOST:PORT")
     try:
