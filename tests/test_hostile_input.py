@@ -448,6 +448,9 @@ def test_runs_in_a_missing_bucket(s3_env):
     done = run_stepmap(["run", "s3keys", "--size", "4", "--results",
                         "s3://nosuchbucket-stepmap/p"])
     assert_one_line_error(done, 2, "NoSuchBucket")
+    done = run_stepmap(["run", "s3keys", "--size", "4", "--items-from",
+                        "s3://nosuchbucket-stepmap/items.jsonl", "--quiet"])
+    assert_one_line_error(done, 2, "NoSuchBucket")
 
 
 def test_a_wrong_secret_key(s3_env, monkeypatch):
@@ -460,3 +463,12 @@ def test_a_wrong_secret_key(s3_env, monkeypatch):
                  ["run", "s3keys", "--size", "4", "--results", f"s3://{bucket}/p"],
                  ["resume", "some-run", "--results", f"s3://{bucket}/p"]):
         assert_one_line_error(run_stepmap(argv), 2, "check the AWS credentials")
+
+
+def test_a_run_ended_by_a_bad_result_is_recorded_failed_with_the_reason(cli, runs):
+    code, out, err = cli("run", "support_workloads:NotDecimal", "--results", runs, "--run-id",
+                         "bad", "--quiet")
+    assert code == 2 and out == "" and "not a decimal integer" in err
+    code, out, _ = cli("runs", "bad", "--results", runs, "--json")
+    record = json.loads(out)
+    assert record["status"] == "FAILED" and "not a decimal integer: '12a'" in record["reason"]

@@ -97,18 +97,13 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
 
     attempt = Attempt(engine=config.engine, started=time.time(), settings=config.to_dict(),
                       already_done=already)
-    try:
+    with _failed_on_error(store, record):  # e.g. the results disk filled up, a corrupt file
         outcome = run_map(executor, tasks, config.policy, sink, total_items=start.count,
                           on_progress=report_progress)
-    except StepmapError as exc:  # e.g. the results disk filled up: say so in the record
-        with contextlib.suppress(StepmapError):
-            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
-            store.write_run(record)
-        raise
-    report_progress(outcome)
-    item_total = start.count if start.count is not None else already + outcome.items
-    _write_manifest(store, sink, config.engine)
-    report = _reduce(job, outcome, item_total, already)
+        report_progress(outcome)
+        item_total = start.count if start.count is not None else already + outcome.items
+        _write_manifest(store, sink, config.engine)
+        report = _reduce(job, outcome, item_total, already)
     attempt.finished, attempt.tasks = time.time(), outcome.tasks
     attempt.retries, attempt.computed = outcome.retries, outcome.succeeded
     record.status, record.items, record.finished = report.status, item_total, time.time()
@@ -120,6 +115,19 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
     record.attempts.append(attempt)
     store.write_run(record)
     return report
+
+
+@contextlib.contextmanager
+def _failed_on_error(store: RunStore, record: RunRecord) -> Iterator[None]:
+    """An error that ends the attempt is said in the record (FAILED, with the reason), so
+    ``stepmap runs`` shows why instead of a run that merely stopped."""
+    try:
+        yield
+    except StepmapError as exc:
+        with contextlib.suppress(StepmapError):
+            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
+            store.write_run(record)
+        raise
 
 
 def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int) -> RunReport:

@@ -260,7 +260,10 @@ class DaskExecutor:
         self._restarts.append(restart)
         give_up = time.monotonic() + 5
         while restart.is_alive() and time.monotonic() < give_up:
-            worker = self._client.scheduler_info()["workers"].get(address)
+            try:
+                worker = self._client.scheduler_info()["workers"].get(address)
+            except (OSError, TimeoutError, ClosedClientError):  # the next poll says why
+                return
             if worker is None or worker.get("status") != "running":
                 return
             time.sleep(0.02)
