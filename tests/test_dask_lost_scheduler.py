@@ -57,7 +57,7 @@ def test_killed_scheduler_ends_the_run_interrupted_and_resume_finishes_it(tmp_pa
                       doomed.address, "--results", str(runs), "--run-id", "lost",
                       STEPMAP_DASK_SCHEDULER_TIMEOUT="5")
         try:
-            wait_for(lambda: len(list(state.glob("done-*"))) >= 5, "five items computed")
+            wait_for(lambda: len(list(state.glob("done-*"))) >= 5, "five items computed", 120)
             os.kill(doomed.scheduler.pid, signal.SIGKILL)
             out, err = run.communicate(timeout=HANG_GUARD)
         finally:

@@ -472,3 +472,38 @@ def test_a_run_ended_by_a_bad_result_is_recorded_failed_with_the_reason(cli, run
     code, out, _ = cli("runs", "bad", "--results", runs, "--json")
     record = json.loads(out)
     assert record["status"] == "FAILED" and "not a decimal integer: '12a'" in record["reason"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "json"])
+def test_item_size_cap_is_exact(tmp_path, kind):
+    """An item of exactly MAX_ITEM_CHARS characters is read; one character more is refused."""
+    from stepmap.sources import MAX_ITEM_CHARS, read_items
+
+    def source(chars: int) -> str:
+        path = tmp_path / f"items-{chars}.{kind}"
+        if kind == "jsonl":
+            path.write_text('"' + "x" * (chars - 2) + '"\n1\n')
+        elif kind == "csv":  # one row over two lines (a quoted line end), many short fields
+            filler = (("x" * 999 + ",") * (chars // 1000 + 1))[:chars - 7]
+            path.write_text('h1,h2\na,"b\nc",' + filler + "\n")
+        else:
+            path.write_text('["' + "x" * (chars - 2) + '", 1]')
+        return str(path)
+
+    assert len(list(read_items(source(MAX_ITEM_CHARS), kind))) == 2 - (kind == "csv")
+    with pytest.raises(UsageError, match="longer than 1,048,576 characters"):
+        list(read_items(source(MAX_ITEM_CHARS + 1), kind))
+
+
+@pytest.mark.parametrize("depth, ok", [(64, True), (65, False)])
+def test_item_depth_cap_is_exact(tmp_path, depth, ok):
+    from stepmap.sources import read_items
+    for kind, text in (("jsonl", "[" * depth + "]" * depth + "\n"),
+                       ("json", "[" + "[" * depth + "]" * depth + "]")):
+        path = tmp_path / f"deep.{kind}"
+        path.write_text(text)
+        if ok:
+            assert len(list(read_items(str(path), kind))) == 1
+        else:
+            with pytest.raises(UsageError, match="nested deeper than 64 levels"):
+                list(read_items(str(path), kind))

@@ -139,6 +139,9 @@ class _BoundedLines:
 def _csv_rows(text: io.TextIOBase, spec: str) -> Iterator[dict]:
     lines = _BoundedLines(text, spec, per_line=False)
     reader = csv.DictReader(lines)
+    if reader.fieldnames is None:  # reads the header row, which has a budget of its own
+        return
+    lines.row_done()
     for row in reader:
         lines.row_done()
         yield row
@@ -197,14 +200,20 @@ def _json_array(text: io.TextIOBase, where: str) -> Iterator:
                                  f"{MAX_ITEM_DEPTH} levels") from None
             if end == len(buffer) and not at_end:
                 break  # a number may continue in the next chunk
+            if end - position > MAX_ITEM_CHARS:
+                raise _too_long(where)
             _check_depth(buffer, position, end, where)
             yield value
             position = end
-        if len(buffer) - position > MAX_ITEM_CHARS:
-            raise UsageError(f"--items {where}: an element of the array is longer than "
-                             f"{MAX_ITEM_CHARS:,} characters")
+        if len(buffer) - position > MAX_ITEM_CHARS:  # unfinished, and already too long
+            raise _too_long(where)
         if at_end and not done:
             raise UsageError(f"--items {where}: the JSON array is not closed")
+
+
+def _too_long(where: str) -> UsageError:
+    return UsageError(f"--items {where}: an element of the array is longer than "
+                      f"{MAX_ITEM_CHARS:,} characters")
 
 
 def _skip_space(text: str, position: int) -> int:
