@@ -507,3 +507,18 @@ def test_item_depth_cap_is_exact(tmp_path, depth, ok):
         else:
             with pytest.raises(UsageError, match="nested deeper than 64 levels"):
                 list(read_items(str(path), kind))
+
+
+@pytest.mark.parametrize("address, ok", [
+    ("tcp://127.0.0.1:8786", True), ("127.0.0.1:8786", True), ("tls://dask.example:1", True),
+    ("tcp://[::1]:8786", True), ("garbage!!", False), ("tcp://host", False),
+    ("tcp://host:0", False), ("tcp://host:99999", False), ("tcp://host:8786\n", False),
+    ("   ", False), ("http://host:8786", False), ("tcp://host:８７８６", False)])
+def test_scheduler_addresses_are_checked_before_connecting(address, ok):
+    from stepmap.config import DaskOptions
+    from stepmap.errors import ConfigError
+    if ok:
+        assert DaskOptions(scheduler=address).scheduler == address
+    else:
+        with pytest.raises(ConfigError, match="must be an address such as tcp://HOST:PORT"):
+            DaskOptions(scheduler=address)
