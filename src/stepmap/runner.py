@@ -139,9 +139,12 @@ def list_runs(runs: str) -> list[dict[str, Any]]:
     for name in storage.list_dirs(base):
         store = RunStore(storage, f"{base}/{name}" if base else name)
         try:
+            if not store.has_record():  # a foreign directory is not a run
+                continue
             out.append(_with_live_status(store, store.read_run()).to_dict())
-        except ResultsError:  # a foreign or half-written directory is not a run
-            continue
+        except ResultsError as exc:  # a run whose record is unreadable: shown, not hidden
+            out.append({"run_id": name, "status": "DAMAGED", "reason": str(exc),
+                        "summary": str(exc)})
     return sorted(out, key=lambda r: r.get("created", 0))
 
 
@@ -162,7 +165,10 @@ def _with_live_status(store: RunStore, record: RunRecord) -> RunRecord:
     killed: say STOPPED. Only reads the lock (locks.lock_holder), never rewrites it."""
     if record.status != "RUNNING" or record.engine in REMOTE_ENGINES:
         return record
-    if lock_holder(store) is not None:
+    try:
+        if lock_holder(store) is not None:
+            return record
+    except ResultsError:  # no lock to read (a damaged runs directory): cannot tell
         return record
     record.status = "STOPPED"
     record.reason = "the process running it stopped; finish it with stepmap resume"

@@ -279,17 +279,28 @@ def make_s3_client():
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
+    from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"})
     # A session of its own: boto3's default session caches the credentials it first resolved,
     # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.
-    return boto3.session.Session().client("s3", config=config)
+    try:
+        return boto3.session.Session().client("s3", config=config)
+    except (BotoCoreError, ValueError) as exc:  # no such AWS_PROFILE; a malformed endpoint
+        raise ResultsError(f"cannot set up S3 access: {exc}") from None
+
+
+#: Error codes that mean "not allowed": a wrong key, a wrong secret, a missing permission.
+_DENIED = ("403", "Forbidden", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")
 
 
 def s3_reason(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         error = response["Error"]
-        return f"{error.get('Code')}: {error.get('Message') or ''}".strip()
+        reason = f"{error.get('Code')}: {error.get('Message') or ''}".strip()
+        if str(error.get("Code")) in _DENIED:
+            reason += "; check the AWS credentials and the bucket's permissions"
+        return reason
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

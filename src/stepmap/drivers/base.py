@@ -45,6 +45,7 @@ class RunReport:
     reason: str = ""
     recomputed: int = 0
     rejected: list[str] = field(default_factory=list)  # entries that failed verification
+    by_user: bool = False  # INTERRUPTED by Ctrl-C (exit 130), not by a lost engine (exit 1)
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,

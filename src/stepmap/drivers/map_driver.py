@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from ..config import RunConfig
 from ..engines import Executor, get_engine
-from ..errors import IncompleteRunError, ResultsError, StepmapError
+from ..errors import IncompleteRunError, StepmapError
 from ..job import JSON, Start
 from ..mapper import Intervals, MapOutcome, auto_batch_size, batches, run_map
 from ..reducer import reduce_run
@@ -100,19 +100,14 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
 
     attempt = Attempt(engine=config.engine, started=time.time(), settings=config.to_dict(),
                       already_done=already)
-    try:
+    with _failed_on_error(store, record):  # e.g. the results disk filled up, a corrupt file
         outcome = run_map(executor, tasks, config.policy, sink, total_items=start.count,
                           on_progress=report_progress)
-    except StepmapError as exc:  # e.g. the results disk filled up: say so in the record
-        with contextlib.suppress(StepmapError):
-            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
-            store.write_run(record)
-        raise
-    report_progress(outcome)
-    item_total = start.count if start.count is not None else already + outcome.items
-    _write_manifest(store, sink, config.engine)
-    report = _reduce(job, outcome, item_total, already,
-                     {f.key: f.digest for f in sink.written})
+        report_progress(outcome)
+        item_total = start.count if start.count is not None else already + outcome.items
+        _write_manifest(store, sink, config.engine)
+        report = _reduce(job, outcome, item_total, already,
+                         {f.key: f.digest for f in sink.written})
     attempt.finished, attempt.tasks = time.time(), outcome.tasks
     attempt.retries, attempt.computed = outcome.retries, outcome.succeeded
     record.status, record.items, record.finished = report.status, item_total, time.time()
@@ -124,6 +119,19 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
     record.attempts.append(attempt)
     store.write_run(record)
     return report
+
+
+@contextlib.contextmanager
+def _failed_on_error(store: RunStore, record: RunRecord) -> Iterator[None]:
+    """An error that ends the attempt is said in the record (FAILED, with the reason), so
+    ``stepmap runs`` shows why instead of a run that merely stopped."""
+    try:
+        yield
+    except StepmapError as exc:
+        with contextlib.suppress(StepmapError):
+            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
+            store.write_run(record)
+        raise
 
 
 def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int,
@@ -138,14 +146,9 @@ def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int,
         reduction = reduce_run(job.store, resolve(job.workload_ref), expected_items=item_total,
                                expected=_expected(job), written=written)
         report.total, report.rejected = reduction.total, reduction.rejected
-    except ResultsError as exc:  # e.g. two entries claim one item: no resume can fix that
-        with contextlib.suppress(StepmapError):
-            job.record.status, job.record.reason = "FAILED", str(exc)
-            job.record.finished = time.time()
-            job.store.write_run(job.record)
-        raise
     except IncompleteRunError as exc:
-        report.status = "INTERRUPTED" if outcome.interrupted else "INCOMPLETE"
+        report.status = "INTERRUPTED" if outcome.interrupted or outcome.lost else "INCOMPLETE"
+        report.by_user = outcome.interrupted
         first = next((m for m in exc.missing if "pending" not in m), "")
         report.reason = "; ".join(filter(None, [
             outcome.stopped_because, f"first failure: {first}" if first else ""])) or str(exc)
