@@ -435,7 +435,7 @@ def test_read_only_runs_directory(read_only_runs):
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "done" in done.stdout and "half" in done.stdout
     done = run_stepmap(["runs", "half", "--results", runs])
-    assert done.returncode == 0 and "RUNNING" in done.stdout, done.stderr
+    assert done.returncode == 0 and "STOPPED" in done.stdout, done.stderr
     done = run_stepmap(["run", "s3keys", "--size", "4", "--results", runs])
     assert_one_line_error(done, 2, "not writable")
 
