@@ -54,6 +54,7 @@ from distributed.scheduler import KilledWorker
 from ..bigint import flag_float
 from ..config import is_scheduler_address
 from ..errors import EngineError, EngineLost, UsageError
+from ..job import EventSpec
 from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing
@@ -127,7 +128,7 @@ class DaskExecutor:
         self._restarts: list[threading.Thread] = []
         self._token = uuid.uuid4().hex[:12]
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
         self._ensure_scheduler()
         key = f"stepmap-{self._token}-{task_id}-{uuid.uuid4().hex[:8]}"
         try:
@@ -225,6 +226,9 @@ class DaskExecutor:
 
     def _check_timeout(self, attempt: _Attempt) -> Completion | None:
         """Fail and kill a task that has executed for its timeout; else set its next check."""
+        timeout = attempt.timeout
+        if timeout is None:  # no deadline was set: nothing to check
+            return None
         key = attempt.future.key
         try:
             where = [w for w, keys in self._client.processing().items() if key in keys]
@@ -235,11 +239,11 @@ class DaskExecutor:
             ran = {}
         running = {w: s for w, s in ran.items() if isinstance(s, (int, float))}
         if not running:  # still queued: its clock has not started
-            attempt.deadline = time.monotonic() + min(RECHECK, attempt.timeout)
+            attempt.deadline = time.monotonic() + min(RECHECK, timeout)
             return None
         address, elapsed = max(running.items(), key=lambda pair: pair[1])
-        if elapsed < attempt.timeout:
-            attempt.deadline = time.monotonic() + attempt.timeout - elapsed
+        if elapsed < timeout:
+            attempt.deadline = time.monotonic() + timeout - elapsed
             return None
         del self._running[key]
         self._client.cancel([attempt.future])  # first, or Dask might re-run it elsewhere
