@@ -67,13 +67,16 @@ class _Worker:
                  inherited: list[int]):
         task_r, self.tasks = context.Pipe(duplex=False)
         self.results, result_w = context.Pipe(duplex=False)
-        if context.get_start_method() == "fork":  # every parent-side pipe end, its own too
+        method = context.get_start_method()
+        if method == "fork":  # every parent-side pipe end, its own too
             inherited = inherited + [self.tasks.fileno(), self.results.fileno()]
         else:  # spawn and forkserver children inherit only the pipes passed to them
             inherited = []
+        parent = None if method == "forkserver" else os.getpid()
         self.process = context.Process(
             target=worker_main, daemon=True, args=(task_r, result_w, workload_ref,
-                                                   memory_limit_mb, tuple(inherited), os.getpid()))
+                                                   memory_limit_mb, tuple(inherited), parent,
+                                                   method != "fork"))
         try:
             self.process.start()
         except BaseException:

@@ -5,7 +5,8 @@ Tasks travel parent -> worker on a plain pipe as ``8-byte big-endian length + pi
 :mod:`stepmap.engines.local`); results travel back on a multiprocessing Connection.
 
 A worker dies with its parent: on Linux the kernel sends it SIGKILL when the parent dies
-(``PR_SET_PDEATHSIG``); everywhere, it exits when its task pipe reaches end-of-file or its
+(``PR_SET_PDEATHSIG``); a spawned or forkserver worker also watches multiprocessing's parent
+sentinel from a thread; everywhere, it exits when its task pipe reaches end-of-file or its
 result pipe breaks, which needs it to hold no copy of any parent-side pipe end (a forked
 worker closes the ones it inherited).
 """
@@ -28,14 +29,15 @@ def frame(message: object) -> bytes:
 
 
 def worker_main(tasks, results, workload_ref: str, memory_limit_mb: int | None,
-                inherited: tuple[int, ...], parent_pid: int) -> None:
+                inherited: tuple[int, ...], parent_pid: int | None,
+                watch_sentinel: bool) -> None:
     """Run tasks until told to stop or until the parent is gone."""
     for fd in inherited:  # the parent's ends of pipes, inherited by fork: they would hide EOF
         try:
             os.close(fd)
         except OSError:
             pass
-    die_with_parent(parent_pid)
+    die_with_parent(parent_pid, watch_sentinel)
     # Ctrl-C is the parent's business: it decides what to cancel and records it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit_mb:
@@ -78,16 +80,34 @@ def _read_exact(fd: int, size: int) -> bytearray | None:
     return buffer
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (only where the parent is the
-    stepmap process: a forkserver's child is not watched this way and relies on EOF)."""
-    if not sys.platform.startswith("linux") or os.getppid() != parent_pid:
-        return
-    import ctypes
+def die_with_parent(parent_pid: int | None, watch_sentinel: bool) -> None:
+    """Make sure this process does not outlive the stepmap process, even stuck in a task.
+
+    ``parent_pid``: ask Linux to SIGKILL this process when that parent dies (fork, spawn).
+    ``watch_sentinel``: a thread exits the process when multiprocessing's parent sentinel
+    reaches end-of-file (spawn, forkserver: a forkserver's child has the forkserver as its
+    parent, which lives on while any child does, so only the sentinel can tell)."""
+    if parent_pid is not None and sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl (e.g. a non-glibc build)
+            pass
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+    if watch_sentinel:
+        import multiprocessing
+        import threading
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.sentinel is not None:
+            threading.Thread(target=_exit_at_eof, args=(parent.sentinel,), daemon=True,
+                             name="stepmap-parent-watch").start()
+
+
+def _exit_at_eof(fd: int) -> None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # no prctl (e.g. a non-glibc build): EOF still works
+        os.read(fd, 1)  # nothing is ever written: this returns when the parent is gone
+    except OSError:
         return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+    os._exit(1)
