@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from stepmap import runner
-from stepmap.engines.local import LocalExecutor
+from stepmap.engines.local import LocalEngine, LocalExecutor
+from stepmap.errors import UsageError
 from stepmap.job import EventSpec
 from stepmap.mapper import MapPolicy
 from stepmap.results import RunStore
@@ -45,8 +46,37 @@ def test_spawn_start_method_works(runs, monkeypatch):
     monkeypatch.setenv("STEPMAP_START_METHOD", "spawn")
     report = runner.run("s3keys", {"size": 100}, runner.RunOptions(
         engine_options={"workers": 2}, runs=runs))
+    monkeypatch.delenv("STEPMAP_START_METHOD")
     fork = runner.run("s3keys", {"size": 100}, runner.RunOptions(runs=runs))
     assert report.total == fork.total and report.status == "SUCCEEDED"
+
+
+def test_the_start_method_is_an_engine_option(runs, monkeypatch):
+    monkeypatch.setenv("STEPMAP_START_METHOD", "fork")  # the option wins over the variable
+    report = runner.run("chaos", {"items": 50}, runner.RunOptions(
+        engine_options={"workers": 2, "start_method": "forkserver"}, runs=runs))
+    assert report.status == "SUCCEEDED" and int(report.total) == _sum_of_squares(50)
+    executor = LocalEngine().open("chaos", {"start_method": "forkserver"})
+    try:
+        assert executor._context.get_start_method() == "forkserver"
+    finally:
+        executor.close()
+
+
+@pytest.mark.parametrize("method", ["threads", "", "FORK"])
+def test_an_unknown_start_method_is_a_one_line_usage_error(method):
+    with pytest.raises(UsageError) as caught:
+        LocalExecutor("chaos", start_method=method)
+    assert str(caught.value) == (f"start_method must be one of fork, spawn, forkserver, "
+                                 f"got {method!r}")
+
+
+def test_an_unknown_start_method_from_the_environment_exits_2(cli, runs, monkeypatch):
+    monkeypatch.setenv("STEPMAP_START_METHOD", "threads")
+    code, out, err = cli("run", "chaos", "--items", "3", "--results", runs)
+    assert code == 2 and out == ""
+    assert err.strip().endswith("start_method must be one of fork, spawn, forkserver, "
+                                "got 'threads'") and len(err.strip().splitlines()) == 1
 
 
 def _wait(executor):
@@ -220,7 +250,8 @@ def test_workers_die_with_a_killed_parent_and_the_run_resumes(runs, cli, method)
 
 HANGING_PARENT = """
 import sys
-from stepmap.engines.local import LocalExecutor
+from stepmap.engines.local import LocalEngine, LocalExecutor
+from stepmap.errors import UsageError
 executor = LocalExecutor("chaos", workers=1, start_method=sys.argv[1])
 executor.submit(1, {"index": 0, "faults": {"hang": [0]}}, timeout=3600)
 executor.poll(0.5)

@@ -54,11 +54,11 @@ class LocalEngine:
 
 def start_method_context(method: str | None):
     """The multiprocessing context for ``method`` (None: fork where available, else spawn)."""
-    available = multiprocessing.get_all_start_methods()
+    available = [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
     if method is None:
         method = "fork" if "fork" in available else "spawn"
-    if method not in START_METHODS or method not in available:
-        raise UsageError(f"start method must be one of {', '.join(available)}, got {method!r}")
+    if method not in available:
+        raise UsageError(f"start_method must be one of {', '.join(available)}, got {method!r}")
     return multiprocessing.get_context(method)
 
 
