@@ -75,8 +75,12 @@ def test_an_unknown_start_method_from_the_environment_exits_2(cli, runs, monkeyp
     monkeypatch.setenv("STEPMAP_START_METHOD", "threads")
     code, out, err = cli("run", "chaos", "--items", "3", "--results", runs)
     assert code == 2 and out == ""
-    assert err.strip().endswith("start_method must be one of fork, spawn, forkserver, "
-                                "got 'threads'") and len(err.strip().splitlines()) == 1
+    assert err == ("stepmap: error: $STEPMAP_START_METHOD must be one of fork, spawn, "
+                   "forkserver, got 'threads'\n")
+    assert not os.path.exists(runs) or os.listdir(runs) == []  # refused before any run exists
+    code, out, err = cli("run", "chaos", "--items", "3", "--results", runs,
+                         "--start-method", "spawn")  # the flag wins over the variable
+    assert code == 0 and int(out) == _sum_of_squares(3)
 
 
 def _wait(executor):

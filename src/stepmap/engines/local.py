@@ -36,6 +36,7 @@ from .local_worker import STOP, frame, worker_main
 #: Tasks handed to one worker at a time: the one it runs and the one it runs next.
 QUEUE_DEPTH = 2
 START_METHODS = ("fork", "forkserver", "spawn")
+START_METHOD_ENV = "STEPMAP_START_METHOD"
 _Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
 
 
@@ -49,16 +50,30 @@ class LocalEngine:
         return LocalExecutor(workload_ref, workers=workers,
                              memory_limit_mb=options.get("memory_limit_mb"),
                              start_method=options.get("start_method")
-                             or os.environ.get("STEPMAP_START_METHOD") or None)
+                             or start_method_from_env())
+
+
+def _available() -> list[str]:
+    return [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
+
+
+def start_method_from_env() -> str | None:
+    """``$STEPMAP_START_METHOD``, checked: the start method when none is given."""
+    method = os.environ.get(START_METHOD_ENV) or None
+    if method is not None and method not in _available():
+        raise UsageError(f"${START_METHOD_ENV} must be one of {', '.join(_available())}, "
+                         f"got {method[:40]!r}")
+    return method
 
 
 def start_method_context(method: str | None):
     """The multiprocessing context for ``method`` (None: fork where available, else spawn)."""
-    available = [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
+    available = _available()
     if method is None:
         method = "fork" if "fork" in available else "spawn"
     if method not in available:
-        raise UsageError(f"start_method must be one of {', '.join(available)}, got {method!r}")
+        raise UsageError(f"start_method must be one of {', '.join(available)}, "
+                         f"got {str(method)[:40]!r}")
     return multiprocessing.get_context(method)
 
 
