@@ -1,8 +1,11 @@
 """The local engine's worker process, and the task pipe's framing shared with its parent.
 
-Tasks travel parent -> worker on a plain pipe as ``8-byte big-endian length + pickle`` frames
-(a zero-length frame means "stop"), so the parent can write them without blocking (see
-:mod:`stepmap.engines.local`); results travel back on a multiprocessing Connection.
+Tasks and results travel on two plain pipes as ``8-byte big-endian length + pickle`` frames
+(a zero-length task frame means "stop"), so the parent can write tasks without blocking (see
+:mod:`stepmap.engines.local`). A forked worker inherits the pipes' file descriptors; a
+spawned or forkserver one receives them wrapped in multiprocessing Connections (the only way
+to hand a descriptor over); plain descriptors keep multiprocessing.connection (and the
+tempfile, random and hashlib modules it imports) out of a forked run.
 
 A worker dies with its parent: on Linux the kernel sends it SIGKILL when the parent dies
 (``PR_SET_PDEATHSIG``); a spawned or forkserver worker also watches multiprocessing's parent
@@ -31,7 +34,8 @@ def frame(message: object) -> bytes:
 def worker_main(tasks, results, workload_ref: str, memory_limit_mb: int | None,
                 inherited: tuple[int, ...], parent_pid: int | None,
                 watch_sentinel: bool) -> None:
-    """Run tasks until told to stop or until the parent is gone."""
+    """Run tasks until told to stop or until the parent is gone. ``tasks`` and ``results``
+    are pipe ends: file descriptors (fork) or Connections (spawn, forkserver)."""
     for fd in inherited:  # the parent's ends of pipes, inherited by fork: they would hide EOF
         try:
             os.close(fd)
@@ -45,16 +49,26 @@ def worker_main(tasks, results, workload_ref: str, memory_limit_mb: int | None,
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     from ..task import execute
-    fd = tasks.fileno()
+    task_fd, result_fd = _fd(tasks), _fd(results)
     while True:
-        payload = read_frame(fd)
+        payload = read_frame(task_fd)
         if not payload:  # stop, or end of pipe: the parent closed it or died
             return
         task_id, event = pickle.loads(payload)
         try:
-            results.send(execute(workload_ref, task_id, event))
+            write_all(result_fd, frame(execute(workload_ref, task_id, event)))
         except OSError:  # the parent is gone
             return
+
+
+def _fd(end) -> int:
+    return end if isinstance(end, int) else end.fileno()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_frame(fd: int) -> bytearray | None:
@@ -87,13 +101,10 @@ def die_with_parent(parent_pid: int | None, watch_sentinel: bool) -> None:
     ``watch_sentinel``: a thread exits the process when multiprocessing's parent sentinel
     reaches end-of-file (spawn, forkserver: a forkserver's child has the forkserver as its
     parent, which lives on while any child does, so only the sentinel can tell)."""
-    if parent_pid is not None and sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # no prctl (e.g. a non-glibc build)
-            pass
+    if parent_pid is not None:
+        prctl = load_prctl()
+        if prctl is not None:
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
     if watch_sentinel:
@@ -103,6 +114,24 @@ def die_with_parent(parent_pid: int | None, watch_sentinel: bool) -> None:
         if parent is not None and parent.sentinel is not None:
             threading.Thread(target=_exit_at_eof, args=(parent.sentinel,), daemon=True,
                              name="stepmap-parent-watch").start()
+
+
+_prctl: object = None  # not looked up yet; False: there is none
+
+
+def load_prctl():
+    """libc's prctl, or None (not Linux, or no such symbol). The parent calls this before it
+    forks workers, so that each forked worker does not pay for importing ctypes again."""
+    global _prctl
+    if _prctl is None:
+        _prctl = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            try:
+                _prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):  # e.g. a libc without prctl
+                pass
+    return _prctl or None
 
 
 def _exit_at_eof(fd: int) -> None:
