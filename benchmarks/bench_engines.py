@@ -222,7 +222,7 @@ def ratio_row(label: str, bare: list[float], ours: list[float], goal: float) -> 
             f"{'yes' if ratio <= goal else 'NO'} (≤ {goal:g}×) |")
 
 
-def process_sections(repeat: int, sizes: list[int]) -> list[str]:
+def process_sections(repeat: int, sizes: list[int], s3keys: bool = True) -> list[str]:
     """(d) and (e): whole `stepmap run` processes against bare Python processes."""
     import subprocess
     from benchmarks.bench_s3keys import BARE  # the same recurrence loop as bench_s3keys
@@ -234,7 +234,7 @@ def process_sections(repeat: int, sizes: list[int]) -> list[str]:
               "|---|---:|---:|---:|---:|---|"]
     out = [f"### (d) whole processes: `stepmap run benchmarks.tiny:TINY --items N` (default "
            f"options) vs a bare ProcessPoolExecutor.map process; interleaved, median of "
-           f"{repeat}", ""] + header
+           f"{repeat}", ""] + header if sizes else []
     with tempfile.TemporaryDirectory() as runs:
         for n in sizes:
             times = interleaved({
@@ -244,13 +244,14 @@ def process_sections(repeat: int, sizes: list[int]) -> list[str]:
             out.append(ratio_row(f"{n:,} items", times["bare"], times["stepmap"], 1.3))
             print(out[-1], flush=True)
         size = 1024
-        times = interleaved({
-            "bare": [sys.executable, "-c", BARE.format(size=size)],
-            "stepmap": [sys.executable, "-m", "stepmap", "run", "s3keys", "--size", str(size),
-                        "--quiet", "--results", runs]}, repeat)
-    out += ["", f"### (e) `stepmap run s3keys --size {size}` vs a bare `python -c` recurrence "
-            f"loop; interleaved, median of {repeat}", ""] + header
-    out.append(ratio_row(f"s3keys size {size}", times["bare"], times["stepmap"], 5.0))
+        if s3keys:
+            times = interleaved({
+                "bare": [sys.executable, "-c", BARE.format(size=size)],
+                "stepmap": [sys.executable, "-m", "stepmap", "run", "s3keys", "--size",
+                            str(size), "--quiet", "--results", runs]}, repeat)
+            out += ["", f"### (e) `stepmap run s3keys --size {size}` vs a bare `python -c` "
+                    f"recurrence loop; interleaved, median of {repeat}", ""] + header
+            out.append(ratio_row(f"s3keys size {size}", times["bare"], times["stepmap"], 5.0))
     load_after = os.getloadavg()
     out += ["", "load average (1, 5, 15 min) before: %.2f %.2f %.2f, after: %.2f %.2f %.2f"
             % (*load_before, *load_after), ""]
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     if "c" in args.sections:
         out += in_process_section(workers, repeat)
     if "d" in args.sections or "e" in args.sections:
-        out += process_sections(repeat, [int(n) for n in args.sizes.split(",")])
+        sizes = [int(n) for n in args.sizes.split(",")] if "d" in args.sections else []
+        out += process_sections(repeat, sizes, s3keys="e" in args.sections)
     print("\n".join(out))
 
 

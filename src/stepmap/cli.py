@@ -30,7 +30,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
     parser = Parser(prog="stepmap", allow_abbrev=False,
                      description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
+    # (zlib, bz2, lzma) costs every command
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                prog=parser.prog)
 
     run = sub.add_parser("run", allow_abbrev=False, help="run a job and print its total",
                          description="Workload parameters are options too, e.g. --size 1024.")
