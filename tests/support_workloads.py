@@ -19,3 +19,20 @@ class Echo(Workload):
 
     def reduce(self, outputs):
         return [text for output in outputs for text in output]
+
+
+class NotDecimal(Workload):
+    """Items 0..3; item 2's result is "12a" (a worker bug, or a hand-edited result), which a
+    decimal reduce must refuse in one line rather than with a traceback or a total."""
+
+    name = "not-decimal"
+
+    def start(self, event):
+        return Start(params={}, items=range(4), count=4)
+
+    def compute(self, event):
+        return "12a" if any(item["index"] == 2 for item in event_items(event)) else "7"
+
+    def reduce(self, outputs):
+        from stepmap.workloads import resolve
+        return resolve("s3keys").reduce(outputs)

@@ -12,8 +12,9 @@ import time
 from typing import Any, Callable
 
 from . import runner
-from .cli_common import (FIELD_FLAGS, RUNS_ENV, Parser, emit, flag_message, print_report, runs_location,
-                         total_text, workload_input)
+from .bigint import flag_float, flag_int
+from .cli_common import (FIELD_FLAGS, RUNS_ENV, Parser, check_output, emit, flag_message,
+                         print_report, runs_location, total_text, workload_input)
 from .config import DEFAULT_RUNS_DIR, ITEM_FORMATS, RunConfig
 from .drivers.base import RunReport
 from .engines import ALL_ENGINES, REMOTE_ENGINES
@@ -98,19 +99,19 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     typed; the defaults, shown in the help, are RunConfig's."""
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", choices=ALL_ENGINES, help="where the items run (local)")
-    group.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    group.add_argument("--batch-size", type=int, help="items per compute call (default: auto)")
-    group.add_argument("--max-concurrency", type=int, help="compute calls running at once")
-    group.add_argument("--retries", type=int, help="retries per failed call (2)")
-    group.add_argument("--backoff", type=float,
+    group.add_argument("--workers", type=flag_int, help="worker processes (default: all cores)")
+    group.add_argument("--batch-size", type=flag_int, help="items per compute call (default: auto)")
+    group.add_argument("--max-concurrency", type=flag_int, help="compute calls running at once")
+    group.add_argument("--retries", type=flag_int, help="retries per failed call (2)")
+    group.add_argument("--backoff", type=flag_float,
                        help="first retry delay in seconds, doubling each retry (0.5)")
-    group.add_argument("--timeout", type=float,
+    group.add_argument("--timeout", type=flag_float,
                        help="seconds before a compute call is killed (900, Lambda's maximum)")
-    group.add_argument("--tolerate", type=float, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, metavar="PERCENT",
                        help="failed items tolerated before the map run stops (0)")
-    group.add_argument("--tolerate-count", type=int, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, metavar="N",
                        help="failed items tolerated, as a count (0)")
-    group.add_argument("--memory-limit", type=int, metavar="MB",
+    group.add_argument("--memory-limit", type=flag_int, metavar="MB",
                        help="memory limit per worker process (local: address space; dask: "
                             "the worker's RSS, watched by its nanny)")
     group.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
@@ -269,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "run":
             _no_extra(extra)
+        if getattr(args, "output", None):
+            check_output(args.output)
         return args.func(args, extra)
     except ConfigError as exc:
         print(f"stepmap: error: {flag_message(exc)}", file=sys.stderr)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from .cli_common import Parser, workload_input
+from .bigint import flag_float, flag_int
 from .errors import UsageError
 from .job import batch_event, item_event
 
@@ -691,15 +692,15 @@ def register(sub, *, engine_options, output_options) -> None:
 
 def _options(parser) -> None:
     parser.add_argument("--input", help="the run input as JSON")
-    parser.add_argument("--memory", type=int, metavar="MB",
+    parser.add_argument("--memory", type=flag_int, metavar="MB",
                         help=f"compute Lambda memory of the recommended plan ({FULL_VCPU_MB})")
-    parser.add_argument("--batch-size", type=int, metavar="N",
+    parser.add_argument("--batch-size", type=flag_int, metavar="N",
                         help="items per child execution of the recommended plan (default: chosen)")
-    parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+    parser.add_argument("--max-concurrency", type=flag_int, default=None, metavar="N",
                         help="child executions at once (1000)")
     parser.add_argument("--arch", choices=sorted(PRICES["lambda_gb_second"]), default=None,
                         help="Lambda architecture to price (arm64, as the stack deploys)")
-    parser.add_argument("--calibration-seconds", type=float, default=None, metavar="S",
+    parser.add_argument("--calibration-seconds", type=flag_float, default=None, metavar="S",
                         help=f"local timing budget per configuration ({CALIBRATION_SECONDS})")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 

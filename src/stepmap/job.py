@@ -167,7 +167,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
             raise UsageError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
         raise UsageError(f"{what} is larger than {MAX_INPUT_BYTES // 1024} KiB")
-    if _nesting_depth(text) > MAX_INPUT_DEPTH:
+    if nesting_depth(text) > MAX_INPUT_DEPTH:
         raise UsageError(f"{what} is nested deeper than {MAX_INPUT_DEPTH} levels")
     try:
         value = json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
@@ -181,7 +181,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
     return value
 
 
-def _nesting_depth(text: str) -> int:
+def nesting_depth(text: str) -> int:
     """Upper bound on bracket nesting, counted without parsing (strings are skipped)."""
     depth = deepest = 0
     in_string = escaped = False

@@ -55,7 +55,7 @@ class StepFunctionsDriver:
                                  "'stepmap[test]'") from None
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
-        if not _EXECUTION_NAME.match(job.record.run_id):
+        if not _EXECUTION_NAME.fullmatch(job.record.run_id):
             raise UsageError(f"run id {job.record.run_id!r} cannot name an execution: at most "
                              "80 letters, digits, '.', '_' or '-'")
         if job.config.engine == "aws-emulated":

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..bigint import flag_float, flag_int
 from ..errors import EngineError, UsageError
 
 from . import DEFAULT_STACK
@@ -49,17 +50,17 @@ def _stack_options(parser) -> None:
     group.add_argument("--stack-name", default=DEFAULT_STACK)
     group.add_argument("--workload", default="s3keys",
                        help="the workload the functions run, fixed at deploy time (s3keys)")
-    group.add_argument("--memory", type=int, default=4096, metavar="MB",
+    group.add_argument("--memory", type=flag_int, default=4096, metavar="MB",
                        help="compute and reduce Lambda memory (4096)")
-    group.add_argument("--timeout", type=int, default=900, metavar="SECONDS",
+    group.add_argument("--timeout", type=flag_int, default=900, metavar="SECONDS",
                        help="compute and reduce Lambda timeout (900, the maximum)")
-    group.add_argument("--max-concurrency", type=int, default=1000,
+    group.add_argument("--max-concurrency", type=flag_int, default=1000,
                        help="child executions running at once (1000; 0 = AWS's maximum)")
-    group.add_argument("--tolerate", type=float, default=0.0, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, default=0.0, metavar="PERCENT",
                        help="ToleratedFailurePercentage of the map run (0)")
-    group.add_argument("--tolerate-count", type=int, default=0, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, default=0, metavar="N",
                        help="ToleratedFailureCount of the map run (0)")
-    group.add_argument("--batch-size", type=int, default=0, metavar="N",
+    group.add_argument("--batch-size", type=flag_int, default=0, metavar="N",
                        help="ItemBatcher MaxItemsPerBatch (0 = no batcher, one item per child)")
     group.add_argument("--retain-bucket", action="store_true",
                        help="keep the results bucket when the stack is destroyed")

@@ -45,7 +45,7 @@ class Chaos(Workload):
         sleep = event.get("sleep", 0)
         if isinstance(sleep, str):
             try:
-                sleep = float(sleep)
+                sleep = bigint.flag_float(sleep)  # ASCII, finite
             except ValueError:
                 raise UsageError(f"'sleep' must be a number of seconds, got {sleep!r}") from None
         if isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or not 0 <= sleep <= 3600:
