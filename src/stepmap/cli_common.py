@@ -90,6 +90,10 @@ def _convert(name: str, value: str, kind: type) -> Any:
 def print_report(args: Any, report: RunReport) -> int:
     """Print a run's outcome as --json/--quiet/--output ask; return the exit code."""
     complete = report.status == "SUCCEEDED"
+    if report.rejected and complete and not args.quiet:
+        print(f"stepmap: warning: ignored {len(report.rejected)} result entr"
+              f"{'y' if len(report.rejected) == 1 else 'ies'} that failed verification; "
+              f"their items were recomputed (first: {report.rejected[0]})", file=sys.stderr)
     if args.output and complete:
         _write_total(args.output, total_text(report.total))
     if args.json:

@@ -243,7 +243,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
                     sink.add(success_entry(done.input_json or _json(task.event),
                                            done.output_json, positions=task.positions,
                                            started=done.started, stopped=done.stopped,
-                                           attempts=task.attempts, worker=done.worker))
+                                           attempts=task.attempts, worker=done.worker,
+                                           checksum=done.checksum))
                     outcome.succeeded += task.items
                 elif task.attempts <= policy.retries and outcome.stopped_because is None:
                     outcome.retries += 1

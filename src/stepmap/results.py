@@ -8,8 +8,9 @@
 
 Entries carry ``Input``/``Output`` as JSON *strings*, exactly like the files a Distributed
 Map's ResultWriter writes to S3, so the reduce step reads local, Dask and AWS runs with the
-same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts`` and
-``Worker`` to the entries it writes; readers ignore keys they do not know.
+same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts``, ``Worker``
+and ``Checksum`` (the worker's checksum of Input and Output, see verify.py) to the entries it
+writes; readers ignore keys they do not know.
 
 This module is the only one that knows file names and entry shapes.
 """
@@ -68,10 +69,15 @@ def parse_time(text: str | None) -> float | None:
 # ---------------------------------------------------------------- entries
 
 def success_entry(input_json: str, output_json: str, *, positions: tuple[int, int], started: float,
-                  stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
-            "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
-            "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+                  stopped: float, attempts: int, worker: str, checksum: str | None = None) -> dict:
+    """``checksum``: the worker's verify.checksum of the two texts (None: the entry will
+    not verify, and reduce treats its items as missing)."""
+    entry = {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
+             "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
+             "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+    if checksum is not None:
+        entry["Checksum"] = checksum
+    return entry
 
 
 def failure_entry(input_json: str, *, error: str, cause: str, positions: tuple[int, int],
@@ -224,6 +230,9 @@ class ResultFile:
     key: str
     status: str
     number: int
+    #: sha256 of the bytes written, when this process wrote the file (verify trusts a file
+    #: it wrote itself only while its bytes are unchanged)
+    digest: bytes | None = field(default=None, compare=False)
 
 
 class RunStore:
@@ -293,11 +302,17 @@ class RunStore:
 
     def write_results(self, status: str, number: int, entries: list[dict]) -> ResultFile:
         key = self.key(f"{status}_{number}.json")
-        self.storage.put(key, _dump(entries))
-        return ResultFile(key, status, number)
+        data = _dump(entries)
+        self.storage.put(key, data)
+        import hashlib  # here, not at import: ~15 ms of start-up for commands that write none
+        return ResultFile(key, status, number, hashlib.sha256(data).digest())
 
     def read_entries(self, key: str) -> list[dict]:
-        entries = self._read_json(key, list)
+        return self.parse_entries(key, self.storage.get(key))
+
+    def parse_entries(self, key: str, data: bytes) -> list[dict]:
+        """The entries of result file ``key`` whose bytes are ``data``."""
+        entries = self._parse_json(key, data, list)
         if not all(isinstance(e, dict) and e.get("Status") in STATUSES for e in entries):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
                                "entries must be objects with a Status")
@@ -341,7 +356,9 @@ class RunStore:
 
     # -----------------------------------------------------------------
     def _read_json(self, key: str, kind: type):
-        data = self.storage.get(key)
+        return self._parse_json(key, self.storage.get(key), kind)
+
+    def _parse_json(self, key: str, data: bytes, kind: type):
         try:
             value = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

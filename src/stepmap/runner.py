@@ -13,19 +13,16 @@ is missing. Every attempt's effective settings are recorded in run.json.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
 import time
-from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import DEFAULT_RUNS_DIR, OPTIONS_FOR, REMOTE_ENGINES, RunConfig
 from .drivers import for_engine
 from .drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
-from .errors import ResultsError, RunLockedError, UsageError
+from .errors import ResultsError, UsageError
 from .job import ITEM_KEY, Start
+from .locks import create_run, lock_holder, run_lock
 from .mapper import MapPolicy
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .storage import parse_location
@@ -60,8 +57,8 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
                        params=start.params, summary=start.summary, settings=config.to_dict(),
                        items=start.count, created=began, items_from=config.items_from,
                        items_format=config.items_format)
-    with run_lock(store):
-        store.write_run(record)
+    with run_lock(store):  # lock, then check and create: of racing runs with one id, one wins
+        create_run(store, record.to_dict())
         if on_start:
             on_start(start, run_id)
         job = RunJob(store, record, workload_ref, start, config, began,
@@ -135,77 +132,6 @@ def RunOptions(engine: str = "local", engine_options: Mapping[str, Any] | None =
                      runs=runs, run_id=run_id, items_from=items_from, items_format=items_format)
 
 
-#: An S3 run lock older than this is taken to be left by a crashed process.
-S3_LOCK_TTL_SECONDS = 6 * 3600
-
-
-@contextlib.contextmanager
-def run_lock(store: RunStore) -> Iterator[None]:
-    """One process at a time works on a run: an flock where the run directory is a local
-    file system, a lock object elsewhere (S3)."""
-    path = store.storage.local_path(store.key(".lock"))
-    if path is None:
-        with _object_lock(store):
-            yield
-        return
-    import fcntl
-    with _open_lock_file(path, store.run_id) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunLockedError(f"run {store.run_id} is in use by {holder}; try again "
-                                 "when it has finished") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _open_lock_file(path: Path, run_id: str) -> IO[str]:
-    """The lock file, opened for writing; a read-only runs directory or a .lock that is a
-    directory is a clear error, not a traceback."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "a+")
-    except OSError as exc:
-        raise ResultsError(f"cannot lock run {run_id}: {path}: {exc.strerror or exc}") from None
-
-
-@contextlib.contextmanager
-def _object_lock(store: RunStore) -> Iterator[None]:
-    """A lock object: written, then read back (S3 is strongly consistent), so of two racing
-    processes the one whose token is not there backs off. A crashed holder's lock expires
-    after S3_LOCK_TTL_SECONDS (or delete <run>/.lock by hand)."""
-    key = store.key(".lock")
-    token = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-
-    def holder() -> dict[str, Any] | None:
-        try:
-            found = json.loads(store.storage.get(key))
-        except (ResultsError, ValueError):
-            return None
-        return found if isinstance(found, dict) else None
-
-    current = holder()
-    if current and time.time() - current.get("time", 0) < S3_LOCK_TTL_SECONDS:
-        raise RunLockedError(f"run {store.run_id} is in use by {current.get('holder')}; try "
-                             "again when it has finished")
-    store.storage.put(key, json.dumps({"holder": token, "time": time.time()}).encode())
-    if (holder() or {}).get("holder") != token:
-        raise RunLockedError(f"run {store.run_id} was just taken by another process")
-    try:
-        yield
-    finally:
-        if (holder() or {}).get("holder") == token:
-            store.storage.delete(key)
-
-
 def list_runs(runs: str) -> list[dict[str, Any]]:
     """Every run in a runs location, oldest first, as run.json dicts (with live status)."""
     storage, base = parse_location(runs)
@@ -235,16 +161,14 @@ def load_run(runs: str, run_id: str) -> dict[str, Any]:
 
 
 def _with_live_status(store: RunStore, record: RunRecord) -> RunRecord:
-    """A local run recorded as RUNNING whose lock nobody holds was killed: say STOPPED."""
-    if record.status != "RUNNING" or record.engine in REMOTE_ENGINES \
-            or store.storage.local_path(store.key(".lock")) is None:
+    """A run recorded as RUNNING whose lock nobody holds (or only an expired S3 lock) was
+    killed: say STOPPED. Only reads the lock (locks.lock_holder), never rewrites it."""
+    if record.status != "RUNNING" or record.engine in REMOTE_ENGINES:
         return record
     try:
-        with run_lock(store):
-            pass
-    except RunLockedError:
-        return record
-    except ResultsError:  # no lock to take (a read-only runs directory): cannot tell
+        if lock_holder(store) is not None:
+            return record
+    except ResultsError:  # no lock to read (a damaged runs directory): cannot tell
         return record
     record.status = "STOPPED"
     record.reason = "the process running it stopped; finish it with stepmap resume"
