@@ -31,7 +31,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
     parser = Parser(prog="stepmap", allow_abbrev=False,
                     description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
+    # (zlib, bz2, lzma) costs every command
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                prog=parser.prog)
 
     run = sub.add_parser("run", allow_abbrev=False, help="run a job and print its total",
                          description="Workload parameters are options too, e.g. --size 1024.")
@@ -143,8 +146,16 @@ def _typed_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _check_start_method_env(args: argparse.Namespace) -> None:
+    """A bad $STEPMAP_START_METHOD is refused before anything is written."""
+    if args.engine in (None, "local") and args.start_method is None:
+        from .engines.local import start_method_from_env
+        start_method_from_env()
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     run_input = workload_input(args, extra)
+    _check_start_method_env(args)
     config = RunConfig.build(engine=args.engine or "local", runs=runs_location(args.results),
                              **_typed_settings(args))
     return _run_and_print(args, lambda progress, on_start, notify: runner.run(
@@ -154,6 +165,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
     """Resume with the run's saved settings; only the flags typed here override them."""
     _no_extra(extra)
+    _check_start_method_env(args)
     overrides = _typed_settings(args)
     overrides.pop("run_id", None)  # the positional RUN_ID names the run, it is no setting
     if args.engine is not None:

@@ -27,7 +27,6 @@ from ..job import JSON, Start
 from ..mapper import Intervals, MapOutcome, auto_batch_size, batches, run_map
 from ..reducer import reduce_run
 from ..results import Attempt, RunRecord, RunStore, ResultSink
-from ..sources import detect_format, read_items
 from ..verify import Expected, check_results
 from ..workloads import resolve
 from .base import NotifyFn, ProgressFn, RunJob, RunReport
@@ -184,6 +183,7 @@ def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
 def with_source(start: Start, source: str, kind: str | None) -> Start:
     """``start`` with its items read from ``source`` (bad sources fail now, before anything
     is written)."""
+    from ..sources import detect_format, read_items  # csv and friends: only for a source
     kind = kind or detect_format(source)
     return replace(start, items=read_items(source, kind), count=None, batch_hint=None,
                    summary=f"{start.summary}; items from {source}".lstrip("; "))

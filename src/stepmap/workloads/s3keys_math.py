@@ -49,7 +49,6 @@ import functools
 import importlib.util
 import os
 import re
-import unicodedata
 from collections import Counter
 from typing import Iterator
 
@@ -120,6 +119,7 @@ def _check_counts(counts) -> Counts:
 def assigned_counts() -> tuple[Counts, str]:
     """Counts of assigned, non-surrogate code points per UTF-8 length,
     from this Python's ``unicodedata``, and its Unicode version."""
+    import unicodedata  # here: only the 'assigned' alphabet needs it
     buckets = ((0, 0x80), (0x80, 0x800), (0x800, 0x10000), (0x10000, 0x110000))
     counts = []
     for start, stop in buckets:
