@@ -184,3 +184,32 @@ def test_a_list_of_items_is_kept_with_the_run(options, tmp_path):
     assert stepmap.map(lambda w: fn(w), words, run_id="words", **options) == [5, 4, 5, 5]
     with pytest.raises(UsageError, match="other items"):
         stepmap.map(lambda w: fn(w), words[:2], run_id="words", **options)
+
+
+def test_import_stepmap_stays_cheap():
+    import subprocess
+    import sys
+    code = ("import sys, stepmap; heavy = {'cloudpickle', 'tqdm', 'stepmap.api', 'dask', "
+            "'stepmap.runner', 'matplotlib'}; print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True)
+    assert out.stdout.strip() == "[]"
+    assert callable(stepmap.map) and stepmap.Executor.__module__ == "stepmap.api"
+
+
+def test_a_map_on_an_s3_runs_location_resumes_from_its_stored_items(s3_env, tmp_path):
+    """The results store on a real S3 server (Ceph RGW): items, results, resume."""
+    import boto3
+    bucket = f"api-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    runs = f"s3://{bucket}/runs"
+    flag = tmp_path / "fail"
+    flag.touch()
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: 1 // 0 if x == 2 and flag.exists() else x * 10)
+    items = [5, 2, 7]
+    with pytest.raises(ZeroDivisionError):
+        stepmap.map(fn, items, run_id="s3run", runs=runs, retries=0, batch_size=1)
+    flag.unlink()
+    assert stepmap.map(fn, items, run_id="s3run", runs=runs) == [50, 20, 70]
+    assert calls_in(calls) == {5: 1, 2: 2, 7: 1}
