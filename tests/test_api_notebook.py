@@ -44,3 +44,55 @@ def test_notebook_runs_on_a_real_kernel(tmp_path, monkeypatch):
     assert len(records) == 3 and {r["status"] for r in records} == {"SUCCEEDED", "INCOMPLETE"}
     # inside a kernel (which runs threads), forking is not safe: the API asks for forkserver
     assert {r["settings"]["engine_options"]["start_method"] for r in records} == {"forkserver"}
+
+
+async def _interrupt(kernel_manager) -> None:
+    await kernel_manager.interrupt_kernel()  # nbclient's manager is asynchronous
+
+
+def test_interrupting_a_notebook_cell_leaves_a_resumable_run(tmp_path, monkeypatch):
+    """The kernel's interrupt (what Jupyter's stop button sends: SIGINT) during a map."""
+    import asyncio
+    import threading
+    import time
+
+    from nbformat.v4 import new_code_cell, new_notebook
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    notebook = new_notebook(cells=[
+        new_code_cell(f"import os, time, uuid\nimport stepmap\nCALLS = {str(calls)!r}\n"
+                      "def slow(x):\n"
+                      "    open(os.path.join(CALLS, f'{x}-{uuid.uuid4().hex}'), 'w').close()\n"
+                      "    time.sleep(0.3)\n    return x + 1"),
+        new_code_cell("stepmap.map(slow, range(40), workers=2, batch_size=1, run_id='nb')"),
+        new_code_cell("sum(stepmap.map(slow, range(40), workers=2, batch_size=1, run_id='nb'))"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+
+    def interrupt_when_running():
+        deadline = time.monotonic() + 120
+        while len(list(calls.iterdir())) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asyncio.run(_interrupt(client.km))
+
+    watcher = threading.Thread(target=interrupt_when_running, daemon=True)
+    watcher.start()
+    client.execute()
+    watcher.join()
+    errors = [o for o in notebook.cells[1].outputs if o.output_type == "error"]
+    assert errors and errors[0]["ename"] == "KeyboardInterrupt"
+    assert "run_id='nb'" in errors[0]["evalue"]
+    result = [o["data"]["text/plain"] for o in notebook.cells[2].outputs
+              if o.output_type == "execute_result"]
+    assert result == [str(sum(range(1, 41)))]
+    record = json.loads((tmp_path / "stepmap-runs" / "nb" / "run.json").read_text())
+    assert record["status"] == "SUCCEEDED" and len(record["attempts"]) == 2
+    first = record["attempts"][1]["already_done"]
+    assert 0 < first < 40  # the interrupted attempt's finished items were kept
+    counts: dict = {}
+    for path in calls.iterdir():
+        counts[int(path.name.split("-")[0])] = counts.get(int(path.name.split("-")[0]), 0) + 1
+    assert set(counts) == set(range(40)) and sum(counts.values()) <= 40 + 4
