@@ -55,7 +55,9 @@ def test_start_writes_a_long_item_list_to_s3(s3):
     assert out["item_count"] == 1_000_000 and out["items_bucket"] == BUCKET
     assert out["items_key"].startswith("items/")
     assert len(json.dumps(out)) < 2048  # the state payload stays tiny
-    assert json.loads(_get(s3, out["items_key"])) == list(range(1_000_000))
+    # objects naming each item's position: the map's selector passes both to the child
+    assert json.loads(_get(s3, out["items_key"])) == [
+        {"index": i, "position": i} for i in range(1_000_000)]
 
 
 @pytest.mark.parametrize("event, message", [
@@ -108,11 +110,16 @@ def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypa
 
 # ---------------------------------------------------------------- reduce
 
-def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_output/run1"):
-    """Write results in the ResultWriter layout: entries with Input/Output JSON strings."""
+def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_output/run1",
+               positions=None):
+    """Write results in the ResultWriter layout: entries with Input/Output JSON strings, each
+    input naming its item's position (the index, unless ``positions`` maps it elsewhere)."""
+    positions = positions or {}
+
     def entry(index, status, output=None):
         e = {"Name": f"child-{index}", "ExecutionArn": f"arn:x:{index}", "Status": status,
-             "Input": json.dumps({"index": index, "params": PARAMS_1024}),
+             "Input": json.dumps({"index": index, "position": positions.get(index, index),
+                                  "params": PARAMS_1024}),
              "StartDate": "2026-01-01T00:00:00.000Z", "StopDate": "2026-01-01T00:00:01.000Z"}
         if status == "SUCCEEDED":
             e["Output"] = json.dumps(output)
@@ -186,7 +193,8 @@ def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeyp
     monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 1000)
     outputs = _outputs(range(600, 610))
     assert all(handlers.POINTER_KEY in o for o in outputs.values())
-    out = handlers.reduce({**_write_run(s3, outputs), "item_count": 10})
+    out = handlers.reduce({**_write_run(s3, outputs, positions={i: i - 600 for i in outputs}),
+                           "item_count": 10})
     assert out["total"] is None and out["items"] == 10
     stored = json.loads(_get(s3, out["total_s3"]["Key"]))
     assert stored == local_total({"lengths": "600-609"})
@@ -196,3 +204,71 @@ def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):
     bad = {0: {handlers.POINTER_KEY: {"Bucket": BUCKET, "Key": "items/secret.json"}}}
     with pytest.raises(ResultsError, match="points outside"):
         handlers.reduce({**_write_run(s3, bad), "item_count": 1})
+
+
+def test_reduce_refuses_an_item_twice_in_place_of_a_missing_one(s3):
+    """64 SUCCEEDED entries for 64 items, but position 0 twice and 63 missing: the count
+    alone would pass (and give a wrong total); the positions do not."""
+    outputs = _outputs(range(64))
+    event = _write_run(s3, outputs, positions={63: 0})
+    with pytest.raises(ResultsError, match="more than once"):
+        handlers.reduce({**event, "item_count": 64})
+    event = _write_run(s3, outputs, positions={63: 64})  # an item outside the run
+    with pytest.raises(ResultsError, match="outside the run"):
+        handlers.reduce({**event, "item_count": 64})
+
+
+def test_reduce_refuses_entries_that_name_no_position(s3):
+    event = _write_run(s3, _outputs(range(2)))
+    key = "process_output/run1/SUCCEEDED_0.json"
+    entries = json.loads(_get(s3, key))
+    entries[1]["Input"] = json.dumps({"index": 1, "params": PARAMS_1024})
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
+    with pytest.raises(ResultsError, match="names no item position"):
+        handlers.reduce({**event, "item_count": 2})
+
+
+def test_reduce_adds_the_succeeded_results_of_previous_map_runs(s3):
+    """A resumed run: the first map run left items 3 and 5 FAILED, the second ran just those
+    (positions 3 and 5); the total is over both map runs, FAILED files of the first ignored."""
+    first = _write_run(s3, _outputs([i for i in range(8) if i not in (3, 5)]), failed=(3, 5),
+                       prefix="process_output/first")
+    second = _write_run(s3, _outputs([3, 5]), prefix="process_output/second")
+    previous = [first["results"]["ResultWriterDetails"]]
+    out = handlers.reduce({**second, "item_count": 8, "previous": previous})
+    assert out["total"] == local_total({"size": 8}) and out["items"] == 8
+    assert out["results"] == f"s3://{BUCKET}/process_output/second/"
+    with pytest.raises(IncompleteRunError, match="cover 2 of 8"):  # without them: missing
+        handlers.reduce({**second, "item_count": 8, "previous": []})
+    twice = [first["results"]["ResultWriterDetails"]] * 2  # the same map run counted twice
+    with pytest.raises(ResultsError, match="more than once"):
+        handlers.reduce({**second, "item_count": 8, "previous": twice})
+    with pytest.raises(InvalidEvent, match="same bucket"):
+        handlers.reduce({**second, "item_count": 8, "previous": [
+            {"Bucket": "other-bucket", "Key": "process_output/first/manifest.json"}]})
+
+
+def test_start_takes_an_uploaded_item_list_and_previous_results(s3):
+    control = {"items": {"Bucket": BUCKET, "Key": "items/r1/resume-1.json"}, "item_count": 64,
+               "previous": [{"Bucket": BUCKET, "Key": "process_output/m1/manifest.json"}]}
+    out = handlers.start({"size": 64, "stepmap": control})
+    assert out["items_in_s3"] is True and out["items_key"] == "items/r1/resume-1.json"
+    assert out["item_count"] == 64 and out["previous"] == control["previous"]
+    assert out["params"] == s3keys.WORKLOAD.start({"size": 64}).params
+    for bad in ({"items": {"Bucket": "elsewhere", "Key": "items/x.json"}, "item_count": 1},
+                {"items": {"Bucket": BUCKET, "Key": "outputs/x.json"}, "item_count": 1},
+                {"items": {"Bucket": BUCKET, "Key": "items/x.json"}, "item_count": -1},
+                {"items": {"Bucket": BUCKET, "Key": "items/x.json"}, "item_count": 1,
+                 "previous": [{"Bucket": BUCKET, "Key": "items/manifest.json"}]}):
+        with pytest.raises(InvalidEvent):
+            handlers.start({"size": 64, "stepmap": bad})
+    assert handlers.start({"size": 4})["previous"] == []  # the reduce step reads $.previous
+
+
+def test_compute_drops_the_position_the_selector_adds():
+    with_position = handlers.compute({"index": 7, "position": 3, "params": PARAMS_1024})
+    assert with_position == handlers.compute({"index": 7, "params": PARAMS_1024})
+    batch = {"Items": [{"index": 5, "position": 0}, {"index": 6, "position": 1}],
+             "BatchInput": {"params": PARAMS_1024}}
+    assert int(handlers.compute(batch)) == sum(
+        int(handlers.compute({"index": i, "params": PARAMS_1024})) for i in (5, 6))

@@ -14,6 +14,10 @@ from .job import JSON, Workload, item_count
 from .mapper import Intervals
 from .results import RunStore, entry_input, entry_output
 
+#: the key of an item's position in a child input written by stepmap's state machine
+#: (stepmap.aws.names.POSITION_KEY; the reducer does not import the AWS package)
+POSITION_KEY = "position"
+
 
 @dataclass(frozen=True)
 class Reduction:
@@ -22,7 +26,11 @@ class Reduction:
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
-               manifest: dict | None = None) -> Reduction:
+               manifest: dict | None = None, positions_required: bool = False) -> Reduction:
+    """The total of a run whose every item SUCCEEDED exactly once, else an error. Item
+    positions come from ``ItemPositions`` (stepmap's engines) or from each child input's
+    ``position`` (stepmap's state machine); ``positions_required`` refuses entries with
+    neither, where a count alone could hide an item counted twice in place of a missing one."""
     manifest = manifest if manifest is not None else store.read_manifest()
     missing = _unfinished(store, manifest)
     if missing:
@@ -46,13 +54,37 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
             if _is_span(span):
                 positions.append(tuple(span))
                 counted["items"] += span[1] - span[0]
-            else:  # written by AWS: count the items of its Input
-                counted["items"] += item_count(entry_input(entry))
+                yield entry_output(entry)
+                continue
+            event = entry_input(entry)
+            found = _input_positions(event)  # written by AWS: the selector's positions
+            if found is not None:
+                positions.extend((p, p + 1) for p in found)
+                counted["items"] += len(found)
+            elif positions_required:
+                raise ResultsError(f"result entry {entry.get('Name', '?')!r} names no item "
+                                   "position; cannot check each item was counted once")
+            else:
+                counted["items"] += item_count(event)
             yield entry_output(entry)
 
     total = workload.reduce(outputs())
     _check_coverage(counted["items"], positions, expected_items, store.run_id)
     return Reduction(total, counted["items"])
+
+
+def _input_positions(event) -> list[int] | None:
+    """The ``position`` of each item of a child input (one item, or an ItemBatcher batch),
+    or None when the input names none."""
+    items = event.get("Items") if isinstance(event, dict) else None
+    items = items if isinstance(items, list) else [event]
+    found = [item.get(POSITION_KEY) if isinstance(item, dict) else None for item in items]
+    if not found or any(p is None for p in found):
+        return None
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in found):
+        raise ResultsError("a result entry's input names an item position that is not a "
+                           "non-negative integer")
+    return found
 
 
 def _is_span(span) -> bool:
@@ -80,13 +112,14 @@ def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:
 
 def _check_coverage(items: int, positions: list[tuple[int, int]], expected: int | None,
                     run_id: str) -> None:
+    """Every item exactly once: no position twice (checked first: a duplicate is corruption,
+    whatever the count), as many items as expected, and positions [0, expected)."""
+    covered = Intervals(positions) if positions else None
+    if covered is not None and covered.total() != sum(end - first for first, end in positions):
+        raise ResultsError("results files list some items more than once; the run is corrupt")
     if expected is not None and items != expected:
         raise IncompleteRunError(f"results cover {items} of {expected} items; no total reported",
                                  pending=max(0, expected - items), run_id=run_id)
-    if not positions:
-        return  # results written by AWS carry no positions; the count check above stands
-    covered = Intervals(positions)
-    if covered.total() != sum(end - first for first, end in positions):
-        raise ResultsError("results files list some items more than once; the run is corrupt")
-    if expected is not None and (covered.starts[0] != 0 or covered.ends[-1] != expected):
+    if covered is not None and expected is not None and (
+            covered.starts[0] != 0 or covered.ends[-1] != expected):
         raise ResultsError("results files cover item positions outside the run; corrupt run")

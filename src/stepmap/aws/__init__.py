@@ -1,5 +1,18 @@
-"""The AWS engine: CDK stack, Lambda handlers, the client that starts and watches executions,
-and an offline emulator of the same state machine."""
+"""The AWS engine: CDK stack, Lambda handlers, the Step Functions driver that starts and
+watches executions, and an offline emulator of the same state machine.
 
-#: The CloudFormation stack `stepmap deploy` creates unless told otherwise.
-DEFAULT_STACK = "stepmap"
+    names.py         names every piece shares (prefixes, limits, environment); no CDK
+    stack_config.py  StackConfig: what `stepmap deploy` fixes, validated; no CDK
+    stack.py         the CDK constructs (imports aws_cdk)
+    asl.py           the rendered state machine definition, and reading one back
+    asset.py         the Lambda code asset (the package, staged)
+    templates.py     synthesized templates, cached by content across processes
+    handlers.py      the Lambda entry points
+    driver.py        runs, watches, resumes and fetches executions (aws, aws-emulated)
+    emulator.py      moto's interpreter running the synthesized state machine in-process
+    commands.py      the CLI's synth / deploy / destroy
+"""
+
+from .names import DEFAULT_STACK
+
+__all__ = ["DEFAULT_STACK"]
