@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from stepmap.aws import client, emulator  # noqa: E402
-from stepmap.aws.stack import state_machine_definition  # noqa: E402
+from stepmap.aws.asl import state_machine_definition  # noqa: E402
 from stepmap.cli import main  # noqa: E402
 from stepmap.results import RunStore  # noqa: E402
 

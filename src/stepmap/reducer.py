@@ -50,27 +50,33 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
         for entry in store.iter_entries(RunStore.manifest_keys(manifest, "SUCCEEDED")):
             if entry.get("Status") != "SUCCEEDED":
                 raise ResultsError(f"a SUCCEEDED results file holds a {entry.get('Status')} entry")
-            span = entry.get("ItemPositions")
-            if _is_span(span):
-                positions.append(tuple(span))
-                counted["items"] += span[1] - span[0]
-                yield entry_output(entry)
-                continue
-            event = entry_input(entry)
-            found = _input_positions(event)  # written by AWS: the selector's positions
-            if found is not None:
-                positions.extend((p, p + 1) for p in found)
-                counted["items"] += len(found)
+            spans = entry_positions(entry)
+            if spans is not None:
+                positions.extend(spans)
+                counted["items"] += sum(end - first for first, end in spans)
             elif positions_required:
                 raise ResultsError(f"result entry {entry.get('Name', '?')!r} names no item "
                                    "position; cannot check each item was counted once")
             else:
-                counted["items"] += item_count(event)
+                counted["items"] += item_count(entry_input(entry))
             yield entry_output(entry)
 
     total = workload.reduce(outputs())
     _check_coverage(counted["items"], positions, expected_items, store.run_id)
     return Reduction(total, counted["items"])
+
+
+def entry_positions(entry: dict) -> list[tuple[int, int]] | None:
+    """The [first, end) item positions a result entry covers: its ``ItemPositions`` (stepmap's
+    engines), or each item's ``position`` in its Input (stepmap's state machine); None when
+    it names neither."""
+    span = entry.get("ItemPositions")
+    if _is_span(span):
+        return [(span[0], span[1])]
+    if "ItemPositions" in entry:
+        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has corrupt ItemPositions")
+    found = _input_positions(entry_input(entry))
+    return None if found is None else [(p, p + 1) for p in found]
 
 
 def _input_positions(event) -> list[int] | None:

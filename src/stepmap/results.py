@@ -171,6 +171,12 @@ class RunStore:
         return ResultFile(key, status, number)
 
     def read_entries(self, key: str) -> list[dict]:
+        """The entries of a result file: a key of this store, or an ``s3://bucket/key`` URL
+        (a manifest in a local run directory may list an AWS run's ResultWriter files where
+        they are, in the bucket, rather than copies)."""
+        if key.startswith("s3://"):
+            storage, inner = parse_location(key)
+            return RunStore(storage, "").read_entries(inner)
         entries = self._read_json(key, list)
         if not all(isinstance(e, dict) and e.get("Status") in STATUSES for e in entries):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "

@@ -65,6 +65,16 @@ def template_for(config: StackConfig, stack_name: str = DEFAULT_STACK) -> dict:
         return template
 
 
+def cached(config: StackConfig, stack_name: str = DEFAULT_STACK) -> dict | None:
+    """The template if it is cached (memory or disk), else None; never synthesizes."""
+    key = template_key(config, stack_name)
+    with _LOCK:
+        template = _MEMORY.get(key) or _read(key)
+        if template is not None:
+            _MEMORY[key] = template
+        return template
+
+
 def remember(config: StackConfig, template: dict, stack_name: str = DEFAULT_STACK) -> None:
     """Keep a template synthesized elsewhere (e.g. a test session's one App), on disk too."""
     key = template_key(config, stack_name)
