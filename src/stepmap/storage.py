@@ -20,12 +20,26 @@ _unique = itertools.count()
 
 
 class Storage(Protocol):
+    """What the results store and the run lock need, on a local directory and on S3."""
+
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
+    def list(self, prefix: str) -> Iterator[str]:
+        """The files directly under ``prefix`` (not in its subdirectories; no dot-files)."""
+        ...
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """The names of the directories (S3: common prefixes) directly under ``prefix``."""
+        ...
     def delete(self, key: str) -> None: ...
     def describe(self, key: str = "") -> str: ...
+    def local_path(self, key: str) -> Path | None:
+        """The file ``key`` is on this machine's file system (to lock it, or to write it
+        as a stream), or None where there is no such file (S3)."""
+        ...
+    def ensure_writable(self) -> None:
+        """Fail now, with one line, if results cannot be written (before anything runs)."""
+        ...
 
 
 class LocalStorage:
@@ -39,6 +53,9 @@ class LocalStorage:
         if path != self.root and self.root not in path.parents:
             raise ResultsError(f"refusing a key outside the results directory: {key!r}")
         return path
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def ensure_writable(self) -> None:
         try:
@@ -162,9 +179,20 @@ class S3Storage:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         names = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                names += [p["Prefix"][len(prefix):].rstrip("/")
+                          for p in page.get("CommonPrefixes", [])]
+        except Exception as exc:
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {_s3_reason(exc)}") from None
         return sorted(names)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def ensure_writable(self) -> None:
+        """Nothing to check cheaply: the run record's PUT, before any item runs, fails with
+        the bucket's own reason (no such bucket, access denied)."""
 
     def delete(self, key: str) -> None:
         try:
