@@ -1,6 +1,480 @@
 """The Step Functions driver of the aws and aws-emulated engines (registered in
-:mod:`stepmap.drivers`); it lives in :mod:`stepmap.aws.client` beside the calls it makes."""
+:mod:`stepmap.drivers`): executions of the deployed state machine, or of the synthesized one
+on moto's interpreter in this process.
 
-from .client import StepFunctionsDriver
+    run ──► Target (state machine, bucket, deployed policy) ──► [--items-from: upload items]
+        ──► StartExecution ──► watch (DescribeExecution, DescribeMapRun) ──► progress
+        ──► the map runs' ResultWriter files kept with the run (fetch.py) ──► run.json
+        ──► RunReport: the total, or one line saying why there is none
 
-__all__ = ["StepFunctionsDriver"]
+    resume ──► still RUNNING: re-attach
+           ──► its map run FAILED and AWS can redrive it: RedriveExecution (re-runs the
+               map's failed and unstarted children)
+           ──► else: upload the unfinished items (every position without a SUCCEEDED result)
+               ──► a NEW execution over them (S3 ItemReader), whose reduce step adds the
+               earlier map runs' SUCCEEDED results: the same exact total as a local resume
+
+Ctrl-C detaches from an aws run (the execution goes on; ``stepmap runs RUN_ID`` or
+``stepmap resume RUN_ID`` re-attaches); an emulated execution cannot outlive this process,
+so it is recorded INTERRUPTED and a resume runs what it left unfinished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..config import AwsOptions, RunConfig
+from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
+from ..errors import EngineError, UsageError
+from ..reducer import entry_positions
+from ..results import Attempt, RunRecord, RunStore
+from . import fetch
+from .handlers import positioned_items
+from .names import CONTROL_KEY, ITEMS_PREFIX, RESULTS_PREFIX
+from .target import (EMULATED_POLL_SECONDS, MIN_POLL_SECONDS, Target, arn_region, aws_errors,
+                     aws_target, client, describe_target, error_code)
+
+MAX_POLL_SECONDS = 30.0
+_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+#: the copy of an uploaded --items-from list kept with the run (a resume reads it back)
+ITEMS_COPY = "items.json"
+#: the input errors that a resume would hit again: fix the input and run anew
+_NOT_RESUMABLE = ("InvalidEvent",)
+
+
+@dataclass
+class AwsState:
+    """What the driver keeps in run.json (key ``aws``) besides the common record."""
+
+    bucket: str = ""
+    results_prefix: str = RESULTS_PREFIX
+    deployed: dict[str, Any] = field(default_factory=dict)  # asl.deployed_settings
+    executions: list[str] = field(default_factory=list)
+    map_runs: list[dict[str, str]] = field(default_factory=list)  # ResultWriter manifests
+    items_key: str | None = None  # the uploaded --items-from list, in the bucket
+    resumable: bool = True
+
+    @classmethod
+    def of(cls, record: RunRecord) -> "AwsState":
+        saved = record.extra.get("aws")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names}) \
+            if isinstance(saved, dict) else cls()
+
+    def save(self, record: RunRecord) -> None:
+        record.extra["aws"] = dataclasses.asdict(self)
+
+
+class StepFunctionsDriver:
+    """aws: executions of the deployed state machine; aws-emulated: of the synthesized one,
+    on moto's interpreter in this process."""
+
+    def check(self, config: RunConfig) -> None:
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise UsageError(f"the {config.engine} engine needs boto3: pip install "
+                             "'stepmap[aws]'") from None
+        if config.engine == "aws-emulated":
+            for module, extra in (("aws_cdk", "aws"), ("moto", "test")):
+                try:
+                    __import__(module)
+                except ImportError:
+                    raise UsageError(f"the aws-emulated engine needs {module}: pip install "
+                                     f"'stepmap[{extra}]'") from None
+
+    def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
+        record = job.record
+        if not _EXECUTION_NAME.match(record.run_id):
+            raise UsageError(f"run id {record.run_id!r} cannot name an execution: at most "
+                             "80 letters, digits, '.', '_' or '-'")
+        if CONTROL_KEY in record.input:
+            raise UsageError(f"the run input may not hold {CONTROL_KEY!r}: stepmap's AWS "
+                             "engines use that key themselves")
+        with _opened(job.config, job.workload_ref, job.notify) as target:
+            state = AwsState(target.bucket, target.results_prefix, target.settings)
+            control = None
+            if job.config.items_from:
+                control = _upload_source(job, target, state)
+            arn = _start(target, record.run_id, record.input, control, state)
+            record.execution_arn, record.state_machine_arn = arn, target.state_machine_arn
+            attempt = _attempt(job, target, mode="run", already=0)
+            record.attempts.append(attempt)
+            state.save(record)
+            job.store.write_run(record)
+            job.notify(f"stepmap: execution {arn}")
+            return _follow(job.store, record, state, target, progress, already=0)
+
+    def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
+        record = job.record
+        if record.status == "SUCCEEDED":
+            return RunReport.from_record(record)
+        if record.engine == "aws":
+            with aws_errors():
+                target = _reattached(record)
+                return _resume_on(target, job, progress)
+        with _opened(job.config, job.workload_ref, job.notify) as target:
+            return _resume_new_execution(target, job, progress)
+
+    def follow(self, store: RunStore, record: RunRecord, progress: ProgressFn | None,
+               notify: NotifyFn) -> RunReport:
+        """A finished run from its record; re-attach to a live one."""
+        if record.status != "RUNNING":
+            return _report_from_record(record)
+        if record.engine == "aws-emulated":
+            record.status = "INTERRUPTED"
+            record.reason = ("the emulated execution ended with the process that ran it; "
+                             "stepmap resume runs what it left unfinished")
+            store.write_run(record)
+            return _report_from_record(record)
+        notify(f"stepmap: re-attaching to {record.execution_arn}")
+        with aws_errors():
+            target = _reattached(record)
+            return _follow(store, record, AwsState.of(record), target, progress, already=0)
+
+
+# ---------------------------------------------------------------- targets
+
+@contextlib.contextmanager
+def _opened(config: RunConfig, workload_ref: str, notify: NotifyFn) -> Iterator[Target]:
+    """The deployed state machine (aws), or an emulated stack synthesized from the run's
+    policy (aws-emulated), for the duration of the block."""
+    if config.engine == "aws":
+        options = config.engine_options
+        assert isinstance(options, AwsOptions)
+        yield _aws(options, workload_ref)
+        return
+    from .emulator import EmulatedStack
+    with EmulatedStack(emulated_stack_config(config, workload_ref)) as emulated:
+        for note in emulated.notes:
+            notify(f"stepmap: emulator: {note}")
+        yield describe_target("aws-emulated", emulated.sfn, emulated.s3,
+                              emulated.state_machine_arn, poll=EMULATED_POLL_SECONDS,
+                              detachable=False)
+
+
+def _aws(options: AwsOptions, workload_ref: str) -> Target:
+    with aws_errors():
+        return aws_target(state_machine=options.state_machine, stack_name=options.stack_name,
+                          workload=workload_ref, region=options.region)
+
+
+def emulated_stack_config(config: RunConfig, workload_ref: str):
+    """The stack an aws-emulated run synthesizes: its workload and the run's policy."""
+    from .stack_config import StackConfig
+    policy = config.policy
+    return StackConfig(workload=workload_ref, batch_size=policy.batch_size or 0,
+                       max_concurrency=policy.max_concurrency or StackConfig.max_concurrency,
+                       tolerated_failure_percentage=policy.tolerate_percent,
+                       tolerated_failure_count=policy.tolerate_count,
+                       retries=policy.retries, backoff_seconds=policy.backoff_seconds)
+
+
+def _reattached(record: RunRecord) -> Target:
+    region = arn_region(record.state_machine_arn or record.execution_arn or "")
+    return describe_target(record.engine, client("stepfunctions", region), client("s3", region),
+                           record.state_machine_arn or "", poll=MIN_POLL_SECONDS,
+                           detachable=True)
+
+
+# ---------------------------------------------------------------- starting
+
+def _start(target: Target, name: str, run_input: dict, control: dict | None,
+           state: AwsState) -> str:
+    payload = {**run_input, CONTROL_KEY: control} if control is not None else run_input
+    with aws_errors():
+        arn = target.sfn.start_execution(stateMachineArn=target.state_machine_arn, name=name,
+                                         input=json.dumps(payload))["executionArn"]
+    state.executions.append(arn)
+    return arn
+
+
+def _upload_source(job: RunJob, target: Target, state: AwsState) -> dict:
+    """--items-from: the items, read here, go to the bucket as the map's item list (read
+    by the S3 ItemReader); a copy stays with the run for a resume."""
+    items = list(job.start.items)
+    body = positioned_items(items)
+    key = f"{ITEMS_PREFIX}/{job.record.run_id}/{ITEMS_COPY}"
+    with aws_errors():
+        target.s3.put_object(Bucket=target.bucket, Key=key, Body=body)
+    job.store.storage.put(job.store.key(ITEMS_COPY), body)
+    state.items_key = key
+    job.record.items = len(items)
+    return {"items": {"Bucket": target.bucket, "Key": key}, "item_count": len(items),
+            "previous": []}
+
+
+def _attempt(job: RunJob, target: Target, *, mode: str, already: int) -> Attempt:
+    """An attempt's effective settings: the deployed policy, not local defaults."""
+    settings = job.config.to_dict()
+    deployed = target.settings
+    settings["policy"] = {**settings["policy"], **{
+        "retries": deployed.get("retries"), "backoff_seconds": deployed.get("backoff_seconds"),
+        "tolerate_percent": deployed.get("tolerate"),
+        "tolerate_count": deployed.get("tolerate_count"),
+        "batch_size": deployed.get("batch_size") or None,
+        "max_concurrency": deployed.get("max_concurrency") or None}}
+    return Attempt(engine=job.config.engine, started=time.time(), settings=settings,
+                   already_done=already, extra={"mode": mode})
+
+
+# ---------------------------------------------------------------- resuming
+
+def _resume_on(target: Target, job: RunJob, progress: ProgressFn | None) -> RunReport:
+    """aws: re-attach, redrive, or a new execution over the unfinished items."""
+    record, state = job.record, AwsState.of(job.record)
+    arn = record.execution_arn or ""
+    described = target.sfn.describe_execution(executionArn=arn)
+    if described["status"] == "RUNNING":
+        job.notify(f"stepmap: re-attaching to {arn}")
+        return _follow(job.store, record, state, target, progress, already=0)
+    if _map_run_failed(target, arn) and described.get("redriveStatus") in (
+            "REDRIVABLE", "REDRIVABLE_BY_MAP_RUN"):
+        target.sfn.redrive_execution(executionArn=arn)
+        job.notify(f"stepmap: redriving {arn}")
+        record.status = "RUNNING"
+        record.attempts.append(_attempt(job, target, mode="redrive", already=0))
+        job.store.write_run(record)
+        return _follow(job.store, record, state, target, progress, already=0)
+    return _resume_new_execution(target, job, progress)
+
+
+def _map_run_failed(target: Target, execution_arn: str) -> bool:
+    runs = target.sfn.list_map_runs(executionArn=execution_arn).get("mapRuns", [])
+    if not runs:
+        return False
+    status = target.sfn.describe_map_run(mapRunArn=runs[-1]["mapRunArn"]).get("status")
+    return status in ("FAILED", "ABORTED")
+
+
+def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | None) -> RunReport:
+    """Run exactly the items without a SUCCEEDED result, under their original positions,
+    in a new execution whose reduce step adds the earlier results."""
+    store, record = job.store, job.record
+    state = AwsState.of(record)
+    if record.items is None:
+        raise UsageError(f"run {record.run_id}'s items come from the stack's own S3 listing "
+                         "(--item-source): only a failed map run can be resumed, by redrive")
+    if not state.resumable:
+        raise UsageError(f"run {record.run_id} failed on its input ({record.reason}); fix it "
+                         "and start a new run")
+    done = fetch.done_positions(store)
+    missing = _unfinished_items(job, state, done)
+    n = len(state.executions)
+    key = f"{ITEMS_PREFIX}/{record.run_id}/resume-{n}.json"
+    previous = _previous_results(store, state, target)
+    with aws_errors():
+        target.s3.put_object(Bucket=target.bucket, Key=key, Body=positioned_items(
+            [m["index"] for m in missing], [m["position"] for m in missing]))
+    control = {"items": {"Bucket": target.bucket, "Key": key}, "item_count": record.items,
+               "previous": previous}
+    name = f"{record.run_id[:72]}-r{n}"
+    arn = _start(target, name, record.input, control, state)
+    job.notify(f"stepmap: resuming with {len(missing):,} unfinished of {record.items:,} items "
+               f"in execution {arn}")
+    record.execution_arn, record.state_machine_arn = arn, target.state_machine_arn
+    record.status = "RUNNING"
+    record.attempts.append(_attempt(job, target, mode="resume", already=done.total()))
+    state.save(record)
+    store.write_run(record)
+    return _follow(store, record, state, target, progress, already=done.total())
+
+
+def _unfinished_items(job: RunJob, state: AwsState, done) -> list[dict]:
+    if state.items_key:  # --items-from: the very list uploaded, kept with the run
+        listed = json.loads(job.store.storage.get(job.store.key(ITEMS_COPY)))
+        return [entry for entry in listed if entry["position"] not in done]
+    return fetch.unfinished(job.start.items, done)
+
+
+def _previous_results(store: RunStore, state: AwsState, target: Target) -> list[dict]:
+    if target.engine == "aws":
+        return list(state.map_runs)
+    restored = fetch.restore_results(store, target.s3, target.bucket,
+                                     f"{target.results_prefix}/restored-{store.run_id}")
+    return [restored] if restored else []
+
+
+# ---------------------------------------------------------------- watching
+
+def _follow(store: RunStore, record: RunRecord, state: AwsState, target: Target,
+            progress: ProgressFn | None, *, already: int) -> RunReport:
+    began, arn = time.time(), record.execution_arn or ""
+    shifted = (lambda done, failed: progress(already + done, failed)) if progress else None
+    try:
+        with aws_errors():
+            described, _ = watch(target.sfn, arn, progress=shifted, poll=target.poll)
+    except KeyboardInterrupt:
+        if target.detachable:
+            return RunReport(record.run_id, "DETACHED", record.engine, record.items or 0,
+                             already, 0, max(0, (record.items or 0) - already),
+                             time.time() - began, summary=record.summary,
+                             reason=f"its execution keeps running on AWS ({arn}). Re-attach "
+                                    f"with: stepmap runs {record.run_id}")
+        described = {"status": "ABORTED", "error": "interrupted",
+                     "cause": "an emulated execution cannot outlive the process running it"}
+    with aws_errors():
+        _keep_results(store, state, target, arn)
+        report = _report(described, record, state, store, target)
+    report.seconds = _seconds(described, began)
+    _record_outcome(store, record, state, report)
+    return report
+
+
+def _keep_results(store: RunStore, state: AwsState, target: Target, arn: str) -> None:
+    manifests = fetch.map_run_manifests(target, arn)
+    if not manifests:
+        return
+    if target.engine == "aws-emulated":  # the emulated bucket ends with this process
+        fetch.copy_results(store, target.s3, manifests[-1], map_run_arn=arn)
+        return
+    for details in manifests:
+        if details not in state.map_runs:
+            state.map_runs.append(details)
+    fetch.link_results(store, target.s3, state.map_runs, map_run_arn=arn)
+
+
+def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, poll: float,
+          sleep: Any = time.sleep) -> tuple[dict, dict]:
+    """Poll until the execution stops; return (DescribeExecution, final map-run item counts).
+    DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait."""
+    interval, map_run_arn, counts = poll, None, {}
+    while True:
+        try:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            map_run_arn = map_run_arn or _latest_map_run(sfn, execution_arn)
+            if map_run_arn:  # read after the execution stopped, these counts are final
+                counts = sfn.describe_map_run(mapRunArn=map_run_arn)["itemCounts"]
+                if progress is not None:
+                    progress(counts.get("succeeded", 0) + counts.get("failed", 0),
+                             counts.get("failed", 0))
+            interval = poll
+        except Exception as exc:  # botocore's ClientError: only throttling is waited out
+            if error_code(exc) not in ("ThrottlingException", "TooManyRequestsException"):
+                raise
+            interval = min(interval * 2, MAX_POLL_SECONDS)
+            sleep(interval)
+            continue
+        if described["status"] != "RUNNING":
+            return described, counts
+        sleep(interval)
+
+
+def _latest_map_run(sfn: Any, execution_arn: str) -> str | None:
+    runs = sfn.list_map_runs(executionArn=execution_arn).get("mapRuns", [])
+    return runs[-1]["mapRunArn"] if runs else None
+
+
+# ---------------------------------------------------------------- reporting
+
+def _report(described: dict, record: RunRecord, state: AwsState, store: RunStore,
+            target: Target) -> RunReport:
+    items = record.items or 0
+    report = RunReport(record.run_id, "SUCCEEDED", record.engine, items, items, 0, 0, 0.0,
+                       summary=record.summary)
+    if described["status"] == "SUCCEEDED":
+        output = json.loads(described.get("output") or "{}")
+        report.total = _total(output, target)
+        if report.total is None or not isinstance(output.get("items"), int) or (
+                record.items is not None and output["items"] != record.items):
+            raise EngineError(f"execution {record.execution_arn} succeeded without a total for "
+                              f"all {record.items} items: {str(output)[:200]}")
+        report.items = report.succeeded = output["items"]
+        report.location = store.describe() if target.engine == "aws-emulated" \
+            else output.get("results", "")
+        return report
+    succeeded, failed, first = _counts(store)
+    report.status = "INTERRUPTED" if described.get("error") == "interrupted" else "INCOMPLETE"
+    report.items = items or succeeded + failed
+    report.succeeded, report.failed = succeeded, failed
+    report.pending = max(0, report.items - succeeded - failed)
+    report.reason = failure_reason(described, first)
+    state.resumable = report.resumable = described.get("error") not in _NOT_RESUMABLE
+    report.location = store.describe() if store.has_manifest() else ""
+    return report
+
+
+def _total(output: dict, target: Target) -> Any:
+    total = output.get("total")
+    where = output.get("total_s3")
+    if total is None and isinstance(where, dict):
+        body = target.s3.get_object(Bucket=where["Bucket"], Key=where["Key"])["Body"].read()
+        total = json.loads(body)
+    return total
+
+
+def _counts(store: RunStore) -> tuple[int, int, dict | None]:
+    """(items succeeded so far, items failed in the latest map run, its first FAILED entry)
+    from the results kept with the run."""
+    if not store.has_manifest():
+        return 0, 0, None
+    manifest = store.read_manifest()
+    failed_entries = list(store.iter_entries(RunStore.manifest_keys(manifest, "FAILED")))
+    failed = sum(sum(e - f for f, e in (entry_positions(x) or [(0, 1)]))
+                 for x in failed_entries)
+    return fetch.done_positions(store).total(), failed, (failed_entries or [None])[0]
+
+
+def failure_reason(described: dict, first_failed: dict | None) -> str:
+    """One line: how the execution ended and, when an item failed, the first one's error
+    and message (never a Lambda error's JSON blob or stack trace)."""
+    error = described.get("error") or "no error given"
+    head = f"the execution {described['status'].lower()} ({error})"
+    if first_failed is not None:
+        spans = entry_positions(first_failed) or []
+        where = f"item at position {spans[0][0]}" if spans else "an item"
+        message = _message(first_failed.get("Cause"))
+        return _line(f"{head}; first failed {where}: {first_failed.get('Error', '?')}: {message}")
+    return _line(f"{head}: {_message(described.get('cause'))}")
+
+
+def _message(cause: Any) -> str:
+    """A Lambda failure's cause is the runtime's JSON error: just its errorMessage."""
+    if not cause:
+        return "no cause given"
+    text = str(cause)
+    with contextlib.suppress(ValueError, AttributeError):
+        text = json.loads(text).get("errorMessage") or text
+    return text
+
+
+def _line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _seconds(described: dict, began: float) -> float:
+    start, stop = described.get("startDate"), described.get("stopDate")
+    if hasattr(start, "timestamp") and hasattr(stop, "timestamp"):
+        return max(0.0, stop.timestamp() - start.timestamp())
+    return time.time() - began
+
+
+def _record_outcome(store: RunStore, record: RunRecord, state: AwsState,
+                    report: RunReport) -> None:
+    finished = time.time()
+    record.status, record.items, record.finished = report.status, report.items, finished
+    record.succeeded, record.failed, record.pending = (report.succeeded, report.failed,
+                                                       report.pending)
+    record.seconds, record.reason = report.seconds, report.reason
+    record.results = report.location
+    record.total = report.total if report.status == "SUCCEEDED" else None
+    if record.attempts:
+        attempt = record.attempts[-1]
+        attempt.finished = finished
+        attempt.computed = report.succeeded - attempt.already_done
+        attempt.extra["execution_arn"] = record.execution_arn
+    state.save(record)
+    store.write_run(record)
+
+
+def _report_from_record(record: RunRecord) -> RunReport:
+    report = RunReport.from_record(record)
+    report.resumable = AwsState.of(record).resumable and record.status != "SUCCEEDED"
+    return report

@@ -56,15 +56,17 @@ def describe_target(engine: str, sfn, s3, state_machine_arn: str, *, poll: float
                   settings, poll, detachable)
 
 
-def aws_target(*, state_machine: str | None, stack_name: str, workload: str) -> Target:
-    """The deployed state machine: ``state_machine`` (an ARN), or the stack's outputs."""
+def aws_target(*, state_machine: str | None, stack_name: str, workload: str,
+               region: str | None = None) -> Target:
+    """The deployed state machine: ``state_machine`` (an ARN, whose region counts), or the
+    outputs of stack ``stack_name`` in ``region`` (None: as boto3 finds it)."""
     if state_machine:
         if not state_machine.startswith("arn:") or ":stateMachine:" not in state_machine:
             raise UsageError(f"state_machine must be a state machine ARN, got "
                              f"{state_machine[:60]!r}")
         arn = state_machine
     else:
-        outputs = stack_outputs(stack_name)
+        outputs = stack_outputs(stack_name, region)
         if "StateMachineArn" not in outputs:
             raise UsageError(f"stack {stack_name!r} has no StateMachineArn output; redeploy it "
                              "with stepmap deploy")

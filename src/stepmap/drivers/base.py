@@ -44,6 +44,7 @@ class RunReport:
     location: str = ""
     reason: str = ""
     recomputed: int = 0
+    resumable: bool = True  # False: a resume would fail the same way (the CLI gives no hint)
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,
