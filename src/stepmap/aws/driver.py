@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from ..config import AwsOptions, RunConfig
 from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
-from ..errors import EngineError, UsageError
+from ..errors import EngineError, StepmapError, UsageError
 from ..reducer import entry_positions
 from ..results import Attempt, RunRecord, RunStore
 from . import fetch
@@ -97,7 +97,8 @@ class StepFunctionsDriver:
         if CONTROL_KEY in record.input:
             raise UsageError(f"the run input may not hold {CONTROL_KEY!r}: stepmap's AWS "
                              "engines use that key themselves")
-        with _opened(job.config, job.workload_ref, job.notify) as target:
+        with _failing_before_start(job), \
+                _opened(job.config, job.workload_ref, job.notify) as target:
             state = AwsState(target.bucket, target.results_prefix, target.settings)
             control = None
             if job.config.items_from:
@@ -137,6 +138,20 @@ class StepFunctionsDriver:
         with aws_errors():
             target = _reattached(record)
             return _follow(store, record, AwsState.of(record), target, progress, already=0)
+
+
+@contextlib.contextmanager
+def _failing_before_start(job: RunJob) -> Iterator[None]:
+    """A run that could not start an execution (no region, no stack, ...) is recorded
+    FAILED with the reason, not left RUNNING."""
+    try:
+        yield
+    except StepmapError as exc:
+        if job.record.execution_arn is None:
+            job.record.status, job.record.reason = "FAILED", str(exc)
+            job.record.finished = time.time()
+            job.store.write_run(job.record)
+        raise
 
 
 # ---------------------------------------------------------------- targets
