@@ -259,7 +259,8 @@ if "--outputs-file" in argv:
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("STEPMAP_CDK", str(fake))
-    assert main(["deploy", "--yes", "--batch-size", "5", "--memory", "2048"]) == 0
+    assert main(["deploy", "--yes", "--batch-size", "5", "--memory", "2048", "--retries", "4",
+                 "--backoff", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "arn:aws:states:eu-west-1:1:stateMachine:sm" in out and "the-bucket" in out
     assert main(["destroy", "--yes"]) == 0
@@ -269,6 +270,9 @@ if "--outputs-file" in argv:
     assert app.endswith("-m stepmap.aws.app")
     context = json.loads(deploy[deploy.index("--context") + 1].split("=", 1)[1])
     assert (context["batch_size"], context["memory_mb"]) == (5, 2048)
+    assert (context["retries"], context["backoff_seconds"]) == (4, 1.5)
+    assert main(["deploy", "--retries", "-1"]) == 2  # validated before the CDK CLI runs
+    assert "--retries must be between 0 and 99" in capsys.readouterr().err
     assert deploy[deploy.index("--require-approval") + 1] == "never" and "--force" in destroy
     monkeypatch.setenv("STEPMAP_CDK", str(tmp_path / "missing"))
     monkeypatch.setattr("stepmap.aws.commands.REPO_ROOT", tmp_path)

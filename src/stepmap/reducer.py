@@ -71,7 +71,7 @@ def entry_positions(entry: dict) -> list[tuple[int, int]] | None:
     engines), or each item's ``position`` in its Input (stepmap's state machine); None when
     it names neither."""
     span = entry.get("ItemPositions")
-    if _is_span(span):
+    if isinstance(span, list) and _is_span(span):
         return [(span[0], span[1])]
     if "ItemPositions" in entry:
         raise ResultsError(f"result entry {entry.get('Name', '?')!r} has corrupt ItemPositions")
@@ -87,10 +87,11 @@ def _input_positions(event) -> list[int] | None:
     found = [item.get(POSITION_KEY) if isinstance(item, dict) else None for item in items]
     if not found or any(p is None for p in found):
         return None
-    if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in found):
+    positions = [p for p in found if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
+    if len(positions) != len(found):
         raise ResultsError("a result entry's input names an item position that is not a "
                            "non-negative integer")
-    return found
+    return positions
 
 
 def _is_span(span) -> bool:

@@ -433,7 +433,8 @@ def _counts(store: RunStore) -> tuple[int, int, dict | None]:
     failed_entries = list(store.iter_entries(RunStore.manifest_keys(manifest, "FAILED")))
     failed = sum(sum(e - f for f, e in (entry_positions(x) or [(0, 1)]))
                  for x in failed_entries)
-    return fetch.done_positions(store).total(), failed, (failed_entries or [None])[0]
+    return fetch.done_positions(store).total(), failed, \
+        (failed_entries[0] if failed_entries else None)
 
 
 def failure_reason(described: dict, first_failed: dict | None) -> str:
@@ -466,7 +467,8 @@ def _line(text: str, limit: int = 400) -> str:
 
 def _seconds(described: dict, began: float) -> float:
     start, stop = described.get("startDate"), described.get("stopDate")
-    if hasattr(start, "timestamp") and hasattr(stop, "timestamp"):
+    if start is not None and stop is not None and hasattr(start, "timestamp") \
+            and hasattr(stop, "timestamp"):
         return max(0.0, stop.timestamp() - start.timestamp())
     return time.time() - began
 

@@ -37,6 +37,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timezone
 
 from ..errors import EngineError
@@ -372,7 +373,8 @@ class EmulatedStack:
         self.bucket = BUCKET
         self.notes: list[str] = []
         self._saved_env: dict[str, str | None] = {}
-        self._mock = self._hooks = None
+        self._mock: Any = None
+        self._hooks: InterpreterHooks | None = None
         # moto logs every failed state at ERROR with a page-long repr; the execution history
         # and the result files carry the same facts
         self._logger = logging.getLogger("moto.stepfunctions.parser")
