@@ -17,6 +17,7 @@ from moto import mock_aws  # noqa: E402
 from stepmap.aws import handlers  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
+from stepmap.verify import SEAL_KEY, canonical, checksum, unseal  # noqa: E402
 from stepmap.workloads import s3keys  # noqa: E402
 
 sys.set_int_max_str_digits(0)
@@ -72,19 +73,25 @@ def test_start_refuses_bad_input_with_a_typed_error(event, message):
 
 def test_compute_single_item_envelope_matches_the_job_contract():
     expected = s3keys.WORKLOAD.compute(item_event(700, PARAMS_1024))
-    out = handlers.compute({"index": 700, "params": PARAMS_1024})
+    sealed = handlers.compute({"index": 700, "params": PARAMS_1024})
+    out = unseal(sealed)
     assert out == expected and len(out) > 1400  # a ~1500-digit decimal string
-    assert json.loads(json.dumps(out)) == out
+    assert json.loads(json.dumps(sealed)) == sealed
+    # the checksum of this event and result travels in the Output (verify.py)
+    assert sealed[SEAL_KEY] == checksum(canonical({"index": 700, "params": PARAMS_1024}),
+                                        canonical(expected))
 
 
 def test_compute_batch_equals_the_sum_of_its_items():
     batch = {"Items": [{"index": i} for i in (5, 6, 7, 100)],
              "BatchInput": {"params": PARAMS_1024}}
-    singles = [handlers.compute({"index": i, "params": PARAMS_1024}) for i in (5, 6, 7, 100)]
-    assert int(handlers.compute(batch)) == sum(int(s) for s in singles)
+    singles = [unseal(handlers.compute({"index": i, "params": PARAMS_1024}))
+               for i in (5, 6, 7, 100)]
+    assert int(unseal(handlers.compute(batch))) == sum(int(s) for s in singles)
     # flat events (the job contract's own shapes) pass through unchanged
-    assert handlers.compute(item_event(100, PARAMS_1024)) == singles[-1]
-    assert handlers.compute({"Items": [{"index": 5}], "BatchInput": PARAMS_1024}) == singles[0]
+    assert unseal(handlers.compute(item_event(100, PARAMS_1024))) == singles[-1]
+    assert unseal(handlers.compute({"Items": [{"index": 5}], "BatchInput": PARAMS_1024})) \
+        == singles[0]
 
 
 @pytest.mark.parametrize("event, message", [
@@ -105,7 +112,7 @@ def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypa
     pointer = out[handlers.POINTER_KEY]
     assert pointer["Key"].startswith("outputs/") and pointer["Bucket"] == BUCKET
     stored = json.loads(_get(s3, pointer["Key"]))
-    assert stored == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
+    assert unseal(stored) == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
 
 
 # ---------------------------------------------------------------- reduce
@@ -118,8 +125,7 @@ def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_
 
     def entry(index, status, output=None):
         e = {"Name": f"child-{index}", "ExecutionArn": f"arn:x:{index}", "Status": status,
-             "Input": json.dumps({"index": index, "position": positions.get(index, index),
-                                  "params": PARAMS_1024}),
+             "Input": json.dumps(_child(index, positions)),
              "StartDate": "2026-01-01T00:00:00.000Z", "StopDate": "2026-01-01T00:00:01.000Z"}
         if status == "SUCCEEDED":
             e["Output"] = json.dumps(output)
@@ -142,10 +148,16 @@ def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_
         "Bucket": BUCKET, "Key": f"{prefix}/manifest.json"}}}
 
 
-def _outputs(indices):
-    # each output makes the JSON round trip a child execution's Output string makes
-    return {i: json.loads(json.dumps(handlers.compute({"index": i, "params": PARAMS_1024})))
-            for i in indices}
+def _child(index, positions=None):
+    """The child input the stack's selector builds: the item, its position, the params."""
+    return {"index": index, "position": (positions or {}).get(index, index),
+            "params": PARAMS_1024}
+
+
+def _outputs(indices, positions=None):
+    # each output makes the JSON round trip a child execution's Output string makes, and is
+    # sealed (verify.seal) over the very input _write_run records for it
+    return {i: json.loads(json.dumps(handlers.compute(_child(i, positions)))) for i in indices}
 
 
 def test_reduce_reads_the_result_writer_files_and_returns_the_exact_total(s3):
@@ -191,13 +203,33 @@ def test_reduce_reports_missing_or_corrupt_files(s3):
 
 def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeypatch):
     monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 1000)
-    outputs = _outputs(range(600, 610))
+    outputs = _outputs(range(600, 610), positions={i: i - 600 for i in range(600, 610)})
     assert all(handlers.POINTER_KEY in o for o in outputs.values())
     out = handlers.reduce({**_write_run(s3, outputs, positions={i: i - 600 for i in outputs}),
                            "item_count": 10})
     assert out["total"] is None and out["items"] == 10
     stored = json.loads(_get(s3, out["total_s3"]["Key"]))
     assert stored == local_total({"lengths": "600-609"})
+
+
+@pytest.mark.parametrize("tamper", ["digit", "unsealed", "input"])
+def test_reduce_ignores_entries_that_fail_their_checksum(s3, tamper):
+    """A changed digit in an Output, an Output without its seal, or an entry whose Input was
+    edited: the entry is not counted (its item is missing), so there is no total."""
+    outputs = _outputs(range(4))
+    if tamper == "digit":
+        text = outputs[2]["Output"]
+        outputs[2]["Output"] = text[:3] + ("1" if text[3] != "1" else "2") + text[4:]
+    elif tamper == "unsealed":
+        outputs[2] = outputs[2]["Output"]
+    event = _write_run(s3, outputs)
+    if tamper == "input":
+        key = "process_output/run1/SUCCEEDED_0.json"
+        entries = json.loads(_get(s3, key))
+        entries[2]["Input"] = json.dumps(_child(3, {3: 2}))
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
+    with pytest.raises(IncompleteRunError, match="cover 3 of 4 items.*failed verification"):
+        handlers.reduce({**event, "item_count": 4})
 
 
 def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):
@@ -207,24 +239,28 @@ def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):
 
 
 def test_reduce_refuses_an_item_twice_in_place_of_a_missing_one(s3):
-    """64 SUCCEEDED entries for 64 items, but position 0 twice and 63 missing: the count
-    alone would pass (and give a wrong total); the positions do not."""
-    outputs = _outputs(range(64))
-    event = _write_run(s3, outputs, positions={63: 0})
-    with pytest.raises(ResultsError, match="more than once"):
+    """64 SUCCEEDED entries for 64 items, every checksum right, but position 0 twice and 63
+    missing: the count alone would pass (and give a wrong total); the positions do not."""
+    twice = {63: 0}
+    event = _write_run(s3, _outputs(range(64), twice), positions=twice)
+    with pytest.raises(ResultsError, match="item 0 is in two result entries"):
         handlers.reduce({**event, "item_count": 64})
-    event = _write_run(s3, outputs, positions={63: 64})  # an item outside the run
+    outside = {63: 64}  # an item outside the run
+    event = _write_run(s3, _outputs(range(64), outside), positions=outside)
     with pytest.raises(ResultsError, match="outside the run"):
         handlers.reduce({**event, "item_count": 64})
 
 
 def test_reduce_refuses_entries_that_name_no_position(s3):
+    """An entry whose (checksummed) Input names no position is not counted: its item is
+    missing, whatever the count."""
     event = _write_run(s3, _outputs(range(2)))
     key = "process_output/run1/SUCCEEDED_0.json"
     entries = json.loads(_get(s3, key))
-    entries[1]["Input"] = json.dumps({"index": 1, "params": PARAMS_1024})
+    bare = {"index": 1, "params": PARAMS_1024}
+    entries[1].update(Input=json.dumps(bare), Output=json.dumps(handlers.compute(bare)))
     s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
-    with pytest.raises(ResultsError, match="names no item position"):
+    with pytest.raises(IncompleteRunError, match="cover 1 of 2 items.*names no item position"):
         handlers.reduce({**event, "item_count": 2})
 
 
@@ -241,7 +277,7 @@ def test_reduce_adds_the_succeeded_results_of_previous_map_runs(s3):
     with pytest.raises(IncompleteRunError, match="cover 2 of 8"):  # without them: missing
         handlers.reduce({**second, "item_count": 8, "previous": []})
     twice = [first["results"]["ResultWriterDetails"]] * 2  # the same map run counted twice
-    with pytest.raises(ResultsError, match="more than once"):
+    with pytest.raises(ResultsError, match="is in two result entries"):
         handlers.reduce({**second, "item_count": 8, "previous": twice})
     with pytest.raises(InvalidEvent, match="same bucket"):
         handlers.reduce({**second, "item_count": 8, "previous": [
@@ -266,9 +302,11 @@ def test_start_takes_an_uploaded_item_list_and_previous_results(s3):
 
 
 def test_compute_drops_the_position_the_selector_adds():
-    with_position = handlers.compute({"index": 7, "position": 3, "params": PARAMS_1024})
-    assert with_position == handlers.compute({"index": 7, "params": PARAMS_1024})
+    """The workload never sees the position (the seal covers the whole child input)."""
+    from stepmap.verify import unseal
+    with_position = unseal(handlers.compute({"index": 7, "position": 3, "params": PARAMS_1024}))
+    assert with_position == unseal(handlers.compute({"index": 7, "params": PARAMS_1024}))
     batch = {"Items": [{"index": 5, "position": 0}, {"index": 6, "position": 1}],
              "BatchInput": {"params": PARAMS_1024}}
-    assert int(handlers.compute(batch)) == sum(
-        int(handlers.compute({"index": i, "params": PARAMS_1024})) for i in (5, 6))
+    assert int(unseal(handlers.compute(batch))) == sum(
+        int(unseal(handlers.compute({"index": i, "params": PARAMS_1024}))) for i in (5, 6))

@@ -26,15 +26,17 @@ import dataclasses
 import json
 import re
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..config import AwsOptions, RunConfig
 from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
 from ..errors import EngineError, StepmapError, UsageError
-from ..reducer import entry_positions
+from ..extras import require
+from ..verify import entry_positions
 from ..results import Attempt, RunRecord, RunStore
-from . import fetch
+from . import asl, fetch
 from .handlers import positioned_items
 from .names import CONTROL_KEY, ITEMS_PREFIX, RESULTS_PREFIX
 from .target import (EMULATED_POLL_SECONDS, MIN_POLL_SECONDS, Target, arn_region, aws_errors,
@@ -76,22 +78,14 @@ class StepFunctionsDriver:
     on moto's interpreter in this process."""
 
     def check(self, config: RunConfig) -> None:
-        try:
-            import boto3  # noqa: F401
-        except ImportError:
-            raise UsageError(f"the {config.engine} engine needs boto3: pip install "
-                             "'stepmap[aws]'") from None
+        require("boto3", "aws", f"the {config.engine} engine")
         if config.engine == "aws-emulated":
-            for module, extra in (("aws_cdk", "aws"), ("moto", "test")):
-                try:
-                    __import__(module)
-                except ImportError:
-                    raise UsageError(f"the aws-emulated engine needs {module}: pip install "
-                                     f"'stepmap[{extra}]'") from None
+            require("aws_cdk", "aws", "the aws-emulated engine")
+            require("moto", "test", "the aws-emulated engine")
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         record = job.record
-        if not _EXECUTION_NAME.match(record.run_id):
+        if not _EXECUTION_NAME.fullmatch(record.run_id):
             raise UsageError(f"run id {record.run_id!r} cannot name an execution: at most "
                              "80 letters, digits, '.', '_' or '-'")
         if CONTROL_KEY in record.input:
@@ -169,9 +163,14 @@ def _opened(config: RunConfig, workload_ref: str, notify: NotifyFn) -> Iterator[
     with EmulatedStack(emulated_stack_config(config, workload_ref)) as emulated:
         for note in emulated.notes:
             notify(f"stepmap: emulator: {note}")
-        yield describe_target("aws-emulated", emulated.sfn, emulated.s3,
-                              emulated.state_machine_arn, poll=EMULATED_POLL_SECONDS,
-                              detachable=False)
+        target = describe_target("aws-emulated", emulated.sfn, emulated.s3,
+                                 emulated.state_machine_arn, poll=EMULATED_POLL_SECONDS,
+                                 detachable=False)
+        # the policy synthesized (moto runs it without what it cannot parse: see the notes)
+        synthesized = asl.deployed_settings(emulated.synthesized)
+        synthesized.pop("bucket", None)
+        target.settings = synthesized
+        yield target
 
 
 def _aws(options: AwsOptions, workload_ref: str) -> Target:
@@ -229,12 +228,15 @@ def _attempt(job: RunJob, target: Target, *, mode: str, already: int) -> Attempt
     """An attempt's effective settings: the deployed policy, not local defaults."""
     settings = job.config.to_dict()
     deployed = target.settings
+    as_deployed = {"retries": deployed.get("retries"),
+                   "backoff_seconds": deployed.get("backoff_seconds"),  # None: no retrier
+                   "tolerate_percent": deployed.get("tolerate"),
+                   "tolerate_count": deployed.get("tolerate_count"),
+                   "batch_size": deployed.get("batch_size") or None,
+                   "max_concurrency": deployed.get("max_concurrency") or None}
     settings["policy"] = {**settings["policy"], **{
-        "retries": deployed.get("retries"), "backoff_seconds": deployed.get("backoff_seconds"),
-        "tolerate_percent": deployed.get("tolerate"),
-        "tolerate_count": deployed.get("tolerate_count"),
-        "batch_size": deployed.get("batch_size") or None,
-        "max_concurrency": deployed.get("max_concurrency") or None}}
+        k: v for k, v in as_deployed.items() if v is not None or k in ("batch_size",
+                                                                     "max_concurrency")}}
     return Attempt(engine=job.config.engine, started=time.time(), settings=settings,
                    already_done=already, extra={"mode": mode})
 
@@ -467,8 +469,7 @@ def _line(text: str, limit: int = 400) -> str:
 
 def _seconds(described: dict, began: float) -> float:
     start, stop = described.get("startDate"), described.get("stopDate")
-    if start is not None and stop is not None and hasattr(start, "timestamp") \
-            and hasattr(stop, "timestamp"):
+    if isinstance(start, datetime) and isinstance(stop, datetime):
         return max(0.0, stop.timestamp() - start.timestamp())
     return time.time() - began
 

@@ -398,13 +398,15 @@ class EmulatedStack:
         template = self.template or template_for(self.config)
         definition = asl.state_machine_definition(
             template, bucket=self.bucket, region=self.region, account=ACCOUNT)
+        self.synthesized = definition  # as AWS would run it: the policy the run records
         self.definition, self.notes = adapt_for_moto(definition)
         self._set_env({**function_environment(template, self.bucket),
                        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or self.region})
         if self._log_level is not None:
             self._logger.setLevel(logging.CRITICAL)
-        self._mock = mock_aws(config=MOTO_CONFIG)
-        self._mock.start()
+        mock = mock_aws(config=MOTO_CONFIG)
+        mock.start()
+        self._mock = mock
         self.lambdas = FakeLambda(functions_from_template(template, region=self.region),
                                   self.faults)
         self._hooks = InterpreterHooks(self.lambdas).__enter__()

@@ -17,7 +17,7 @@ import json
 from typing import Iterable
 
 from ..mapper import Intervals
-from ..reducer import entry_positions
+from ..verify import entry_positions
 from ..results import STATUSES, ResultFile, RunStore
 from .names import POSITION_KEY
 from .target import Target, error_code
