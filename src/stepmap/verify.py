@@ -152,7 +152,9 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
     checksums), so they skip the rebuild of their Inputs, the serial part of verification.
     ``positions_required`` (the AWS reduce): an entry whose Input names no positions is
     rejected rather than counted."""
-    found, spans, own, cached = Verified(), [], [], 0
+    found, cached = Verified(), 0
+    spans: list[_Span] = []
+    own: list[_Span] = []
     for key in keys:
         data = store.storage.get(key) if (written or {}).get(key) else None
         trusted = data is not None and _digest(data) == (written or {}).get(key)
@@ -185,7 +187,7 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
     return found
 
 
-def _add_aws_entry(found: Verified, store: RunStore, own: list, key: str, index: int,
+def _add_aws_entry(found: Verified, store: RunStore, own: list[_Span], key: str, index: int,
                    entry: dict, positions_required: bool) -> None:
     name = str(entry.get("Name", "?"))
     try:
