@@ -407,7 +407,8 @@ def _report(described: dict, record: RunRecord, state: AwsState, store: RunStore
             else output.get("results", "")
         return report
     succeeded, failed, first = _counts(store)
-    report.status = "INTERRUPTED" if described.get("error") == "interrupted" else "INCOMPLETE"
+    report.by_user = described.get("error") == "interrupted"  # Ctrl-C of an emulated run
+    report.status = "INTERRUPTED" if report.by_user else "INCOMPLETE"
     report.items = items or succeeded + failed
     report.succeeded, report.failed = succeeded, failed
     report.pending = max(0, report.items - succeeded - failed)
