@@ -168,7 +168,8 @@ MISPLACED = {
               "an option of engine aws")],
     "aws-emulated": [("--workers", "2", "set by stepmap deploy"),
                      ("--memory-limit", "512", "set by stepmap deploy"),
-                     ("--stack-name", "other", "synthesizes its own stack")],
+                     ("--stack-name", "other", "synthesizes its own stack"),
+                     ("--start-method", "spawn", "an option of engine local")],
 }
 
 
