@@ -370,3 +370,19 @@ def test_resume_of_an_aws_run_redrives_a_failed_map_run(tmp_path, monkeypatch, c
     assert main(["resume", "r1", "--results", str(tmp_path)]) == 1  # watched: no total here
     assert (("redrive", arn) in stub.calls) is redriven
     assert followed == (["RUNNING"] if redriven else ["INCOMPLETE"])
+
+
+def test_a_run_that_never_started_resumes_from_scratch(deployed, capsys):
+    """No stack yet: the run is refused (exit 2) and recorded FAILED, not left RUNNING.
+    Once the stack exists, resume starts its first execution."""
+    assert main(["run", "s3keys", "--size", "64", "--engine", "aws",
+                 "--stack-name", "stepmap-late", "--run-id", "late"]) == 2
+    assert "stepmap deploy first" in capsys.readouterr().err
+    assert _record(deployed.runs, "late")["status"] == "FAILED"
+    boto3.client("cloudformation").create_stack(StackName="stepmap-late", TemplateBody=json.dumps({
+        "Resources": {"Marker": {"Type": "AWS::S3::Bucket"}},
+        "Outputs": {"StateMachineArn": {"Value": deployed.arn}, "Workload": {"Value": "s3keys"}}}))
+    assert main(["resume", "late"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == TOTAL_64
+    record = _record(deployed.runs, "late")
+    assert record["status"] == "SUCCEEDED" and len(record["aws"]["executions"]) == 1

@@ -112,8 +112,12 @@ class StepFunctionsDriver:
             return RunReport.from_record(record)
         if record.engine == "aws":
             with aws_errors():
-                target = _reattached(record)
-                return _resume_on(target, job, progress)
+                if not record.state_machine_arn:  # it never started an execution
+                    options = job.config.engine_options
+                    assert isinstance(options, AwsOptions)
+                    return _resume_new_execution(_aws(options, job.workload_ref), job,
+                                                 progress)
+                return _resume_on(_reattached(record), job, progress)
         with _opened(job.config, job.workload_ref, job.notify) as target:
             return _resume_new_execution(target, job, progress)
 
@@ -275,6 +279,8 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
     in a new execution whose reduce step adds the earlier results."""
     store, record = job.store, job.record
     state = AwsState.of(record)
+    state.bucket, state.results_prefix = target.bucket, target.results_prefix
+    state.deployed = target.settings
     if record.items is None:
         raise UsageError(f"run {record.run_id}'s items come from the stack's own S3 listing "
                          "(--item-source): only a failed map run can be resumed, by redrive")
