@@ -22,23 +22,21 @@ so it is recorded INTERRUPTED and a resume runs what it left unfinished.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import time
-from datetime import datetime
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..config import AwsOptions, RunConfig
 from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
-from ..errors import EngineError, StepmapError, UsageError
+from ..errors import StepmapError, UsageError
 from ..extras import require
-from ..verify import entry_positions
 from ..results import Attempt, RunRecord, RunStore
 from . import asl, fetch
 from .handlers import positioned_items
-from .names import CONTROL_KEY, ITEMS_PREFIX, RESULTS_PREFIX
+from .names import CONTROL_KEY, ITEMS_PREFIX
+from .outcome import record_outcome, report_from_record, report_of, seconds_of
+from .state import AwsState
 from .target import (EMULATED_POLL_SECONDS, MIN_POLL_SECONDS, Target, arn_region, aws_errors,
                      aws_target, client, describe_target, error_code)
 
@@ -46,31 +44,6 @@ MAX_POLL_SECONDS = 30.0
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 #: the copy of an uploaded --items-from list kept with the run (a resume reads it back)
 ITEMS_COPY = "items.json"
-#: the input errors that a resume would hit again: fix the input and run anew
-_NOT_RESUMABLE = ("InvalidEvent",)
-
-
-@dataclass
-class AwsState:
-    """What the driver keeps in run.json (key ``aws``) besides the common record."""
-
-    bucket: str = ""
-    results_prefix: str = RESULTS_PREFIX
-    deployed: dict[str, Any] = field(default_factory=dict)  # asl.deployed_settings
-    executions: list[str] = field(default_factory=list)
-    map_runs: list[dict[str, str]] = field(default_factory=list)  # ResultWriter manifests
-    items_key: str | None = None  # the uploaded --items-from list, in the bucket
-    resumable: bool = True
-
-    @classmethod
-    def of(cls, record: RunRecord) -> "AwsState":
-        saved = record.extra.get("aws")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in names}) \
-            if isinstance(saved, dict) else cls()
-
-    def save(self, record: RunRecord) -> None:
-        record.extra["aws"] = dataclasses.asdict(self)
 
 
 class StepFunctionsDriver:
@@ -125,13 +98,13 @@ class StepFunctionsDriver:
                notify: NotifyFn) -> RunReport:
         """A finished run from its record; re-attach to a live one."""
         if record.status != "RUNNING":
-            return _report_from_record(record)
+            return report_from_record(record)
         if record.engine == "aws-emulated":
             record.status = "INTERRUPTED"
             record.reason = ("the emulated execution ended with the process that ran it; "
                              "stepmap resume runs what it left unfinished")
             store.write_run(record)
-            return _report_from_record(record)
+            return report_from_record(record)
         notify(f"stepmap: re-attaching to {record.execution_arn}")
         with aws_errors():
             target = _reattached(record)
@@ -344,9 +317,9 @@ def _follow(store: RunStore, record: RunRecord, state: AwsState, target: Target,
                      "cause": "an emulated execution cannot outlive the process running it"}
     with aws_errors():
         _keep_results(store, state, target, arn)
-        report = _report(described, record, state, store, target)
-    report.seconds = _seconds(described, began)
-    _record_outcome(store, record, state, report)
+        report = report_of(described, record, state, store, target)
+    report.seconds = seconds_of(described, began)
+    record_outcome(store, record, state, report)
     return report
 
 
@@ -392,114 +365,3 @@ def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, p
 def _latest_map_run(sfn: Any, execution_arn: str) -> str | None:
     runs = sfn.list_map_runs(executionArn=execution_arn).get("mapRuns", [])
     return runs[-1]["mapRunArn"] if runs else None
-
-
-# ---------------------------------------------------------------- reporting
-
-def _report(described: dict, record: RunRecord, state: AwsState, store: RunStore,
-            target: Target) -> RunReport:
-    items = record.items or 0
-    report = RunReport(record.run_id, "SUCCEEDED", record.engine, items, items, 0, 0, 0.0,
-                       summary=record.summary)
-    if described["status"] == "SUCCEEDED":
-        output = json.loads(described.get("output") or "{}")
-        report.total = _total(output, target)
-        if report.total is None or not isinstance(output.get("items"), int) or (
-                record.items is not None and output["items"] != record.items):
-            raise EngineError(f"execution {record.execution_arn} succeeded without a total for "
-                              f"all {record.items} items: {str(output)[:200]}")
-        report.items = report.succeeded = output["items"]
-        report.location = store.describe() if target.engine == "aws-emulated" \
-            else output.get("results", "")
-        return report
-    succeeded, failed, first = _counts(store)
-    report.by_user = described.get("error") == "interrupted"  # Ctrl-C of an emulated run
-    report.status = "INTERRUPTED" if report.by_user else "INCOMPLETE"
-    report.items = items or succeeded + failed
-    report.succeeded, report.failed = succeeded, failed
-    report.pending = max(0, report.items - succeeded - failed)
-    report.reason = failure_reason(described, first)
-    state.resumable = report.resumable = described.get("error") not in _NOT_RESUMABLE
-    report.location = store.describe() if store.has_manifest() else ""
-    return report
-
-
-def _total(output: dict, target: Target) -> Any:
-    total = output.get("total")
-    where = output.get("total_s3")
-    if total is None and isinstance(where, dict):
-        body = target.s3.get_object(Bucket=where["Bucket"], Key=where["Key"])["Body"].read()
-        total = json.loads(body)
-    return total
-
-
-def _counts(store: RunStore) -> tuple[int, int, dict | None]:
-    """(items succeeded so far, items failed in the latest map run, its first FAILED entry)
-    from the results kept with the run."""
-    if not store.has_manifest():
-        return 0, 0, None
-    manifest = store.read_manifest()
-    failed_entries = list(store.iter_entries(RunStore.manifest_keys(manifest, "FAILED")))
-    failed = sum(sum(e - f for f, e in (entry_positions(x) or [(0, 1)]))
-                 for x in failed_entries)
-    return fetch.done_positions(store).total(), failed, \
-        (failed_entries[0] if failed_entries else None)
-
-
-def failure_reason(described: dict, first_failed: dict | None) -> str:
-    """One line: how the execution ended and, when an item failed, the first one's error
-    and message (never a Lambda error's JSON blob or stack trace)."""
-    error = described.get("error") or "no error given"
-    head = f"the execution {described['status'].lower()} ({error})"
-    if first_failed is not None:
-        spans = entry_positions(first_failed) or []
-        where = f"item at position {spans[0][0]}" if spans else "an item"
-        message = _message(first_failed.get("Cause"))
-        return _line(f"{head}; first failed {where}: {first_failed.get('Error', '?')}: {message}")
-    return _line(f"{head}: {_message(described.get('cause'))}")
-
-
-def _message(cause: Any) -> str:
-    """A Lambda failure's cause is the runtime's JSON error: just its errorMessage."""
-    if not cause:
-        return "no cause given"
-    text = str(cause)
-    with contextlib.suppress(ValueError, AttributeError):
-        text = json.loads(text).get("errorMessage") or text
-    return text
-
-
-def _line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _seconds(described: dict, began: float) -> float:
-    start, stop = described.get("startDate"), described.get("stopDate")
-    if isinstance(start, datetime) and isinstance(stop, datetime):
-        return max(0.0, stop.timestamp() - start.timestamp())
-    return time.time() - began
-
-
-def _record_outcome(store: RunStore, record: RunRecord, state: AwsState,
-                    report: RunReport) -> None:
-    finished = time.time()
-    record.status, record.items, record.finished = report.status, report.items, finished
-    record.succeeded, record.failed, record.pending = (report.succeeded, report.failed,
-                                                       report.pending)
-    record.seconds, record.reason = report.seconds, report.reason
-    record.results = report.location
-    record.total = report.total if report.status == "SUCCEEDED" else None
-    if record.attempts:
-        attempt = record.attempts[-1]
-        attempt.finished = finished
-        attempt.computed = report.succeeded - attempt.already_done
-        attempt.extra["execution_arn"] = record.execution_arn
-    state.save(record)
-    store.write_run(record)
-
-
-def _report_from_record(record: RunRecord) -> RunReport:
-    report = RunReport.from_record(record)
-    report.resumable = AwsState.of(record).resumable and record.status != "SUCCEEDED"
-    return report
