@@ -89,7 +89,7 @@ class _Worker:
         try:
             if method == "fork":  # it inherits every parent-side pipe end, its own too
                 inherited = inherited + [self.task_fd, self.result_fd]
-                load_prctl()  # once, here, rather than in every worker
+                _preload_for_fork()
                 ends = children
             else:  # spawn and forkserver children receive only the pipes passed to them
                 from multiprocessing.connection import Connection
@@ -167,10 +167,22 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
+        self.release()
+
+    def release(self) -> None:
+        """Close this side's pipe ends (a worker that reads no stop then sees end of file)."""
         if not self.closed:
             self.closed = True
             _close(self.task_fd, self.result_fd)
         self.outbox.clear()
+
+
+def _preload_for_fork() -> None:
+    """Look up prctl and import hashlib (the results' checksums) once, in this process,
+    which needs hashlib anyway to write results: every forked worker inherits them instead
+    of paying for them again at its first task."""
+    load_prctl()
+    import hashlib  # noqa: F401
 
 
 def _close(*fds: int) -> None:
@@ -309,18 +321,36 @@ class LocalExecutor:
         self._workers.remove(worker)
 
     def close(self, cancel: bool = False) -> None:
-        """Stop every worker: after its queued tasks, or at once with ``cancel``."""
+        """Stop every worker. An idle one is sent its stop and left to exit by itself (waiting
+        for it would cost every run a round trip; it is reaped later); one with tasks still
+        queued finishes them first, or with ``cancel`` is killed."""
+        _reap_stopped()
+        draining = []
         for worker in self._workers:
-            if cancel and worker.queue:
+            if (cancel and worker.queue) or worker.broken:
                 worker.kill()
-            elif not worker.broken:
-                worker.push(STOP)
+                continue
+            worker.push(STOP)
+            if worker.queue or worker.outbox:
+                draining.append(worker)
+            else:  # it has read every task: the stop is in its pipe, before the end of file
+                worker.release()
+                _stopped.append(worker.process)
         until = time.monotonic() + 5
-        waiting = [w for w in self._workers if w.process.is_alive()]
-        while waiting and time.monotonic() < until:
-            for worker in _ready(waiting, min(0.1, max(0.0, until - time.monotonic()))):
+        while draining and time.monotonic() < until:
+            for worker in _ready(draining, min(0.1, max(0.0, until - time.monotonic()))):
                 worker.discard_results()  # so that it gets to read its stop
-            waiting = [w for w in waiting if w.process.is_alive()]
+            draining = [w for w in draining if w.process.is_alive()]
         for worker in self._workers:
-            worker.kill()
+            if not worker.closed:
+                worker.kill()
         self._workers = []
+
+
+#: Workers told to stop and left to exit by themselves; joined when the next pool closes
+#: (multiprocessing reaps any left at interpreter exit).
+_stopped: list = []
+
+
+def _reap_stopped() -> None:
+    _stopped[:] = [p for p in _stopped if p.is_alive()]  # is_alive reaps an exited one
