@@ -30,6 +30,7 @@ import selectors
 import signal
 import time
 from collections import deque
+from typing import Any
 
 from ..errors import EngineError, UsageError
 from ..task import Completion
@@ -85,17 +86,17 @@ class _Worker:
         method = context.get_start_method()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
-        children, ends = (task_r, result_w), ()
+        children: list[int] = [task_r, result_w]  # the worker's ends: closed here once it has them
+        ends: list[Any] = list(children)  # what the worker is given
         try:
             if method == "fork":  # it inherits every parent-side pipe end, its own too
                 inherited = inherited + [self.task_fd, self.result_fd]
                 _preload_for_fork()
-                ends = children
             else:  # spawn and forkserver children receive only the pipes passed to them
                 from multiprocessing.connection import Connection
                 inherited = []
-                ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
-                children = ()  # the Connections own (and close) them
+                ends = [Connection(task_r, writable=False), Connection(result_w, readable=False)]
+                children = []  # the Connections own (and close) them
             parent = None if method == "forkserver" else os.getpid()
             self.process = context.Process(
                 target=worker_main, daemon=True,
