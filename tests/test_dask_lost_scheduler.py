@@ -124,3 +124,29 @@ def test_exit_codes_tell_ctrl_c_from_a_lost_engine(capsys):
         report = RunReport("r", "INTERRUPTED", "dask", 10, 4, 0, 6, 1.0, by_user=by_user)
         assert print_report(args, report) == code
         assert "stepmap resume r" in capsys.readouterr().err
+
+
+def test_a_frozen_worker_running_a_task_past_its_timeout_is_restarted(tmp_path, monkeypatch):
+    """SIGSTOP the worker while its task runs: asking it how long the task has run would wait
+    forever; it counts as unanswered after STEPMAP_DASK_GATHER_TIMEOUT (2 s), so the task
+    fails with TaskTimeout and its nanny replaces the frozen worker."""
+    monkeypatch.setenv("STEPMAP_DASK_GATHER_TIMEOUT", "2")
+    with DaskTestCluster(n_workers=1) as cluster:
+        executor = get_engine("dask").open("chaos", {"scheduler": cluster.address})
+        frozen = cluster.worker_pids[0]
+        try:
+            executor.submit(0, {"index": 1, "sleep": 60, "faults": {}}, timeout=2)
+            time.sleep(1.0)  # it is running now
+            os.kill(frozen, signal.SIGSTOP)
+            done = []
+            deadline = time.monotonic() + HANG_GUARD
+            while not done and time.monotonic() < deadline:
+                done = executor.poll(0.5)
+            assert [(c.task_id, c.ok, c.error) for c in done] == [(0, False, "TaskTimeout")]
+            wait_for(lambda: cluster.worker_pids[0] not in (None, frozen), "a fresh worker")
+        finally:
+            try:
+                os.kill(frozen, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            executor.close(cancel=True)

@@ -319,7 +319,7 @@ HOSTILE = {
     "run.json without input (runs)": Hostile(
         _run_then(_drop_input, "runs"), "'input' is missing"),
     ".lock is a directory": Hostile(
-        _run_then(_lock_directory, "resume"), "cannot lock run hurt"),
+        _run_then(_lock_directory, "resume"), ".lock is not a file"),
 }
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,12 +430,12 @@ def read_only_runs(tmp_path):
 def test_read_only_runs_directory(read_only_runs):
     runs = str(read_only_runs)
     done = run_stepmap(["resume", "half", "--results", runs])
-    assert_one_line_error(done, 2, "cannot lock run half")
+    assert_one_line_error(done, 2, "Read-only file system")
     done = run_stepmap(["runs", "--results", runs])
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "done" in done.stdout and "half" in done.stdout
     done = run_stepmap(["runs", "half", "--results", runs])
-    assert done.returncode == 0 and "RUNNING" in done.stdout, done.stderr
+    assert done.returncode == 0 and "STOPPED" in done.stdout, done.stderr
     done = run_stepmap(["run", "s3keys", "--size", "4", "--results", runs])
     assert_one_line_error(done, 2, "not writable")
 
@@ -522,3 +522,16 @@ def test_scheduler_addresses_are_checked_before_connecting(address, ok):
     else:
         with pytest.raises(ConfigError, match="must be an address such as tcp://HOST:PORT"):
             DaskOptions(scheduler=address)
+
+
+@pytest.mark.parametrize("kind, text, first", [
+    ("csv", "\ufeffname,n\nab,1\n", {"name": "ab", "n": "1"}),
+    ("jsonl", "\ufeff7\n8\n", 7),
+    ("json", "\ufeff[7, 8]", 7)])
+def test_a_byte_order_mark_is_not_part_of_the_first_item(tmp_path, kind, text, first):
+    """Files saved by some editors start with a UTF-8 BOM; it must not become part of the
+    first CSV header (a key '\\ufeffname') or make the first JSON value invalid."""
+    from stepmap.sources import read_items
+    path = tmp_path / f"bom.{kind}"
+    path.write_text(text, encoding="utf-8")
+    assert next(iter(read_items(str(path), kind))) == first

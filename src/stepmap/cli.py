@@ -30,7 +30,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the command about to run, only what it needs (the optional
     command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
     parser = Parser(prog="stepmap", allow_abbrev=False,
-                     description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
+                    description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
     # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
     # (zlib, bz2, lzma) costs every command
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
@@ -52,7 +52,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", allow_abbrev=False,
-                            help="finish an incomplete run: compute only what is missing")
+                            help="finish an incomplete run: compute only what is missing",
+                            description="Continues with the engine and settings the run was "
+                            "started with (saved in its run.json); only the options given "
+                            "here override them.")
     resume.add_argument("run_id")
     resume.add_argument("--workload", help="confirm the module:attribute of a user workload")
     _engine_options(resume)
@@ -202,36 +205,47 @@ def cmd_workloads(args, extra: list[str]) -> int:
     return 0
 
 
-def cmd_runs(args, extra: list[str]) -> int:
+def cmd_runs(args: argparse.Namespace, extra: list[str]) -> int:
+    """`stepmap runs`: list the runs; `stepmap runs RUN_ID`: show one (re-attaching to a
+    remote run that is still running)."""
     _no_extra(extra)
     location = runs_location(args.results)
-    if args.run_id is not None:
-        record = runner.load_run(location, args.run_id)
-        if record.get("engine") in REMOTE_ENGINES:
-            args.output, args.quiet = None, False
-            return _run_and_print(args, lambda progress, on_start, notify: runner.follow(
-                args.run_id, runs=location, progress=progress, notify=notify))
-        if args.json:
-            emit(json.dumps(record))
-            return 0
-        for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
-                    "failed", "pending", "reason"):
-            if record.get(key) not in (None, ""):
-                print(f"{key:>10}: {record[key]}")
-        print(f"{'created':>10}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['created']))}")
-        if record.get("seconds") is not None:
-            print(f"{'seconds':>10}: {record['seconds']:.3f}")
-        for number, attempt in enumerate(record.get("attempts", []), 1):
-            took = attempt.get("finished", attempt["started"]) - attempt["started"]
-            print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
-                  f"{attempt.get('computed', 0):,} items in {took:.3f} s"
-                  f"{_settings_text(attempt.get('settings'))}")
-        total = record.get("total")
-        if total is not None:
-            text = total_text(total)
-            print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
-                  f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
+    if args.run_id is None:
+        return _list_runs(args, location)
+    record = runner.load_run(location, args.run_id)
+    if record.get("engine") in REMOTE_ENGINES:
+        args.output, args.quiet = None, False
+        return _run_and_print(args, lambda progress, on_start, notify: runner.follow(
+            args.run_id, runs=location, progress=progress, notify=notify))
+    if args.json:
+        emit(json.dumps(record))
         return 0
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
+                "failed", "pending", "reason"):
+        if record.get(key) not in (None, ""):
+            print(f"{key:>10}: {record[key]}")
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["created"]))
+    print(f"{'created':>10}: {created}")
+    if record.get("seconds") is not None:
+        print(f"{'seconds':>10}: {record['seconds']:.3f}")
+    for number, attempt in enumerate(record.get("attempts", []), 1):
+        took = attempt.get("finished", attempt["started"]) - attempt["started"]
+        print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
+              f"{attempt.get('computed', 0):,} items in {took:.3f} s"
+              f"{_settings_text(attempt.get('settings'))}")
+    total = record.get("total")
+    if total is not None:
+        text = total_text(total)
+        print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
+              f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
+
+
+def _list_runs(args: argparse.Namespace, location: str) -> int:
     records = runner.list_runs(location)
     if args.json:
         emit(json.dumps([{k: r.get(k) for k in ("run_id", "status", "workload", "engine",

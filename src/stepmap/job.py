@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, overload
 
 from .bigint import parse_int_strict, reject_constant
 from .errors import InvalidEvent, UsageError
@@ -229,6 +229,11 @@ class Params:
         if not low <= value <= high:
             raise UsageError(f"{key!r} must be between {low} and {high:,}, got {_show(value)}")
         return value
+
+    @overload
+    def string(self, key: str, *, default: str) -> str: ...
+    @overload
+    def string(self, key: str, *, default: None = None) -> str | None: ...
 
     def string(self, key: str, *, default: str | None = None) -> str | None:
         self.used.add(key)

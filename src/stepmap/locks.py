@@ -234,8 +234,11 @@ class _S3Lock:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(S3_LOCK_HEARTBEAT_SECONDS):
+            held = self.etag
+            if held is None:  # not taken (entering raised): nothing to renew
+                return
             try:
-                etag = self.storage.replace(self.key, self._body(), self.etag)
+                etag = self.storage.replace(self.key, self._body(), held)
             except ResultsError:
                 continue  # an outage: try again at the next beat (the TTL allows several)
             if etag is None:  # expired and taken over: stop working on a run we do not own

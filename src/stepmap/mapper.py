@@ -144,7 +144,7 @@ class Intervals:
 
 
 def batches(items: Iterable[JSON], params: dict, size: int,
-            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
+            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
     """Consecutive item positions grouped into events; a batch never spans a skipped item.
 
     Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
@@ -198,7 +198,7 @@ def _json(event) -> str:
     return json.dumps(built(event), separators=(",", ":"))
 
 
-def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
+def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec]],
             policy: MapPolicy, sink: ResultSink, *, total_items: int | None = None,
             on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
     """Run every task to success, final failure or cancellation; record each outcome."""
@@ -241,7 +241,7 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
                 task = inflight.pop(done.task_id)
                 if done.ok:
                     sink.add(success_entry(done.input_json or _json(task.event),
-                                           done.output_json, positions=task.positions,
+                                           done.output_json or "null", positions=task.positions,
                                            started=done.started, stopped=done.stopped,
                                            attempts=task.attempts, worker=done.worker,
                                            checksum=done.checksum))

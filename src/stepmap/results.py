@@ -346,9 +346,10 @@ class RunStore:
     def manifest_keys(manifest: dict, status: str) -> list[str]:
         listed = manifest["ResultFiles"].get(status, [])
         keys = [f.get("Key") for f in listed if isinstance(f, dict)]
-        if len(keys) != len(listed) or not all(isinstance(k, str) for k in keys):
+        strings = [k for k in keys if isinstance(k, str)]
+        if len(strings) != len(listed):
             raise ResultsError(f"corrupt manifest: bad {status} file list")
-        return keys
+        return strings
 
     def iter_entries(self, keys: Iterable[str]) -> Iterator[dict]:
         for key in keys:

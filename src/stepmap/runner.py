@@ -21,6 +21,7 @@ from .config import DEFAULT_RUNS_DIR, OPTIONS_FOR, REMOTE_ENGINES, RunConfig
 from .drivers import for_engine
 from .drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
 from .errors import ResultsError, UsageError
+from .extras import require
 from .job import ITEM_KEY, Start
 from .locks import create_run, lock_holder, run_lock
 from .mapper import MapPolicy
@@ -38,6 +39,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
         notify: NotifyFn | None = None) -> RunReport:
     """Start a new run of ``workload_ref`` on ``config.engine`` and wait for its report."""
     began = time.time()
+    _require_s3_client(config.runs, config.items_from)
     start = resolve(workload_ref).start(run_input)
     if ITEM_KEY in start.params:
         raise UsageError(f"workload {workload_ref} emits a job parameter named {ITEM_KEY!r}, "
@@ -45,13 +47,13 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
     if config.items_from:
         from .drivers.map_driver import with_source
         start = with_source(start, config.items_from, config.items_format)
+    driver = for_engine(config.engine)
+    driver.check(config)  # a missing extra fails here, before anything is written
     run_id = config.run_id or new_run_id(workload_ref)
     store = RunStore.open(config.runs, run_id)
     store.storage.ensure_writable()
     if store.has_record():
         raise UsageError(f"run {run_id} already exists in {config.runs}; use 'stepmap resume'")
-    driver = for_engine(config.engine)
-    driver.check(config)  # a missing extra fails here, before anything is written
     config = dataclasses.replace(config, run_id=run_id)
     record = RunRecord(run_id, workload_ref, config.engine, input=run_input,
                        params=start.params, summary=start.summary, settings=config.to_dict(),
@@ -80,6 +82,7 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
                      **(overrides or {})}
     runs = runs or DEFAULT_RUNS_DIR
     began = time.time()
+    _require_s3_client(runs)
     store = RunStore.open(runs, check_run_id(run_id))
     if not store.has_record():
         raise UsageError(f"no run {run_id} in {store.storage.describe()}")
@@ -99,6 +102,13 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
         job = RunJob(store, record, record.workload, start, config, began,
                      notify or (lambda line: None))
         return driver.resume(job, progress)
+
+
+def _require_s3_client(*locations: str | None) -> None:
+    """s3:// results or items need boto3: say so before anything runs or is written."""
+    for location in locations:
+        if location and location.startswith("s3://"):
+            require("boto3", "s3", f"the s3:// location {location[:60]}")
 
 
 def saved_config(record: RunRecord, runs: str) -> RunConfig:

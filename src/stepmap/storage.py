@@ -7,6 +7,7 @@ either the whole file or none of it, never a torn one.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import itertools
@@ -32,7 +33,7 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[str]:
         """The files directly under ``prefix`` (not in its subdirectories; no dot-files)."""
         ...
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """The names of the directories (S3: common prefixes) directly under ``prefix``."""
         ...
     def delete(self, key: str) -> None: ...
@@ -141,7 +142,7 @@ class LocalStorage:
             if path.is_file() and not path.name.startswith("."):
                 yield path.relative_to(self.root).as_posix()
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
@@ -244,7 +245,7 @@ class S3Storage:
         except Exception as exc:
             raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         names = []
@@ -279,7 +280,7 @@ def make_s3_client():
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
-    from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"})
     # A session of its own: boto3's default session caches the credentials it first resolved,
     # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.

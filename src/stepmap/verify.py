@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
 
 from .errors import ResultsError
 from .job import JSON, item_count
@@ -165,6 +165,8 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
             elif expected is None:  # written by AWS: no positions, count the Input's items
                 found.accepted.add((key, index))
                 found.items += item_count(entry_input(entry))
+            elif not _is_span(span):  # checked above; this tells the type checker so
+                _reject(found, store, key, name, "no valid ItemPositions")
             elif trusted:
                 own.append(_Span(span[0], span[1], key, index, name, b""))
             else:
@@ -244,7 +246,7 @@ def _digest(text: str | bytes) -> bytes:
     return hashlib.sha256(text).digest()
 
 
-def _is_span(span) -> bool:
+def _is_span(span: object) -> TypeGuard[list[int]]:
     return (isinstance(span, list) and len(span) == 2
             and all(isinstance(p, int) and not isinstance(p, bool) for p in span)
             and 0 <= span[0] < span[1])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..bigint import flag_float, flag_int
 from ..errors import EngineError, UsageError
+from ..extras import require
 
 from . import DEFAULT_STACK
 #: The repository root (src/stepmap/aws/commands.py -> ../../..), home of the pinned CDK CLI.
@@ -115,6 +116,7 @@ def _quiet_jsii() -> None:
 # ---------------------------------------------------------------- synth
 
 def cmd_synth(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap synth")
     from . import stack as stack_module
 
     config = _config(args)
@@ -165,6 +167,7 @@ def _run_cdk(command: list[str]) -> None:
 
 
 def cmd_deploy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap deploy")  # the CDK CLI runs our app with this Python
     config = _config(args)
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:
         outputs_file = Path(outdir) / "outputs.json"
@@ -189,6 +192,7 @@ def cmd_deploy(args, extra: list[str]) -> int:
 
 
 def cmd_destroy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap destroy")
     from .stack import StackConfig
 
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:

@@ -24,7 +24,8 @@ waits up to ``STEPMAP_DASK_SCHEDULER_TIMEOUT`` seconds (30) for the client to re
 does not, it raises EngineLost: the mapper records what is in flight as PENDING and the run
 ends INTERRUPTED, to be resumed on a working cluster. Fetching finished results (``gather``)
 is bounded too, by ``STEPMAP_DASK_GATHER_TIMEOUT`` (120 s): a result that does not arrive is a
-'TaskLost' failure, retried like any other, never a hang.
+'TaskLost' failure, retried like any other, never a hang; so is asking a worker how long a task
+past its timeout has run (a worker that does not answer is restarted, its task a TaskTimeout).
 
 Not like the local engine: ``close(cancel=True)`` cancels the futures, but a task already
 running on an *external* cluster keeps its worker thread busy until it returns (stepmap does not
@@ -54,13 +55,15 @@ from distributed.scheduler import KilledWorker
 from ..bigint import flag_float
 from ..config import is_scheduler_address
 from ..errors import EngineError, EngineLost, UsageError
+from ..job import EventSpec
 from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing
 RECHECK = 0.5
 #: Seconds to wait for an external scheduler: to connect, and to reconnect once lost.
 SCHEDULER_TIMEOUT_ENV, SCHEDULER_TIMEOUT = "STEPMAP_DASK_SCHEDULER_TIMEOUT", 30.0
-#: Seconds one gather of finished results may take before those tasks count as lost.
+#: Seconds one gather of finished results may take before those tasks count as lost (and
+#: a worker asked about a task past its timeout may take to answer before it is restarted).
 GATHER_TIMEOUT_ENV, GATHER_TIMEOUT = "STEPMAP_DASK_GATHER_TIMEOUT", 120.0
 
 log = logging.getLogger(__name__)
@@ -127,7 +130,7 @@ class DaskExecutor:
         self._restarts: list[threading.Thread] = []
         self._token = uuid.uuid4().hex[:12]
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
         self._ensure_scheduler()
         key = f"stepmap-{self._token}-{task_id}-{uuid.uuid4().hex[:8]}"
         try:
@@ -225,21 +228,23 @@ class DaskExecutor:
 
     def _check_timeout(self, attempt: _Attempt) -> Completion | None:
         """Fail and kill a task that has executed for its timeout; else set its next check."""
+        timeout = attempt.timeout
+        if timeout is None:  # no deadline was set: nothing to check
+            return None
         key = attempt.future.key
         try:
             where = [w for w, keys in self._client.processing().items() if key in keys]
-            ran = self._client.run(_executing_for, key, workers=where, on_error="return") \
-                if where else {}
         except (OSError, TimeoutError, ClosedClientError):  # the scheduler went away?
             self._ensure_scheduler()
-            ran = {}
+            where = []
+        ran = self._ask_workers(key, where, attempt.timeout) if where else {}
         running = {w: s for w, s in ran.items() if isinstance(s, (int, float))}
         if not running:  # still queued: its clock has not started
-            attempt.deadline = time.monotonic() + min(RECHECK, attempt.timeout)
+            attempt.deadline = time.monotonic() + min(RECHECK, timeout)
             return None
         address, elapsed = max(running.items(), key=lambda pair: pair[1])
-        if elapsed < attempt.timeout:
-            attempt.deadline = time.monotonic() + attempt.timeout - elapsed
+        if elapsed < timeout:
+            attempt.deadline = time.monotonic() + timeout - elapsed
             return None
         del self._running[key]
         self._client.cancel([attempt.future])  # first, or Dask might re-run it elsewhere
@@ -249,6 +254,20 @@ class DaskExecutor:
                           cause=f"task ran longer than its timeout of {attempt.timeout:g} s; "
                                 f"its worker {address} was restarted",
                           started=attempt.submitted, stopped=time.time(), worker=address)
+
+    def _ask_workers(self, key: str, where: list[str], timeout: float | None) -> dict:
+        """Seconds ``key`` has executed on each worker of ``where``. Workers that do not
+        answer within the gather timeout (frozen, swapping) count as having run it for its
+        whole ``timeout``: the task fails and the worker is restarted, instead of a hang."""
+        try:
+            return self._client.sync(functools.partial(self._client.run, asynchronous=True),
+                                     _executing_for, key, workers=where, on_error="return",
+                                     callback_timeout=self._gather_timeout)
+        except TimeoutError:
+            return {address: timeout for address in where}
+        except (OSError, ClosedClientError):  # the scheduler went away?
+            self._ensure_scheduler()
+            return {}
 
     def _restart(self, address: str) -> None:
         """Restart a worker in the background (its nanny kills the process, hung thread and
