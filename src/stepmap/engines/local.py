@@ -148,6 +148,10 @@ class _Worker:
                 self.outbox[0] = self.outbox[0][written:]
 
     def has_result(self) -> bool:
+        if hasattr(select, "poll"):  # select.select cannot watch descriptors above 1023
+            watch = select.poll()
+            watch.register(self.result_fd, select.POLLIN)
+            return bool(watch.poll(0))
         return bool(select.select([self.result_fd], [], [], 0)[0])
 
     def receive(self) -> Completion:
