@@ -60,9 +60,11 @@ def test_synth_fails_clearly_without_a_wheel_for_lambda(examples_path, cli, tmp_
 
 def test_numpy_workload_synthesizes_with_its_aarch64_wheel_and_runs_emulated(
         examples_path, tmp_path, capsys):
-    from stepmap.aws import emulator
+    from stepmap.aws import templates
+    from stepmap.aws.driver import emulated_stack_config
     from stepmap.aws.stack import DEFAULT_STACK_NAME, StackConfig, StepmapStack, new_app
     from stepmap.cli import main
+    from stepmap.config import RunConfig
 
     config = StackConfig(workload=REF, requirements=str(EXAMPLES / "requirements-numpy.txt"))
     app = new_app(outdir=str(tmp_path / "cdk.out"), builtin_cloud_formation_validation=False)
@@ -80,7 +82,8 @@ def test_numpy_workload_synthesizes_with_its_aarch64_wheel_and_runs_emulated(
     assert (root / "numpy_workload.py").exists() and (root / "stepmap" / "api.py").exists()
     # the emulator runs the handlers in this process (moto: Lambda cannot run offline), on
     # the template just synthesized, as `stepmap run --engine aws-emulated` does
-    emulator.remember_template(StackConfig(workload=REF), template)
+    emulated = emulated_stack_config(RunConfig.build(engine="aws-emulated"), REF)
+    templates.remember(emulated, template)
     code = main(["run", REF, "--n", "40", "--engine", "aws-emulated",
                  "--results", str(tmp_path / "runs"), "--run-id", "numpy"])
     out, err = capsys.readouterr()
