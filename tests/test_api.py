@@ -213,3 +213,23 @@ def test_a_map_on_an_s3_runs_location_resumes_from_its_stored_items(s3_env, tmp_
     flag.unlink()
     assert stepmap.map(fn, items, run_id="s3run", runs=runs) == [50, 20, 70]
     assert calls_in(calls) == {5: 1, 2: 2, 7: 1}
+
+
+def test_a_run_handle_reports_progress_cancels_and_resumes(runs, tmp_path):
+    import time
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: time.sleep(0.2) or x)
+    with stepmap.Executor(workers=2, batch_size=1, runs=runs) as ex:
+        run = ex.map(fn, range(30), run_id="handle")
+        assert run.run_id == "handle" and run.progress[1] == 30
+        deadline = time.monotonic() + 60
+        while run.progress[0] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.cancel()
+        with pytest.raises(KeyboardInterrupt, match="run_id='handle'"):
+            run.wait()
+        assert run.done() and 4 <= run.progress[0] < 30
+        again = ex.map_reduce(abs, range(30), sum, run_id="handle-total")
+        assert again.result() == sum(range(30))
+    assert stepmap.map(fn, range(30), run_id="handle", runs=runs) == list(range(30))
+    assert max(calls_in(calls).values()) <= 2
