@@ -85,7 +85,8 @@ def _aws_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: Modules that add their own subcommands; each imports its heavy dependencies only when run.
-COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report")
+COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report",
+                   "stepmap.dashboard.server")
 
 
 def _register_optional_commands(sub) -> None:
