@@ -1,0 +1,282 @@
+"""`stepmap dashboard`: the JSON API and pages over real runs, served by the real application
+on uvicorn (127.0.0.1), and its safety: escaping, CSP, read-only, no path outside the runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dashboard_support import ServerThread
+from support_workloads import HOSTILE_TEXT
+from stepmap import runner
+from stepmap.dashboard.maprun import MIN_INTERVAL_SECONDS, MapRunPoller
+from stepmap.dashboard.model import RunsReader, split_cause
+from stepmap.results import RunStore, failure_entry, success_entry
+
+SQUARES_20 = sum(i * i for i in range(20))
+
+
+@pytest.fixture
+def two_runs(cli, runs):
+    """A finished run and one with a failed item (tolerated, so the run is INCOMPLETE)."""
+    code, out, _ = cli("run", "chaos", "--items", "20", "--workers", "2", "--batch-size", "1",
+                       "--results", runs, "--run-id", "good")
+    assert code == 0 and out.strip() == str(SQUARES_20)
+    code, _, _ = cli("run", "chaos", "--items", "20", "--workers", "2", "--batch-size", "1",
+                     "--faults", '{"raise": [3]}', "--tolerate-count", "1", "--retries", "0",
+                     "--results", runs, "--run-id", "bad")
+    assert code == 1
+    return runs
+
+
+def _json(server, path):
+    status, headers, body = server.request(path)
+    assert status == 200, body[:300]
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def test_api_lists_runs_with_exact_counts(two_runs):
+    with ServerThread(two_runs) as server:
+        rows = {r["run_id"]: r for r in _json(server, "/api/runs")}
+    assert set(rows) == {"good", "bad"}
+    assert (rows["good"]["status"], rows["good"]["succeeded"], rows["good"]["failed"],
+            rows["good"]["pending"], rows["good"]["items"]) == ("SUCCEEDED", 20, 0, 0, 20)
+    assert (rows["bad"]["status"], rows["bad"]["succeeded"], rows["bad"]["failed"],
+            rows["bad"]["pending"]) == ("INCOMPLETE", 19, 1, 0)
+    assert rows["good"]["engine"] == "local" and rows["good"]["workload"] == "chaos"
+    assert rows["good"]["started"].endswith("Z") and rows["good"]["seconds"] > 0
+    assert rows["good"]["live"] is False and rows["good"]["eta_seconds"] is None
+
+
+def test_run_api_has_the_report_and_every_failure(two_runs):
+    with ServerThread(two_runs) as server:
+        good = _json(server, "/api/runs/good")
+        bad = _json(server, "/api/runs/bad")
+    assert good["total"] == str(SQUARES_20) and good["failures"] == []
+    assert good["report"]["tasks"] == 20 and good["report"]["workers"] == 2
+    (failure,) = bad["failures"]
+    assert failure["name"] == "items-3-3" and failure["positions"] == [3, 4]
+    assert failure["error"] == "RuntimeError"
+    assert failure["message"] == "item 3 was told to raise"
+    assert failure["traceback"].startswith("Traceback (most recent call last):")
+    assert "chaos.py" in failure["traceback"]
+    assert json.loads(failure["input"])["index"] == 3
+    assert bad["total"] is None and "item 3 was told to raise" in bad["reason"]
+
+
+def test_pages_render_counts_and_chart(two_runs):
+    with ServerThread(two_runs) as server:
+        status, headers, html = server.request("/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert b'href="/runs/good"' in html and b'href="/runs/bad"' in html
+        status, _, html = server.request("/runs/bad")
+        assert status == 200 and b"item 3 was told to raise" in html
+        assert b'src="/runs/bad/timeline.png?v=' in html
+        status, headers, png = server.request("/runs/bad/timeline.png")
+        assert status == 200 and headers["content-type"] == "image/png"
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+        status, _, css = server.request("/static/dashboard.css")
+        assert status == 200 and b"--ok" in css
+
+
+def test_workload_markup_is_escaped_everywhere(cli, runs):
+    code, _, _ = cli("run", "support_workloads:HOSTILE", "--input", '{"items": 3}',
+                     "--workers", "1", "--batch-size", "1", "--retries", "0",
+                     "--tolerate-count", "1", "--results", runs, "--run-id", "hostile")
+    assert code == 1
+    with ServerThread(runs) as server:
+        for path in ("/runs/hostile", "/runs/hostile/failures"):
+            status, headers, html = server.request(path)
+            assert status == 200
+            assert b"<script>window.__xss" not in html and b"<img src=x" not in html
+            assert b"&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
+            assert headers["content-security-policy"].startswith("default-src 'none'")
+            assert "script-src 'self'" in headers["content-security-policy"]
+        (failure,) = _json(server, "/api/runs/hostile")["failures"]
+    assert HOSTILE_TEXT in failure["message"]
+    assert json.loads(failure["input"])["index"] == f"{HOSTILE_TEXT} #1"
+
+
+@pytest.mark.parametrize("path", [
+    "/api/runs/..", "/api/runs/%2e%2e", "/api/runs/..%2Foutside", "/api/runs/%2e%2e%2foutside",
+    "/api/runs/..%5coutside", "/runs/..%2F..%2Fetc%2Fpasswd", "/runs/%2e%2e/timeline.png",
+    "/runs/..%2Foutside/failures", "/static/../app.py", "/static/%2e%2e/app.py",
+    "/static/..%2fapp.py", "/static/%2e%2e%2f%2e%2e%2fcli.py", "/static/%2e%2e%5capp.py",
+    "/api/runs/good/../../outside", "/static//etc/passwd", "/api/runs/%00",
+])
+def test_no_path_outside_the_runs_location(two_runs, path):
+    outside = Path(two_runs).parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "run.json").write_text(json.dumps({"run_id": "outside", "status": "SECRET"}))
+    with ServerThread(two_runs) as server:
+        status, _, body = server.request(path)
+    assert status in (400, 404), (status, body[:200])
+    assert b"SECRET" not in body and b"import" not in body and b"root:" not in body
+
+
+def test_read_only_and_headers_on_every_answer(two_runs):
+    before = sorted(p.relative_to(two_runs).as_posix() + str(p.stat().st_mtime_ns)
+                    for p in Path(two_runs).rglob("*") if p.is_file())
+    with ServerThread(two_runs) as server:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            for path in ("/api/runs/good", "/runs/good", "/"):
+                status, headers, _ = server.request(path, method)
+                assert status == 405, (method, path)
+                assert "content-security-policy" in headers
+        status, headers, _ = server.request("/api/runs/nope")
+        assert status == 404 and headers["x-content-type-options"] == "nosniff"
+        status, _, _ = server.request("/api/runs", headers={"Host": "attacker.example"})
+        assert status == 400  # DNS rebinding: a foreign name for 127.0.0.1 is refused
+        for path in ("/", "/runs/good", "/api/runs/good", "/runs/good/timeline.png"):
+            assert server.request(path)[0] == 200
+    after = sorted(p.relative_to(two_runs).as_posix() + str(p.stat().st_mtime_ns)
+                   for p in Path(two_runs).rglob("*") if p.is_file())
+    assert after == before
+
+
+# ---------------------------------------------------------------- a run in progress
+
+def _entry(index: int, ok: bool = True) -> dict:
+    kwargs = dict(positions=(index, index + 1), started=1000.0 + index, stopped=1001.0 + index,
+                  attempts=1, worker="w:1")
+    if ok:
+        return success_entry(json.dumps({"index": index}), json.dumps(str(index)), **kwargs)
+    return failure_entry(json.dumps({"index": index}), error="E", cause="boom", **kwargs)
+
+
+def test_a_running_run_is_counted_from_its_result_files(runs):
+    """While the run holds its lock (as a live local or Dask run does), the counts come from
+    the files written so far; rate and ETA from the change between looks."""
+    store = RunStore.open(runs, "live")
+    store.write_record({"run_id": "live", "workload": "chaos", "engine": "local",
+                        "status": "RUNNING", "items": 10, "created": 1000.0, "attempts": []})
+    now = [1010.0]
+    reader = RunsReader(runs, clock=lambda: now[0])
+    with runner.run_lock(store):
+        store.write_results("SUCCEEDED", 0, [_entry(0), _entry(1)])
+        first = reader.detail("live")
+        assert (first["status"], first["succeeded"], first["failed"], first["pending"]) == \
+            ("RUNNING", 2, 0, 8)
+        assert first["live"] is True and first["seconds"] == 10.0
+        store.write_results("SUCCEEDED", 1, [_entry(2), _entry(3), _entry(4)])
+        store.write_results("FAILED", 0, [_entry(5, ok=False)])
+        now[0] = 1014.0
+        second = reader.detail("live")
+        assert (second["succeeded"], second["failed"], second["pending"]) == (5, 1, 4)
+        assert second["rate"] == pytest.approx(1.0)  # 4 more items in 4 s
+        assert second["eta_seconds"] == pytest.approx(4.0)
+        assert second["chart_version"] != first["chart_version"]
+        assert [f["name"] for f in second["failures"]] == ["items-5-5"]
+        # a resume in progress: the failed item has now succeeded; it counts once
+        store.write_results("SUCCEEDED", 2, [_entry(5)])
+        third = reader.detail("live")
+        assert (third["succeeded"], third["failed"]) == (6, 0)
+    # the lock released with the record still RUNNING: the process was killed
+    assert reader.detail("live")["status"] == "STOPPED"
+
+
+def test_cause_split_into_message_and_traceback():
+    assert split_cause("boom\nTraceback (most recent call last):\n  x") == \
+        ("boom", "Traceback (most recent call last):\n  x")
+    lam = json.dumps({"errorMessage": "<b>", "errorType": "E", "stackTrace": ["a\n", "b\n"]})
+    assert split_cause(lam) == ("<b>", "a\nb\n")
+    assert split_cause(None) == ("", "")
+
+
+# ---------------------------------------------------------------- AWS: DescribeMapRun
+
+class ThrottlingError(Exception):
+    def __init__(self):
+        super().__init__("Rate exceeded")
+        self.response = {"Error": {"Code": "ThrottlingException"}}
+
+
+class FakeStepFunctions:
+    def __init__(self):
+        self.calls: list[str] = []
+        self.throttle = 0
+        self.status = "RUNNING"
+
+    def _call(self, name):
+        self.calls.append(name)
+        if self.throttle:
+            self.throttle -= 1
+            raise ThrottlingError()
+
+    def describe_execution(self, executionArn):
+        self._call("DescribeExecution")
+        return {"status": self.status}
+
+    def list_map_runs(self, executionArn):
+        self._call("ListMapRuns")
+        return {"mapRuns": [{"mapRunArn": "arn:aws:states:eu-west-1:1:mapRun:sm/m:1"}]}
+
+    def describe_map_run(self, mapRunArn):
+        self._call("DescribeMapRun")
+        return {"mapRunArn": mapRunArn, "status": "RUNNING",
+                "itemCounts": {"succeeded": 7, "failed": 1, "total": 64, "running": 3},
+                "executionCounts": {"succeeded": 7, "failed": 1, "total": 64}}
+
+
+def test_map_run_counts_are_polled_gently_and_back_off_on_throttling():
+    fake, now, regions = FakeStepFunctions(), [0.0], []
+    poller = MapRunPoller(client_for=lambda region: regions.append(region) or fake,
+                          clock=lambda: now[0])
+    record = {"execution_arn": "arn:aws:states:eu-west-1:1:execution:sm:run"}
+    first = poller.counts(record)
+    assert first["item_counts"] == {"succeeded": 7, "failed": 1, "total": 64, "running": 3}
+    assert first["execution_status"] == "RUNNING" and regions == ["eu-west-1"]
+    for step in range(40):  # many page polls within the interval: no more AWS calls
+        now[0] = step * (MIN_INTERVAL_SECONDS / 40)
+        poller.counts(record)
+    assert fake.calls.count("DescribeMapRun") == 1
+    now[0] = MIN_INTERVAL_SECONDS
+    fake.throttle = 1
+    throttled = poller.counts(record)
+    assert "throttled" in throttled["error"] and throttled["item_counts"]["succeeded"] == 7
+    assert throttled["poll_interval_seconds"] == 2 * MIN_INTERVAL_SECONDS
+    calls = len(fake.calls)
+    now[0] += MIN_INTERVAL_SECONDS  # not yet: the interval doubled
+    poller.counts(record)
+    assert len(fake.calls) == calls
+    now[0] += MIN_INTERVAL_SECONDS
+    fake.status = "SUCCEEDED"
+    done = poller.counts(record)
+    assert done["execution_status"] == "SUCCEEDED" and done["error"] is None
+    calls = len(fake.calls)
+    now[0] += 10 * MIN_INTERVAL_SECONDS  # a stopped execution is not described again
+    poller.counts(record)
+    assert len(fake.calls) == calls
+    assert poller.counts({"execution_arn": None}) is None
+
+
+def test_aws_run_page_shows_the_map_run_counts(runs):
+    store = RunStore.open(runs, "onaws")
+    store.write_record({"run_id": "onaws", "workload": "s3keys", "engine": "aws",
+                        "status": "RUNNING", "items": 64, "created": 1000.0, "attempts": [],
+                        "execution_arn": "arn:aws:states:eu-west-1:1:execution:sm:onaws"})
+    fake = FakeStepFunctions()
+    reader = RunsReader(runs, poller=MapRunPoller(client_for=lambda region: fake))
+    with ServerThread(runs, reader=reader) as server:
+        detail = _json(server, "/api/runs/onaws")
+        status, _, html = server.request("/runs/onaws")
+    assert detail["aws"]["map_run_status"] == "RUNNING"
+    assert detail["aws"]["execution_counts"]["total"] == 64
+    assert status == 200 and b"DescribeMapRun" in html
+
+
+# ---------------------------------------------------------------- the command
+
+def test_command_refuses_bad_options_in_one_line(cli, runs):
+    code, out, err = cli("dashboard", "--results", runs, "--port", "70000")
+    assert code == 2 and "--port" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("dashboard", "--results", runs, "--run", "../etc")
+    assert code == 2 and "invalid run id" in err
+    with ServerThread(runs) as server:
+        code, out, err = cli("dashboard", "--results", runs, "--port", str(server.port))
+    assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err
+    assert os.path.isdir(runs) is False  # nothing was created by looking
