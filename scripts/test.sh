@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Quickstart 2: install everything the tests need, then run the whole suite.
 #   Python packages (all extras) into ./.venv, the pinned npm tools (asl-validator, the CDK
-#   CLI) into ./node_modules, and Ceph's RADOS Gateway (unpacked, not installed) into
-#   ./.cache/ceph, and Debian's chromium + chromium-driver (apt, as root). The tests themselves start and stop the S3 server, the Dask cluster and
-#   the moto server they use, on 127.0.0.1, by PID.
+#   CLI) into ./node_modules, Ceph's RADOS Gateway (unpacked, not installed) into
+#   ./.cache/ceph, and Debian's chromium + chromium-driver (apt, as root) for the dashboard's
+#   browser test. The tests themselves start and stop the S3 server, the Dask cluster, the
+#   moto server and the dashboard they use, on 127.0.0.1, by PID.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
