@@ -8,6 +8,8 @@ to the item indices that suffer it:
     kill    the worker SIGKILLs itself            hang   the step sleeps for an hour
     oom     the step allocates memory until it fails (use with --memory-limit)
     flaky   raises on the first attempt only (needs state_dir)
+    stubborn  raises on its first 3 attempts (needs state_dir): with the default 2 retries
+            a run fails it, and a resume heals it
 
 ``sleep`` adds a delay per item; with ``state_dir`` every computation leaves a marker file
 (``done-<index>-<pid>-<n>``), which lets tests prove what was (not) recomputed.
@@ -25,7 +27,9 @@ from .. import bigint
 from ..errors import InvalidEvent, UsageError
 from ..job import Param, Params, Start, Workload, event_items
 
-FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky")
+FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky", "stubborn")
+#: attempts a "stubborn" item fails: one whole run with the default 2 retries
+STUBBORN_ATTEMPTS = 3
 
 
 class Chaos(Workload):
@@ -92,6 +96,12 @@ def _misbehave(index: int, item: dict) -> None:
         if marker is not None and not marker.exists():
             marker.touch()
             raise RuntimeError(f"flaky item {index} fails on its first attempt")
+    if index in faults.get("stubborn", []) and state is not None:
+        tried = len(list(state.glob(f"stubborn-{index}-*")))
+        if tried < STUBBORN_ATTEMPTS:
+            (state / f"stubborn-{index}-{tried}-{os.getpid()}-{time.monotonic_ns()}").touch()
+            raise RuntimeError(f"stubborn item {index} fails attempt {tried + 1} of "
+                               f"{STUBBORN_ATTEMPTS}")
     if index in faults.get("raise", []):
         raise RuntimeError(f"item {index} was told to raise")
     if index in faults.get("exit", []):
