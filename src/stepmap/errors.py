@@ -3,7 +3,8 @@
     StepmapError                  base of everything below; .exit_code for the CLI
      ├── UsageError          (2)  bad input: an option, the run input, a workload parameter
      │    ├── InvalidEvent   (2)  a step's event (a Lambda handler's input) is malformed
-     │    └── UnknownName    (2)  no such workload, engine, alphabet, method or run
+     │    ├── UnknownName    (2)  no such workload, engine, alphabet, method or run
+     │    └── ConfigError    (2)  a run setting is out of range or cannot apply to the engine
      ├── ResultsError        (2)  the results store is unusable or its files are corrupt
      ├── RunLockedError      (2)  another process is already working on this run
      ├── EngineError         (1)  an engine could not start or broke down
@@ -38,6 +39,16 @@ class InvalidEvent(UsageError):
 
 class UnknownName(UsageError):
     pass
+
+
+class ConfigError(UsageError):
+    """A run setting is invalid; ``field`` names it (the CLI shows the flag instead), and
+    ``str()`` is the one line with the field's name."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class ResultsError(StepmapError):

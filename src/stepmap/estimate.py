@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from .cli_common import Parser, workload_input
 from .errors import UsageError
 from .job import batch_event, item_event
 
@@ -704,8 +705,7 @@ def _options(parser) -> None:
 
 
 def cmd_estimate(args, extra: list[str]) -> int:
-    from .cli import _Parser, _workload_input  # here: cli imports this module
-    later = _Parser(prog="stepmap estimate", allow_abbrev=False, add_help=False)
+    later = Parser(prog="stepmap estimate", allow_abbrev=False, add_help=False)
     _options(later)
     more, leftover = later.parse_known_args(args.rest)
     for key, value in vars(more).items():
@@ -723,7 +723,7 @@ def cmd_estimate(args, extra: list[str]) -> int:
         raise UsageError("--max-concurrency must be between 1 and 10000")
     if not 0 < budget <= 600:
         raise UsageError("--calibration-seconds must be above 0 and at most 600")
-    event = _workload_input(args, list(extra) + leftover)
+    event = workload_input(args, list(extra) + leftover)
     result = estimate_in_child(args.workload, event, memory_mb=memory, batch_size=batch,
                                max_concurrency=concurrency, arch=args.arch or "arm64",
                                budget=budget)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .cli_common import runs_location
 from .errors import UsageError
 from .results import RunStore, parse_time
 
@@ -257,10 +258,9 @@ def register(sub, *, engine_options, output_options) -> None:
 
 
 def cmd_report(args, extra: list[str]) -> int:
-    from .cli import _runs_location  # here: cli imports this module
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-    record, entries, store = load_entries(_runs_location(args), args.run_id)
+    record, entries, store = load_entries(runs_location(args.results), args.run_id)
     summary, tasks = summarize(args.run_id, entries)
     if not tasks:
         raise UsageError(f"run {args.run_id} has no finished tasks yet ({summary.pending:,} "

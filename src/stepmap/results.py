@@ -16,13 +16,14 @@ This module is the only one that knows file names and entry shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from . import bigint  # noqa: F401  (lifts the int/str digit limit for result strings)
 from .errors import ResultsError, UsageError
@@ -107,6 +108,104 @@ def _load_json_field(entry: dict, field: str):
                            f"{exc.msg}") from None
 
 
+# ---------------------------------------------------------------- the run record
+
+#: A run's states: RUNNING until an attempt ends; SUCCEEDED (a total), INCOMPLETE (items
+#: failed or were not run), INTERRUPTED (Ctrl-C), FAILED (the results store broke), or
+#: STOPPED (shown, never written: RUNNING, but nobody holds the run's lock).
+RUN_STATES = ("RUNNING", "SUCCEEDED", "INCOMPLETE", "INTERRUPTED", "FAILED", "STOPPED")
+
+
+@dataclass
+class Attempt:
+    """One run or resume of a run: where it ran, with which settings, what it computed."""
+
+    engine: str
+    started: float
+    settings: dict[str, Any] = field(default_factory=dict)  # RunConfig.to_dict(), effective
+    finished: float | None = None
+    already_done: int = 0
+    tasks: int = 0
+    retries: int = 0
+    computed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Attempt":
+        return cls(**_known(cls, data, defaults={"engine": "?", "started": 0.0}))
+
+
+@dataclass
+class RunRecord:
+    """run.json: what a run computes, with which settings, and how far it got. Written only
+    through the store; read from files of older stepmap versions too (same keys, no
+    ``settings``: those are rebuilt from the old top-level ``policy``/``engine_options``)."""
+
+    run_id: str
+    workload: str
+    engine: str
+    input: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # RunConfig.to_dict(), last used
+    items: int | None = None
+    status: str = "RUNNING"
+    created: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    succeeded: int | None = None
+    failed: int | None = None
+    pending: int | None = None
+    finished: float | None = None
+    seconds: float | None = None
+    reason: str = ""
+    total: Any = None
+    items_from: str | None = None
+    items_format: str | None = None
+    items_snapshot: str | None = None
+    execution_arn: str | None = None  # the AWS engines' execution, and its state machine
+    state_machine_arn: str | None = None
+    results: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("extra", "attempts"):
+                continue
+            if value is not None or f.name in ("items", "total"):
+                out[f.name] = value
+        out["attempts"] = [a.to_dict() for a in self.attempts]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunRecord":
+        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+            raise ResultsError("corrupt run record: not an object with a run_id")
+        values = _known(cls, data, defaults={"workload": "", "engine": "local"})
+        values["attempts"] = [Attempt.from_dict(a) for a in data.get("attempts") or []
+                              if isinstance(a, dict)]
+        if not isinstance(values.get("settings"), dict) or not values.get("settings"):
+            values["settings"] = {key: data.get(key) for key in (
+                "engine", "policy", "engine_options", "run_id", "items_from", "items_format")}
+            for legacy in ("policy", "engine_options"):
+                values["extra"].pop(legacy, None)
+        return cls(**values)
+
+
+def _known(cls: type, data: dict[str, Any], *, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Split ``data`` into ``cls``'s fields (with ``defaults``) and the rest (kept in
+    ``extra``, so a newer version's keys survive a read-modify-write by this one)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    values = {**defaults, **{k: v for k, v in data.items() if k in names}}
+    values["extra"] = {k: v for k, v in data.items() if k not in names}
+    return values
+
+
 # ---------------------------------------------------------------- the store
 
 @dataclass(frozen=True)
@@ -145,6 +244,12 @@ class RunStore:
 
     def read_record(self) -> dict:
         return self._read_json(self.key(RUN_RECORD), dict)
+
+    def write_run(self, record: RunRecord) -> None:
+        self.write_record(record.to_dict())
+
+    def read_run(self) -> RunRecord:
+        return RunRecord.from_dict(self.read_record())
 
     def has_record(self) -> bool:
         return self.storage.exists(self.key(RUN_RECORD))

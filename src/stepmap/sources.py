@@ -70,12 +70,12 @@ def _parse(kind: str, spec: str) -> Iterator:
 
 def _open_binary(spec: str) -> IO[bytes]:
     if spec.startswith("s3://"):
-        from .storage import _s3_reason, make_s3_client
+        from .storage import s3_reason, make_s3_client
         bucket, _, key = spec[5:].partition("/")
         try:
             body = make_s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:  # botocore errors share no narrower useful base
-            raise UsageError(f"cannot read --items {spec}: {_s3_reason(exc)}") from None
+            raise UsageError(f"cannot read --items {spec}: {s3_reason(exc)}") from None
         return io.BufferedReader(_BodyReader(body), _CHUNK)
     try:
         return open(spec, "rb")
@@ -156,7 +156,7 @@ def _skip_space(text: str, position: int) -> int:
 
 def list_objects(bucket: str, prefix: str, client=None) -> Iterator[dict]:
     """Every object under ``prefix``, page by page (ListObjectsV2), as ItemReader gives them."""
-    from .storage import _s3_reason, make_s3_client
+    from .storage import s3_reason, make_s3_client
     client = client or make_s3_client()
     paginator = client.get_paginator("list_objects_v2")
     try:
@@ -167,6 +167,6 @@ def list_objects(bucket: str, prefix: str, client=None) -> Iterator[dict]:
                        if hasattr(obj.get("LastModified"), "isoformat") else obj.get("LastModified"),
                        "StorageClass": obj.get("StorageClass", "STANDARD")}
     except Exception as exc:  # botocore errors share no narrower useful base
-        raise UsageError(f"cannot list s3://{bucket}/{prefix}: {_s3_reason(exc)}") from None
+        raise UsageError(f"cannot list s3://{bucket}/{prefix}: {s3_reason(exc)}") from None
 
 

@@ -20,12 +20,26 @@ _unique = itertools.count()
 
 
 class Storage(Protocol):
+    """What the results store and the run lock need, on a local directory and on S3."""
+
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
+    def list(self, prefix: str) -> Iterator[str]:
+        """The files directly under ``prefix`` (not in its subdirectories; no dot-files)."""
+        ...
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """The names of the directories (S3: common prefixes) directly under ``prefix``."""
+        ...
     def delete(self, key: str) -> None: ...
     def describe(self, key: str = "") -> str: ...
+    def local_path(self, key: str) -> Path | None:
+        """The file ``key`` is on this machine's file system (to lock it, or to write it
+        as a stream), or None where there is no such file (S3)."""
+        ...
+    def ensure_writable(self) -> None:
+        """Fail now, with one line, if results cannot be written (before anything runs)."""
+        ...
 
 
 class LocalStorage:
@@ -39,6 +53,9 @@ class LocalStorage:
         if path != self.root and self.root not in path.parents:
             raise ResultsError(f"refusing a key outside the results directory: {key!r}")
         return path
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def ensure_writable(self) -> None:
         try:
@@ -128,22 +145,22 @@ class S3Storage:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as exc:  # botocore's errors share no useful base besides this
-            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def exists(self, key: str) -> bool:
         """One HEAD request (not a listing of the run's possibly many result files)."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
+            if s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -156,21 +173,32 @@ class S3Storage:
                     if name and not name.startswith("."):
                         yield obj["Key"]
         except Exception as exc:
-            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         names = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                names += [p["Prefix"][len(prefix):].rstrip("/")
+                          for p in page.get("CommonPrefixes", [])]
+        except Exception as exc:
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
         return sorted(names)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def ensure_writable(self) -> None:
+        """Nothing to check cheaply: the run record's PUT, before any item runs, fails with
+        the bucket's own reason (no such bucket, access denied)."""
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def describe(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
@@ -188,7 +216,7 @@ def make_s3_client():
     return boto3.session.Session().client("s3", config=config)
 
 
-def _s3_reason(exc: Exception) -> str:
+def s3_reason(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         error = response["Error"]

@@ -36,7 +36,8 @@ class LocalEngine:
         if options.get("max_concurrency"):
             workers = min(workers or os.cpu_count() or 1, options["max_concurrency"])
         return LocalExecutor(workload_ref, workers=workers,
-                             memory_limit_mb=options.get("memory_limit_mb"))
+                             memory_limit_mb=options.get("memory_limit_mb"),
+                             start_method=options.get("start_method"))
 
 
 def _worker_main(conn, workload_ref: str, memory_limit_mb: int | None) -> None:
@@ -87,12 +88,12 @@ class LocalExecutor:
     queue_depth = QUEUE_DEPTH
 
     def __init__(self, workload_ref: str, *, workers: int | None = None,
-                 memory_limit_mb: int | None = None):
+                 memory_limit_mb: int | None = None, start_method: str | None = None):
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
             raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
-        method = os.environ.get("STEPMAP_START_METHOD") or (
+        method = start_method or os.environ.get("STEPMAP_START_METHOD") or (
             "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self._context = multiprocessing.get_context(method)
         self._ref, self._memory = workload_ref, memory_limit_mb
