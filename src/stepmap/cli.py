@@ -81,7 +81,7 @@ def _aws_run_options(parser: argparse.ArgumentParser) -> None:
 
 #: Modules that add their own subcommands; each imports its heavy dependencies only when run.
 COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report",
-                   "stepmap.dashboard.server")
+                   "stepmap.dashboard.server", "stepmap.selftest.command")
 
 
 def _register_optional_commands(sub) -> None:

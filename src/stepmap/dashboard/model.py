@@ -75,7 +75,7 @@ class RunsReader:
         summary, tasks = summarize(run_id, entries)
         detail = {**_identity(record), **counts, **self._timing(record, counts),
                   "summary": record.get("summary", ""), "input": record.get("input"),
-                  "policy": record.get("policy"), "reason": record.get("reason") or "",
+                  "settings": record.get("settings"), "reason": record.get("reason") or "",
                   "total": _total_text(record.get("total")),
                   "attempts": record.get("attempts", []),
                   "location": store.describe(), "chart_version": version,

@@ -3,7 +3,6 @@ starts beside its run (a child process, stopped by its PID when the run ends).""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -38,8 +37,8 @@ def register(sub, *, engine_options, output_options) -> None:
 def cmd_dashboard(args, extra: list[str]) -> int:
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-    from .. import runner
-    location = args.results or os.environ.get("STEPMAP_RESULTS") or runner.DEFAULT_RUNS_DIR
+    from ..cli_common import runs_location
+    location = runs_location(args.results)
     if args.run is not None:
         check_run_id(args.run)
     if not 0 <= args.port <= 65535:

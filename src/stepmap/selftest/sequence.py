@@ -98,9 +98,21 @@ class Selftest:
                    f"expected the total {CHAOS_TOTAL}, got {resumed.total!r}")
             expect(resumed.recomputed in (0, 1), f"expected 1 item recomputed, the resume "
                    f"computed {resumed.recomputed}")
-            check.detail = f"total {resumed.total}"
+            check.detail = f"total {resumed.total}" + self._exactly_once(run_id)
             return resumed
         return None
+
+    def _exactly_once(self, run_id: str) -> str:
+        """Where chaos's markers are readable here (not on AWS: they are in the Lambda's
+        /tmp), every item must have been computed to success exactly once."""
+        state = Path(self.state_dir(run_id))
+        if not state.is_dir():
+            return ""
+        done = [p.name.split("-")[1] for p in state.glob("done-*")]
+        counts = {i: done.count(str(i)) for i in range(CHAOS_ITEMS)}
+        expect(set(counts.values()) == {1}, f"items computed to success more or less than "
+               f"once: {counts}")
+        return "; every item computed to success exactly once"
 
     def _same_total(self, name: str, ours: RunReport | None, local: RunReport | None) -> None:
         name = self._name(name)

@@ -89,6 +89,8 @@ class Chaos(Workload):
 def _misbehave(index: int, item: dict) -> None:
     faults = item.get("faults") or {}
     state = Path(item["state_dir"]) if item.get("state_dir") else None
+    if state is not None:  # e.g. under a Lambda function's /tmp, new in each environment
+        state.mkdir(parents=True, exist_ok=True)
     if item.get("sleep"):
         time.sleep(float(item["sleep"]))
     if index in faults.get("flaky", []):
