@@ -3,8 +3,15 @@ on uvicorn (127.0.0.1), and its safety: escaping, CSP, read-only, no path outsid
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +287,95 @@ def test_command_refuses_bad_options_in_one_line(cli, runs):
         code, out, err = cli("dashboard", "--results", runs, "--port", str(server.port))
     assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err
     assert os.path.isdir(runs) is False  # nothing was created by looking
+
+
+def test_a_run_not_started_yet_gets_a_waiting_page(runs):
+    with ServerThread(runs) as server:
+        status, _, html = server.request("/runs/not-yet")
+        assert status == 404 and b'data-page="waiting"' in html and b"not-yet" in html
+        status, _, html = server.request("/runs/bad%20id")
+        assert status == 404 and b'data-page="waiting"' not in html
+
+
+def test_run_with_dashboard_serves_that_run_and_stops_with_it(runs):
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "tests")])}
+    run = subprocess.Popen([sys.executable, "-m", "stepmap", "run", "chaos", "--items", "12",
+                            "--sleep", "0.3", "--workers", "2", "--batch-size", "1",
+                            "--results", runs, "--run-id", "withdash", "--dashboard"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = run.stderr.readline()
+        match = re.fullmatch(r"stepmap: dashboard of this run: (http://127\.0\.0\.1:(\d+)"
+                             r"/runs/withdash)\n", line)
+        assert match, line
+        port = int(match.group(2))
+
+        def get(path):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                return response.status, response.getheader("location"), response.read()
+            finally:
+                conn.close()
+
+        assert get("/")[:2] == (303, "/runs/withdash")  # the one run's page
+        seen = set()
+        deadline = time.monotonic() + 120
+        while "SUCCEEDED" not in seen and time.monotonic() < deadline:
+            status, _, body = get("/api/runs/withdash")
+            if status == 200:
+                seen.add(json.loads(body)["status"])
+            time.sleep(0.1)
+        assert seen >= {"RUNNING", "SUCCEEDED"}
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0 and out.strip() == str(sum(i * i for i in range(12)))
+        assert "the run's dashboard stopped" in err
+        with pytest.raises(ConnectionRefusedError):  # its server went with the run
+            get("/api/runs")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def test_run_dashboard_goes_when_its_run_is_killed(runs):
+    """The dashboard child watches its parent: SIGKILL the run and the dashboard stops by
+    itself, leaving no process behind."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "tests")])}
+    run = subprocess.Popen([sys.executable, "-m", "stepmap", "run", "chaos", "--items", "4",
+                            "--sleep", "60", "--workers", "1", "--results", runs,
+                            "--run-id", "killed", "--dashboard"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)
+    try:
+        match = re.search(r":(\d+)/runs/killed$", run.stderr.readline().strip())
+        assert match
+        port = int(match.group(1))
+        os.kill(run.pid, signal.SIGKILL)  # the run's process alone: it cannot clean up
+        run.wait()
+        _wait_refused(port)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its orphaned workers, anything left
+            os.killpg(run.pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.wait()
+        run.stdout.close()
+        run.stderr.close()
+
+
+def _wait_refused(port):
+    deadline = time.monotonic() + 60
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/api/runs")
+            conn.getresponse().read()
+        except ConnectionRefusedError:
+            break
+        finally:
+            conn.close()
+        assert time.monotonic() < deadline, "the dashboard outlived its run"
+        time.sleep(0.2)

@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import ResultsError, UsageError
 from ..report import draw, title_for
+from ..results import check_run_id
 from .model import FAILURES_ON_PAGE, RunsReader
 
 HERE = Path(__file__).resolve().parent
@@ -90,7 +91,14 @@ def create_app(reader: RunsReader, *, allowed_hosts: list[str] | None = None,
         return page("index.html", rows=await _threaded(reader.rows))
 
     async def run_page(request: Request):
-        detail = await _threaded(_detail, reader, request.path_params["run_id"])
+        run_id = request.path_params["run_id"]
+        try:
+            detail = await _threaded(_detail, reader, run_id)
+        except HTTPException as exc:
+            if exc.status_code != 404 or not _valid(run_id):
+                raise
+            # not started yet (e.g. the URL `run --dashboard` prints): wait for it
+            return page("waiting.html", status_code=404, run_id=run_id, message=exc.detail)
         return page("run.html", run=detail, failures=detail["failures"][:FAILURES_ON_PAGE])
 
     async def failures_page(request: Request):
@@ -126,6 +134,14 @@ def create_app(reader: RunsReader, *, allowed_hosts: list[str] | None = None,
                   Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])]
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={HTTPException: not_found})
+
+
+def _valid(run_id: str) -> bool:
+    try:
+        check_run_id(run_id)
+    except UsageError:
+        return False
+    return True
 
 
 def _detail(reader: RunsReader, run_id: str) -> dict:

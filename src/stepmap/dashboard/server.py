@@ -3,7 +3,10 @@ starts beside its run (a child process, stopped by its PID when the run ends).""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +18,8 @@ from ..errors import UsageError
 from ..results import check_run_id
 
 DEFAULT_PORT = 8787
+#: `run --dashboard` serves this long after the run, so an open page shows how it ended
+FINAL_LOOK_SECONDS = 3.0
 LOOPBACK = ("127.0.0.1", "localhost")
 EXTRA_HINT = "the dashboard needs the dashboard extra: pip install 'stepmap[dashboard]'"
 _URL = re.compile(r"^(http://\S+)$")
@@ -31,6 +36,7 @@ def register(sub, *, engine_options, output_options) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--run", metavar="RUN_ID", help="open on this run's page")
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(func=cmd_dashboard)
 
 
@@ -43,8 +49,18 @@ def cmd_dashboard(args, extra: list[str]) -> int:
         check_run_id(args.run)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0 to 65535, got {args.port}")
+    if args.parent_pid:  # `run --dashboard`: stop when the run's process is gone
+        threading.Thread(target=_stop_when_orphaned, args=(args.parent_pid,),
+                         daemon=True).start()
     serve(location, host=args.host, port=args.port, one_run=args.run)
     return 0
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Once the parent has gone (killed: it could not stop us), we are re-parented."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down cleanly on SIGTERM
 
 
 def serve(location: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -103,6 +119,15 @@ class RunDashboard:
         self.process: subprocess.Popen | None = None
         self.url: str | None = None
 
+    @classmethod
+    def for_run(cls, config, workload_ref: str):
+        """(the config with its run id fixed now, the dashboard of that run): the URL must
+        name the run before the run starts."""
+        import dataclasses
+        from ..results import new_run_id
+        config = dataclasses.replace(config, run_id=config.run_id or new_run_id(workload_ref))
+        return config, cls(config.runs, config.run_id)
+
     def __enter__(self) -> "RunDashboard":
         try:
             import starlette  # noqa: F401
@@ -112,8 +137,9 @@ class RunDashboard:
         port = self.port if _free(self.port) else 0
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stepmap", "dashboard", "--results", self.location,
-             "--run", self.run_id, "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--run", self.run_id, "--port", str(port), "--parent-pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
         self.url = _read_url(self.process, timeout=30)
         if self.url is None:
             self.stop()
@@ -124,7 +150,9 @@ class RunDashboard:
             webbrowser.open(self.url)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:  # let the page read the run's final state before we go
+            time.sleep(FINAL_LOOK_SECONDS)
         self.stop()
         print(f"stepmap: the run's dashboard stopped; see all runs with: stepmap dashboard "
               f"--results {self.location}", file=sys.stderr)
@@ -137,8 +165,9 @@ class RunDashboard:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
+        if self.process is not None:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
 
 
 def _free(port: int) -> bool:

@@ -161,7 +161,18 @@
     }), "no failed items", 6);
   }
 
-  if (body.dataset.page === "runs") {
+  async function waitForRun() {
+    try {
+      const response = await fetch("/api/runs/" + encodeURIComponent(body.dataset.runId),
+        {cache: "no-store"});
+      if (response.ok) { window.location.reload(); return; }
+    } catch (err) { /* not up yet: try again */ }
+    setTimeout(waitForRun, pollMs);
+  }
+
+  if (body.dataset.page === "waiting") {
+    waitForRun();
+  } else if (body.dataset.page === "runs") {
     poll("/api/runs", applyRuns, () => true);
   } else if (body.dataset.page === "run") {
     const url = "/api/runs/" + encodeURIComponent(body.dataset.runId);
