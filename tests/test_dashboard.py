@@ -379,3 +379,28 @@ def _wait_refused(port):
             conn.close()
         assert time.monotonic() < deadline, "the dashboard outlived its run"
         time.sleep(0.2)
+
+
+def test_an_emulated_run_in_progress_shows_the_counts_it_records(runs):
+    """aws-emulated runs inside the process that started it: its progress reaches another
+    process (the dashboard) through run.json, written at most every 2 s."""
+    from stepmap.config import RunConfig
+    from stepmap.drivers.base import RunJob
+    from stepmap.job import Start
+    from stepmap.results import RunRecord
+    store = RunStore.open(runs, "emu")
+    record = RunRecord("emu", "chaos", "aws-emulated", items=10, created=time.time())
+    store.write_run(record)
+    job = RunJob(store, record, "chaos", Start(params={}, items=range(10), count=10),
+                 RunConfig(engine="aws-emulated", runs=runs), time.time())
+    seen = []
+    update = runner.recorded_progress(job, lambda done, failed: seen.append((done, failed)))
+    update(5, 1)
+    update(9, 1)  # within 2 s of the last write: drawn, not written
+    assert seen == [(5, 1), (9, 1)]
+    detail = RunsReader(runs).detail("emu")
+    assert (detail["status"], detail["succeeded"], detail["failed"], detail["pending"]) == \
+        ("RUNNING", 4, 1, 5)
+    local_job = RunJob(store, record, "chaos", job.start, RunConfig(runs=runs), time.time())
+    plain = lambda done, failed: None  # noqa: E731
+    assert runner.recorded_progress(local_job, plain) is plain  # result files tell already

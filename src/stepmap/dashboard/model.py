@@ -122,7 +122,7 @@ class RunsReader:
 
     def _counts(self, record: dict, entries: list[dict] | None) -> dict:
         """Items done/failed/pending: the record's when the run is over, else counted from
-        the result files written so far (or the progress an AWS driver records)."""
+        the result files written so far, or the progress the run records (aws-emulated)."""
         items = record.get("items")
         if entries is None or record.get("status") not in LIVE_STATUSES:
             succeeded, failed = record.get("succeeded") or 0, record.get("failed") or 0
@@ -133,9 +133,8 @@ class RunsReader:
                     "pending": pending}
         succeeded, failed = _count_entries(entries)
         progress = record.get("progress") if isinstance(record.get("progress"), dict) else {}
-        succeeded = max(succeeded, _int(progress.get("succeeded")))
-        failed = max(failed, _int(progress.get("failed")))
-        items = items if items is not None else (_int(progress.get("total")) or None)
+        failed = max(failed, _int(progress.get("failed")))  # runner.recorded_progress
+        succeeded = max(succeeded, _int(progress.get("done")) - _int(progress.get("failed")))
         pending = max(0, items - succeeded - failed) if items is not None else None
         return {"items": items, "succeeded": succeeded, "failed": failed, "pending": pending}
 
