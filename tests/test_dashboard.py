@@ -375,6 +375,8 @@ def _wait_refused(port):
             conn.getresponse().read()
         except ConnectionRefusedError:
             break
+        except (ConnectionResetError, http.client.RemoteDisconnected):
+            pass  # shutting down: not gone yet
         finally:
             conn.close()
         assert time.monotonic() < deadline, "the dashboard outlived its run"

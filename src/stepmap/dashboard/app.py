@@ -116,7 +116,9 @@ def create_app(reader: RunsReader, *, allowed_hosts: list[str] | None = None,
         detail = await _threaded(_detail, reader, request.path_params["run_id"])
         return JSONResponse(detail, headers={"cache-control": "no-store"})
 
-    async def not_found(request: Request, exc: HTTPException):
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         return page("error.html", status_code=exc.status_code, message=exc.detail)

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import asdict
 
 from .. import runner
-from ..errors import ResultsError, StepmapError, UsageError
+from ..errors import ResultsError
 from ..report import STRAGGLER_FACTOR, Summary, Task, summarize
 from ..results import RunStore, check_run_id, iso_time
 from ..storage import parse_location
@@ -132,7 +132,8 @@ class RunsReader:
             return {"items": items, "succeeded": succeeded, "failed": failed,
                     "pending": pending}
         succeeded, failed = _count_entries(entries)
-        progress = record.get("progress") if isinstance(record.get("progress"), dict) else {}
+        recorded = record.get("progress")
+        progress: dict = recorded if isinstance(recorded, dict) else {}
         failed = max(failed, _int(progress.get("failed")))  # runner.recorded_progress
         succeeded = max(succeeded, _int(progress.get("done")) - _int(progress.get("failed")))
         pending = max(0, items - succeeded - failed) if items is not None else None
@@ -263,5 +264,3 @@ def _input_text(text, limit: int = 2000) -> str:
     text = text if isinstance(text, str) else json.dumps(text)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
 
-
-__all__ = ["RunsReader", "failures", "split_cause", "StepmapError", "UsageError"]

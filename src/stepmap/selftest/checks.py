@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -31,7 +32,7 @@ class Check:
 @dataclass
 class Checklist:
     checks: list[Check] = field(default_factory=list)
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
 
     @contextlib.contextmanager
     def check(self, name: str, cost_usd: float | None = None):

@@ -16,7 +16,7 @@ from ..errors import EngineError
 from .checks import Checklist
 
 #: Per workload: the deploy-time settings of its selftest stack (StackConfig fields).
-STACK_SETTINGS = {
+STACK_SETTINGS: dict[str, dict] = {
     "s3keys": {"workload": "s3keys"},
     # one child at a time: chaos's attempt markers live in the function's /tmp, and
     # sequential invocations reuse one warm execution environment
