@@ -44,6 +44,19 @@ def test_selftest_refuses_aws_options_on_emulated(cli):
     assert code == 2 and "invalid choice" in err
 
 
+def test_aws_selftest_needs_credentials_before_anything(cli, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, out, err = cli("selftest", "--engine", "aws", "--results", str(tmp_path / "runs"))
+    assert code == 2 and err.strip() == "stepmap: error: no AWS credentials: configure a " \
+        "profile (aws configure) or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- real AWS, faked
 
 class FakeDeployer:

@@ -42,6 +42,8 @@ def cmd_selftest(args, extra: list[str]) -> int:
     from ..drivers import for_engine
     from ..config import RunConfig
     for_engine(args.engine).check(RunConfig(engine=args.engine))  # a missing extra: exit 2
+    if args.engine == "aws":
+        check_account()
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     runs = args.results or tempfile.mkdtemp(prefix="stepmap-selftest-")
     prefix = f"selftest-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
@@ -56,3 +58,18 @@ def cmd_selftest(args, extra: list[str]) -> int:
     else:
         print(checklist.table())
     return 0 if checklist.all_passed else EXIT_INCOMPLETE
+
+
+def check_account() -> None:
+    """Before deploying anything: credentials, a region and the CDK CLI are there (exit 2,
+    one line, otherwise)."""
+    import boto3
+    from ..aws.commands import cdk_cli
+    session = boto3.session.Session()
+    if session.get_credentials() is None:
+        raise UsageError("no AWS credentials: configure a profile (aws configure) or set "
+                         "AWS_PROFILE / AWS_ACCESS_KEY_ID")
+    if not session.region_name:
+        raise UsageError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a "
+                         "profile's region)")
+    cdk_cli()
