@@ -406,3 +406,19 @@ def test_an_emulated_run_in_progress_shows_the_counts_it_records(runs):
     local_job = RunJob(store, record, "chaos", job.start, RunConfig(runs=runs), time.time())
     plain = lambda done, failed: None  # noqa: E731
     assert runner.recorded_progress(local_job, plain) is plain  # result files tell already
+
+
+def test_the_entry_cache_is_bounded(runs, monkeypatch):
+    from stepmap.dashboard import model
+    monkeypatch.setattr(model, "CACHED_ENTRIES", 3)
+    for run_id in ("a", "b"):
+        store = RunStore.open(runs, run_id)
+        store.write_record({"run_id": run_id, "workload": "chaos", "engine": "local",
+                            "status": "SUCCEEDED", "items": 2, "succeeded": 2, "failed": 0,
+                            "pending": 0, "created": 1.0, "attempts": []})
+        store.write_results("SUCCEEDED", 0, [_entry(0), _entry(1)])
+    reader = RunsReader(runs)
+    assert reader.detail("a")["report"]["tasks"] == 2
+    assert reader.detail("b")["report"]["tasks"] == 2  # a's file is forgotten to make room
+    assert list(reader._entries) == ["b/SUCCEEDED_0.json"] and reader._cached == 2
+    assert reader.detail("a")["report"]["tasks"] == 2  # read again, still right

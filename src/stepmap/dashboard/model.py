@@ -33,6 +33,8 @@ LIVE_STATUSES = ("RUNNING",)
 RATE_WINDOW_SECONDS = 60.0
 #: Failures shown on a run's page (all of them on its failures page and in its JSON).
 FAILURES_ON_PAGE = 200
+#: Result entries kept in memory between polls (about 1 KB each), across all runs.
+CACHED_ENTRIES = 1_000_000
 AWS_ENGINES = ("aws", "aws-emulated")
 
 
@@ -45,6 +47,7 @@ class RunsReader:
         self.poller = poller or MapRunPoller()
         self.clock = clock
         self._entries: dict[str, list[dict]] = {}  # result file key -> its entries
+        self._cached = 0  # entries held in _entries
         self._samples: dict[str, deque] = {}  # run id -> (time, items done)
         self._lock = threading.Lock()
 
@@ -114,11 +117,19 @@ class RunsReader:
                     if record.get("status") in LIVE_STATUSES:
                         continue  # deleted between listing and reading: a resume's cleanup
                     raise
-                with self._lock:
-                    self._entries[key] = cached
+                self._remember(key, cached)
             entries.extend(cached)
         version = f"{len(keys)}-{len(entries)}-{record.get('status')}"
         return entries, version
+
+    def _remember(self, key: str, entries: list[dict]) -> None:
+        """Cache a file's entries; past CACHED_ENTRIES in all, forget the oldest files."""
+        with self._lock:
+            self._entries[key] = entries
+            self._cached += len(entries)
+            while self._cached > CACHED_ENTRIES and len(self._entries) > 1:
+                oldest = next(iter(self._entries))
+                self._cached -= len(self._entries.pop(oldest))
 
     def _counts(self, record: dict, entries: list[dict] | None) -> dict:
         """Items done/failed/pending: the record's when the run is over, else counted from

@@ -54,7 +54,9 @@
   }
 
   let failures = 0;
+  // keepGoing(data): false to stop, or the milliseconds until the next look
   async function poll(url, apply, keepGoing) {
+    let next = pollMs;
     const notice = document.getElementById("connection");
     try {
       const response = await fetch(url, {cache: "no-store"});
@@ -63,13 +65,16 @@
       failures = 0;
       notice.hidden = true;
       apply(data);
-      if (!keepGoing(data)) { body.dataset.polling = "done"; return; }
+      const wait = keepGoing(data);
+      if (!wait) { body.dataset.polling = "done"; return; }
+      next = (wait === true) ? pollMs : wait;
     } catch (err) {
       failures += 1;
       notice.hidden = false;
+      next = pollMs * Math.min(2 ** failures, 30);
     }
     body.dataset.polling = "on";
-    setTimeout(() => poll(url, apply, keepGoing), pollMs * Math.min(2 ** failures, 30));
+    setTimeout(() => poll(url, apply, keepGoing), next);
   }
 
   // ------------------------------------------------------------ the list of runs
@@ -173,7 +178,8 @@
   if (body.dataset.page === "waiting") {
     waitForRun();
   } else if (body.dataset.page === "runs") {
-    poll("/api/runs", applyRuns, () => true);
+    // every second while a run is live, else every 5 s (each look reads every run.json)
+    poll("/api/runs", applyRuns, (rows) => rows.some((r) => r.live) ? pollMs : 5 * pollMs);
   } else if (body.dataset.page === "run") {
     const url = "/api/runs/" + encodeURIComponent(body.dataset.runId);
     // a finished run is read once more (its final files), then polling stops
