@@ -145,7 +145,7 @@ class RunDashboard:
             self.stop()
             raise UsageError("the dashboard did not start (run `stepmap dashboard` to see why)")
         print(f"stepmap: dashboard of this run: {self.url}", file=sys.stderr)
-        if sys.stderr.isatty():
+        if _graphical() and sys.stderr.isatty():
             import webbrowser
             webbrowser.open(self.url)
         return self
@@ -168,6 +168,13 @@ class RunDashboard:
         if self.process is not None:
             if self.process.stdout is not None:
                 self.process.stdout.close()
+
+
+def _graphical() -> bool:
+    """A desktop to open a browser on (without one, webbrowser would start a text browser
+    in the terminal the run is printing to)."""
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _free(port: int) -> bool:
