@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from stepmap import runner
 from stepmap.engines.local import LocalExecutor
+from stepmap.job import EventSpec
 from stepmap.mapper import MapPolicy
 from stepmap.results import RunStore
 
@@ -99,3 +102,54 @@ def test_a_worker_killed_while_idle_is_replaced_on_the_next_submit():
         assert second.worker != first.worker
     finally:
         executor.close()
+
+
+# --- No size may hang: the parent never blocks on a pipe a worker may be blocked on (#12) ---
+
+def _sum_of_squares(n: int) -> int:
+    return (n - 1) * n * (2 * n - 1) // 6
+
+
+@pytest.mark.timeout(300)  # a hang guard: before the fix this run never finished
+def test_a_million_items_with_default_options_complete_exactly(runs):
+    report = runner.run("chaos", {"items": 1_000_000}, runner.RunOptions(runs=runs))
+    assert report.status == "SUCCEEDED" and report.succeeded == 1_000_000
+    assert int(report.total) == _sum_of_squares(1_000_000)
+
+
+def _batch(first: int, count: int) -> EventSpec:
+    return EventSpec(list(range(first, first + count)), {"sleep": 0, "faults": {}}, batched=True)
+
+
+@pytest.mark.timeout(120)
+def test_tasks_and_results_far_larger_than_the_pipe_buffer():
+    # Each task pickles to ~0.5 MB and its result carries the batch's Input (~1.7 MB of JSON):
+    # both far beyond a pipe's buffer. Three on one worker: the second and third are queued
+    # while the worker sends back the first.
+    executor = LocalExecutor("chaos", workers=1)
+    try:
+        for task_id in range(3):
+            executor.submit(task_id, _batch(task_id * 100_000, 100_000), timeout=60)
+        done = _drain(executor, 3)
+    finally:
+        executor.close()
+    for task_id in range(3):
+        first, end = task_id * 100_000, (task_id + 1) * 100_000
+        assert done[task_id].ok
+        assert int(json.loads(done[task_id].output_json)) == \
+            _sum_of_squares(end) - _sum_of_squares(first)
+        assert len(done[task_id].input_json) > 1_000_000
+
+
+@pytest.mark.timeout(120)
+def test_a_timeout_fires_while_a_full_pipe_waits_behind_a_hung_worker():
+    executor = LocalExecutor("chaos", workers=1)
+    try:
+        executor.submit(1, {"index": 0, "faults": {"hang": [0]}}, timeout=2)
+        executor.submit(2, _batch(0, 100_000), timeout=60)  # does not fit in the pipe
+        done = _drain(executor, 2)
+    finally:
+        executor.close()
+    assert done[1].error == "TaskTimeout" and "timeout of 2 s" in done[1].cause
+    assert done[2].ok and int(json.loads(done[2].output_json)) == _sum_of_squares(100_000)
+    assert done[1].worker != done[2].worker
