@@ -63,7 +63,11 @@ def test_run_api_has_the_report_and_every_failure(two_runs):
     with ServerThread(two_runs) as server:
         good = _json(server, "/api/runs/good")
         bad = _json(server, "/api/runs/bad")
-    assert good["total"] == str(SQUARES_20) and good["failures"] == []
+    assert good["total"] == good["total_preview"] == str(SQUARES_20)
+    assert good["total_length"] == len(str(SQUARES_20)) and good["failures"] == []
+    (attempt,) = good["attempts"]
+    assert attempt["engine"] == "local" and attempt["computed"] == 20
+    assert attempt["seconds"] > 0 and attempt["started"].endswith("Z")
     assert good["report"]["tasks"] == 20 and good["report"]["workers"] == 2
     (failure,) = bad["failures"]
     assert failure["name"] == "items-3-3" and failure["positions"] == [3, 4]
@@ -422,3 +426,17 @@ def test_the_entry_cache_is_bounded(runs, monkeypatch):
     assert reader.detail("b")["report"]["tasks"] == 2  # a's file is forgotten to make room
     assert list(reader._entries) == ["b/SUCCEEDED_0.json"] and reader._cached == 2
     assert reader.detail("a")["report"]["tasks"] == 2  # read again, still right
+
+
+def test_a_huge_total_is_previewed_not_shipped(runs):
+    digits = "7" + "0" * 199_998 + "1"
+    store = RunStore.open(runs, "huge")
+    store.write_record({"run_id": "huge", "workload": "s3keys", "engine": "local",
+                        "status": "SUCCEEDED", "items": 1, "succeeded": 1, "failed": 0,
+                        "pending": 0, "created": 1.0, "attempts": [], "total": digits})
+    with ServerThread(runs) as server:
+        run = _json(server, "/api/runs/huge")
+        status, _, html = server.request("/runs/huge")
+    assert run["total"] is None and run["total_length"] == 200_000
+    assert run["total_preview"] == "7" + "0" * 49 + "…" + "0" * 49 + "1"
+    assert status == 200 and len(html) < 50_000 and b"200,000" in html

@@ -9,6 +9,7 @@ STEPMAP_UPDATE_DOCS=1 it also replaces docs/dashboard.png (the README's picture)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from support_workloads import HOSTILE_TEXT
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ITEMS = 60
+GATE_AT = 44  # items from here on wait for the test's gate
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1280,1500")
@@ -77,6 +79,14 @@ def _start_run(runs: str, run_id: str, *argv: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=_env())
 
 
+def _texts(driver, css: str) -> list[str]:
+    """The rendered text of every match, read in one script call (the page's script
+    replaces table rows as it polls: elements found earlier may be gone)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText.trim())",
+        css)
+
+
 def _done(driver) -> int:
     return int(driver.find_element(By.ID, "done").text.replace(",", ""))
 
@@ -84,17 +94,19 @@ def _done(driver) -> int:
 def test_live_run_page_moves_then_finishes(browser, dashboard, runs, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    run = _start_run(runs, "live", "chaos", "--items", str(ITEMS), "--sleep", "0.3",
+    # the last items wait for a gate the test opens: the run is in progress until then
+    gated = list(range(GATE_AT, ITEMS))
+    run = _start_run(runs, "live", "chaos", "--items", str(ITEMS), "--sleep", "0.15",
                      "--workers", "2", "--batch-size", "1", "--state-dir", str(state),
-                     "--faults", '{"flaky": [5]}')
+                     "--faults", json.dumps({"flaky": [5], "gated": gated}))
     try:
         record = Path(runs) / "live" / "run.json"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not record.exists():
             assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
             time.sleep(0.05)
         browser.get(dashboard + "runs/live")
-        wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+        wait = WebDriverWait(browser, 300, poll_frequency=0.05)
         assert browser.find_element(By.ID, "status").text == "RUNNING"
         first = _done(browser)
         assert first < ITEMS
@@ -107,22 +119,23 @@ def test_live_run_page_moves_then_finishes(browser, dashboard, runs, tmp_path):
         assert re.fullmatch(r"[\d.,]+/s", browser.find_element(
             By.CSS_SELECTOR, "[data-field=rate]").text)
         assert browser.find_element(By.CSS_SELECTOR, "[data-field=eta_seconds]").text != "-"
-        wait.until(lambda d: d.find_element(By.ID, "timeline").get_attribute("naturalWidth")
-                   not in (None, "0"))
-        shot = tmp_path / "dashboard.png"  # the picture: live unless the machine is slow
+        wait.until(lambda d: _done(d) >= GATE_AT - 2 and d.find_element(By.ID, "timeline")
+                   .get_attribute("naturalWidth") not in (None, "0"))
+        assert browser.find_element(By.ID, "status").text == "RUNNING"
+        shot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(shot))
         assert shot.read_bytes().startswith(b"\x89PNG")
+        (state / "open").touch()
         wait.until(lambda d: d.find_element(By.ID, "status").text == "SUCCEEDED")
         assert _done(browser) == ITEMS
-        total = browser.find_element(By.CSS_SELECTOR, "[data-field=total]").text
+        total = browser.find_element(By.CSS_SELECTOR, "[data-field=total_preview]").text
         assert total == str(sum(i * i for i in range(ITEMS)))
         assert browser.find_element(By.CSS_SELECTOR, "[data-field=failed]").text == "0"
         assert browser.find_element(By.CSS_SELECTOR, "[data-field=pending]").text == "0"
-        assert run.wait(120) == 0
+        assert run.wait(300) == 0
         browser.get(dashboard)  # the list shows it finished, with its counts
-        row = WebDriverWait(browser, 30).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-run-id=live]"))
-        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        cells = WebDriverWait(browser, 30).until(
+            lambda d: _texts(d, "tr[data-run-id=live] td"))
         assert cells[:8] == ["live", "chaos", "local", "SUCCEEDED", str(ITEMS), "0", "0",
                              str(ITEMS)]
     finally:
@@ -139,21 +152,20 @@ def test_workload_markup_shows_as_text_and_runs_no_script(browser, dashboard, ru
     run = _start_run(runs, "hostile", "support_workloads:HOSTILE", "--input", '{"items": 3}',
                      "--workers", "1", "--batch-size", "1", "--retries", "0",
                      "--tolerate-count", "1")
-    assert run.wait(120) == 1
+    assert run.wait(300) == 1
     run.stdout.close()
     run.stderr.close()
     for page in ("runs/hostile", "runs/hostile/failures"):
         browser.get(dashboard + page)
-        message = WebDriverWait(browser, 30).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, "#failures .error-message"))
-        assert message.text == f"bad item {HOSTILE_TEXT} #1"
+        messages = WebDriverWait(browser, 30).until(
+            lambda d: _texts(d, "#failures .error-message"))
+        assert messages == [f"bad item {HOSTILE_TEXT} #1"]
         assert browser.find_elements(By.CSS_SELECTOR, "main script, main img[src=x]") == []
         assert browser.execute_script("return window.__xss === undefined") is True
     # the script-built rows (after the page's first poll) are text too
     browser.get(dashboard + "runs/hostile")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body")
-                                     .get_attribute("data-polling") == "done")
-    assert browser.find_element(By.CSS_SELECTOR, "#failures .error-message").text == \
-        f"bad item {HOSTILE_TEXT} #1"
+                                     .get_attribute("data-polled") not in (None, "0"))
+    assert _texts(browser, "#failures .error-message") == [f"bad item {HOSTILE_TEXT} #1"]
     assert browser.find_elements(By.CSS_SELECTOR, "main script, main img[src=x]") == []
     assert browser.execute_script("return window.__xss === undefined") is True

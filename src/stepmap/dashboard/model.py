@@ -33,6 +33,8 @@ LIVE_STATUSES = ("RUNNING",)
 RATE_WINDOW_SECONDS = 60.0
 #: Failures shown on a run's page (all of them on its failures page and in its JSON).
 FAILURES_ON_PAGE = 200
+#: Totals longer than this (characters) are left out of the JSON: see `stepmap runs RUN_ID`.
+TOTAL_IN_JSON = 100_000
 #: Result entries kept in memory between polls (about 1 KB each), across all runs.
 CACHED_ENTRIES = 1_000_000
 AWS_ENGINES = ("aws", "aws-emulated")
@@ -79,8 +81,8 @@ class RunsReader:
         detail = {**_identity(record), **counts, **self._timing(record, counts),
                   "summary": record.get("summary", ""), "input": record.get("input"),
                   "settings": record.get("settings"), "reason": record.get("reason") or "",
-                  "total": _total_text(record.get("total")),
-                  "attempts": record.get("attempts", []),
+                  **_total(record.get("total")),
+                  "attempts": [_attempt(a) for a in record.get("attempts") or []],
                   "location": store.describe(), "chart_version": version,
                   "report": _report(summary, tasks), "failures": failures(entries)}
         detail["aws"] = self.poller.counts(record) if record.get("engine") == "aws" else None
@@ -227,10 +229,28 @@ def _int(value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _total_text(total) -> str | None:
+def _total(total) -> dict:
+    """The total (up to TOTAL_IN_JSON characters: a 2-million-digit total is no page's
+    business), its length, and a preview of its head and tail."""
     if total is None:
-        return None
-    return total if isinstance(total, str) else json.dumps(total)
+        return {"total": None, "total_length": None, "total_preview": None}
+    text = total if isinstance(total, str) else json.dumps(total)
+    preview = text if len(text) <= 120 else f"{text[:50]}…{text[-50:]}"
+    return {"total": text if len(text) <= TOTAL_IN_JSON else None,
+            "total_length": len(text), "total_preview": preview}
+
+
+def _attempt(attempt) -> dict:
+    """An attempt as the page lists it: engine, start, seconds, items computed."""
+    if not isinstance(attempt, dict):
+        return {}
+    started, finished = attempt.get("started"), attempt.get("finished")
+    timed = isinstance(started, (int, float)) and isinstance(finished, (int, float))
+    return {"engine": attempt.get("engine"),
+            "started": iso_time(started) if isinstance(started, (int, float)) else None,
+            "seconds": finished - started if timed else None,
+            "computed": attempt.get("computed"), "already_done": attempt.get("already_done"),
+            "retries": attempt.get("retries"), "settings": attempt.get("settings")}
 
 
 def _report(summary: Summary, tasks: list[Task]) -> dict:

@@ -10,6 +10,8 @@ to the item indices that suffer it:
     flaky   raises on the first attempt only (needs state_dir)
     stubborn  raises on its first 3 attempts (needs state_dir): with the default 2 retries
             a run fails it, and a resume heals it
+    gated   waits (up to an hour) until a file named ``open`` exists in state_dir: holds a
+            run in progress for as long as a test or a demo needs
 
 ``sleep`` adds a delay per item; with ``state_dir`` every computation leaves a marker file
 (``done-<index>-<pid>-<n>``), which lets tests prove what was (not) recomputed.
@@ -27,7 +29,7 @@ from .. import bigint
 from ..errors import InvalidEvent, UsageError
 from ..job import Param, Params, Start, Workload, event_items
 
-FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky", "stubborn")
+FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky", "stubborn", "gated")
 #: attempts a "stubborn" item fails: one whole run with the default 2 retries
 STUBBORN_ATTEMPTS = 3
 
@@ -104,6 +106,10 @@ def _misbehave(index: int, item: dict) -> None:
             (state / f"stubborn-{index}-{tried}-{os.getpid()}-{time.monotonic_ns()}").touch()
             raise RuntimeError(f"stubborn item {index} fails attempt {tried + 1} of "
                                f"{STUBBORN_ATTEMPTS}")
+    if index in faults.get("gated", []) and state is not None:
+        deadline = time.monotonic() + 3600
+        while not (state / "open").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if index in faults.get("raise", []):
         raise RuntimeError(f"item {index} was told to raise")
     if index in faults.get("exit", []):

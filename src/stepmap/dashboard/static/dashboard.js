@@ -65,6 +65,7 @@
       failures = 0;
       notice.hidden = true;
       apply(data);
+      body.dataset.polled = String(Number(body.dataset.polled || 0) + 1);
       const wait = keepGoing(data);
       if (!wait) { body.dataset.polling = "done"; return; }
       next = (wait === true) ? pollMs : wait;
@@ -106,7 +107,7 @@
     bar.max = run.items || Math.max(done, 1);
     bar.value = done;
     document.getElementById("reason").hidden = !run.reason;
-    document.getElementById("total").hidden = (run.total === null);
+    document.getElementById("total").hidden = (run.total_preview === null);
     applyReport(run);
     applyAws(run.aws);
     applyFailures(run);
@@ -182,7 +183,7 @@
     poll("/api/runs", applyRuns, (rows) => rows.some((r) => r.live) ? pollMs : 5 * pollMs);
   } else if (body.dataset.page === "run") {
     const url = "/api/runs/" + encodeURIComponent(body.dataset.runId);
-    // a finished run is read once more (its final files), then polling stops
-    poll(url, applyRun, (run) => run.live);
+    // a finished run is looked at every 5 s: a resume brings it back to life
+    poll(url, applyRun, (run) => run.live ? pollMs : 5 * pollMs);
   }
 })();
