@@ -214,3 +214,17 @@ def test_checklist_table_and_verdict():
     assert table.splitlines()[-1] == "1 passed, 1 failed, 1 skipped; estimated AWS cost $0.2500"
     assert not checklist.all_passed
     assert not Checklist().all_passed  # nothing checked proves nothing
+
+
+def test_the_stubborn_item_fails_one_run_and_a_resume_heals_it(cli, runs, tmp_path):
+    """The chaos fault the selftest's resume check stands on, on the local engine."""
+    code, out, err = cli("run", "chaos", "--items", "6", "--faults", '{"stubborn": [4]}',
+                         "--state-dir", str(tmp_path), "--tolerate-count", "1",
+                         "--backoff", "0.01", "--batch-size", "1", "--results", runs,
+                         "--run-id", "s", "--json")
+    report = json.loads(out)
+    assert code == 1 and (report["succeeded"], report["failed"]) == (5, 1)
+    assert len(list(tmp_path.glob("stubborn-4-*"))) == 3  # three attempts, all failed
+    code, out, _ = cli("resume", "s", "--results", runs, "--quiet")
+    assert code == 0 and out.strip() == str(sum(i * i for i in range(6)))
+    assert len(list(tmp_path.glob("stubborn-4-*"))) == 3  # the fourth attempt passed
