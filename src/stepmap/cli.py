@@ -13,8 +13,9 @@ import time
 from typing import Any, Callable
 
 from . import runner
-from .cli_common import (FIELD_FLAGS, RUNS_ENV, Parser, emit, flag_message, print_report, runs_location,
-                         total_text, workload_input)
+from .bigint import flag_float, flag_int
+from .cli_common import (FIELD_FLAGS, RUNS_ENV, Parser, check_output, emit, flag_message,
+                         print_report, runs_location, total_text, workload_input)
 from .config import DEFAULT_RUNS_DIR, ITEM_FORMATS, RunConfig
 from .drivers.base import RunReport
 from .engines import ALL_ENGINES, REMOTE_ENGINES
@@ -30,8 +31,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the command about to run, only what it needs (the optional
     command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
     parser = Parser(prog="stepmap", allow_abbrev=False,
-                     description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+                    description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
+    # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
+    # (zlib, bz2, lzma) costs every command
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                prog=parser.prog)
 
     run = sub.add_parser("run", allow_abbrev=False, help="run a job and print its total",
                          description="Workload parameters are options too, e.g. --size 1024.")
@@ -51,7 +55,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", allow_abbrev=False,
-                            help="finish an incomplete run: compute only what is missing")
+                            help="finish an incomplete run: compute only what is missing",
+                            description="Continues with the engine and settings the run was "
+                            "started with (saved in its run.json); only the options given "
+                            "here override them.")
     resume.add_argument("run_id")
     resume.add_argument("--workload", help="confirm the module:attribute of a user workload")
     _engine_options(resume)
@@ -99,19 +106,19 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     typed; the defaults, shown in the help, are RunConfig's."""
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", choices=ALL_ENGINES, help="where the items run (local)")
-    group.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    group.add_argument("--batch-size", type=int, help="items per compute call (default: auto)")
-    group.add_argument("--max-concurrency", type=int, help="compute calls running at once")
-    group.add_argument("--retries", type=int, help="retries per failed call (2)")
-    group.add_argument("--backoff", type=float,
+    group.add_argument("--workers", type=flag_int, help="worker processes (default: all cores)")
+    group.add_argument("--batch-size", type=flag_int, help="items per compute call (default: auto)")
+    group.add_argument("--max-concurrency", type=flag_int, help="compute calls running at once")
+    group.add_argument("--retries", type=flag_int, help="retries per failed call (2)")
+    group.add_argument("--backoff", type=flag_float,
                        help="first retry delay in seconds, doubling each retry (0.5)")
-    group.add_argument("--timeout", type=float,
+    group.add_argument("--timeout", type=flag_float,
                        help="seconds before a compute call is killed (900, Lambda's maximum)")
-    group.add_argument("--tolerate", type=float, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, metavar="PERCENT",
                        help="failed items tolerated before the map run stops (0)")
-    group.add_argument("--tolerate-count", type=int, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, metavar="N",
                        help="failed items tolerated, as a count (0)")
-    group.add_argument("--memory-limit", type=int, metavar="MB",
+    group.add_argument("--memory-limit", type=flag_int, metavar="MB",
                        help="memory limit per worker process (local: address space; dask: "
                             "the worker's RSS, watched by its nanny)")
     group.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
@@ -143,8 +150,16 @@ def _typed_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _check_start_method_env(args: argparse.Namespace) -> None:
+    """A bad $STEPMAP_START_METHOD is refused before anything is written."""
+    if args.engine in (None, "local") and args.start_method is None:
+        from .engines.local import start_method_from_env
+        start_method_from_env()
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     run_input = workload_input(args, extra)
+    _check_start_method_env(args)
     config = RunConfig.build(engine=args.engine or "local", runs=runs_location(args.results),
                              **_typed_settings(args))
     dashboard: Any = contextlib.nullcontext()
@@ -160,6 +175,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
     """Resume with the run's saved settings; only the flags typed here override them."""
     _no_extra(extra)
+    _check_start_method_env(args)
     overrides = _typed_settings(args)
     overrides.pop("run_id", None)  # the positional RUN_ID names the run, it is no setting
     if args.engine is not None:
@@ -199,36 +215,47 @@ def cmd_workloads(args, extra: list[str]) -> int:
     return 0
 
 
-def cmd_runs(args, extra: list[str]) -> int:
+def cmd_runs(args: argparse.Namespace, extra: list[str]) -> int:
+    """`stepmap runs`: list the runs; `stepmap runs RUN_ID`: show one (re-attaching to a
+    remote run that is still running)."""
     _no_extra(extra)
     location = runs_location(args.results)
-    if args.run_id is not None:
-        record = runner.load_run(location, args.run_id)
-        if record.get("engine") in REMOTE_ENGINES:
-            args.output, args.quiet = None, False
-            return _run_and_print(args, lambda progress, on_start, notify: runner.follow(
-                args.run_id, runs=location, progress=progress, notify=notify))
-        if args.json:
-            emit(json.dumps(record))
-            return 0
-        for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
-                    "failed", "pending", "reason"):
-            if record.get(key) not in (None, ""):
-                print(f"{key:>10}: {record[key]}")
-        print(f"{'created':>10}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['created']))}")
-        if record.get("seconds") is not None:
-            print(f"{'seconds':>10}: {record['seconds']:.3f}")
-        for number, attempt in enumerate(record.get("attempts", []), 1):
-            took = attempt.get("finished", attempt["started"]) - attempt["started"]
-            print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
-                  f"{attempt.get('computed', 0):,} items in {took:.3f} s"
-                  f"{_settings_text(attempt.get('settings'))}")
-        total = record.get("total")
-        if total is not None:
-            text = total_text(total)
-            print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
-                  f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
+    if args.run_id is None:
+        return _list_runs(args, location)
+    record = runner.load_run(location, args.run_id)
+    if record.get("engine") in REMOTE_ENGINES:
+        args.output, args.quiet = None, False
+        return _run_and_print(args, lambda progress, on_start, notify: runner.follow(
+            args.run_id, runs=location, progress=progress, notify=notify))
+    if args.json:
+        emit(json.dumps(record))
         return 0
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
+                "failed", "pending", "reason"):
+        if record.get(key) not in (None, ""):
+            print(f"{key:>10}: {record[key]}")
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["created"]))
+    print(f"{'created':>10}: {created}")
+    if record.get("seconds") is not None:
+        print(f"{'seconds':>10}: {record['seconds']:.3f}")
+    for number, attempt in enumerate(record.get("attempts", []), 1):
+        took = attempt.get("finished", attempt["started"]) - attempt["started"]
+        print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
+              f"{attempt.get('computed', 0):,} items in {took:.3f} s"
+              f"{_settings_text(attempt.get('settings'))}")
+    total = record.get("total")
+    if total is not None:
+        text = total_text(total)
+        print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
+              f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
+
+
+def _list_runs(args: argparse.Namespace, location: str) -> int:
     records = runner.list_runs(location)
     if args.json:
         emit(json.dumps([{k: r.get(k) for k in ("run_id", "status", "workload", "engine",
@@ -267,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "run":
             _no_extra(extra)
+        if getattr(args, "output", None):
+            check_output(args.output)
         return args.func(args, extra)
     except ConfigError as exc:
         print(f"stepmap: error: {flag_message(exc)}", file=sys.stderr)

@@ -36,8 +36,34 @@ _FIELD_WORD = re.compile(r"\b(" + "|".join(sorted(set(FIELD_FLAGS) - {"engine", 
                                                     key=len, reverse=True)) + r")\b")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, with the width found as shutil.get_terminal_size finds it
+    but without importing shutil: argparse builds a formatter for every add_argument, and
+    shutil's zlib, bz2 and lzma imports were a measurable part of every command's start-up."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one clear line (a UsageError), not a usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -81,7 +107,7 @@ def workload_input(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]
 def _convert(name: str, value: str, kind: type) -> Any:
     if kind is int:
         text = value.strip()
-        if not text.lstrip("-").isdigit():
+        if not (text.lstrip("-").isdigit() and text.isascii()):  # '²'.isdigit() is True
             raise UsageError(f"--{name} must be an integer, got {value[:40]!r}")
         return parse_int_strict(text)
     return value
@@ -90,6 +116,10 @@ def _convert(name: str, value: str, kind: type) -> Any:
 def print_report(args: Any, report: RunReport) -> int:
     """Print a run's outcome as --json/--quiet/--output ask; return the exit code."""
     complete = report.status == "SUCCEEDED"
+    if report.rejected and complete and not args.quiet:
+        print(f"stepmap: warning: ignored {len(report.rejected)} result entr"
+              f"{'y' if len(report.rejected) == 1 else 'ies'} that failed verification; "
+              f"their items were recomputed (first: {report.rejected[0]})", file=sys.stderr)
     if args.output and complete:
         _write_total(args.output, total_text(report.total))
     if args.json:
@@ -111,13 +141,33 @@ def print_report(args: Any, report: RunReport) -> int:
               f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
               f"failed, {report.pending:,} pending, so there is no total. {report.reason}. "
               f"Finish it with: stepmap resume {report.run_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED if report.status == "INTERRUPTED" else EXIT_INCOMPLETE
+        return EXIT_INTERRUPTED if report.by_user else EXIT_INCOMPLETE
     return 0
 
 
 def total_text(total: Any) -> str:
     """A total as printed: decimal strings as they are, anything else as JSON."""
     return total if isinstance(total, str) else json.dumps(total)
+
+
+def check_output(path: str) -> None:
+    """Before computing: can --output be opened for writing? Opened without truncating, a
+    zero-length write made (it fails on /dev/full), and a file created here removed again,
+    so a run never computes for hours only to find it cannot write its total."""
+    import stat
+    try:
+        existed = os.path.lexists(path)
+        if existed and stat.S_ISFIFO(os.stat(path).st_mode):
+            return  # opening it would take (or, non-blocking, need) the reader
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, b"")
+        finally:
+            os.close(fd)
+        if not existed:
+            os.unlink(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
 
 
 def _write_total(path: str, text: str) -> None:

@@ -61,13 +61,25 @@ class DaskOptions:
     def __post_init__(self) -> None:
         _check_workers(self.workers)
         _check_memory(self.memory_limit_mb)
-        if self.scheduler is not None and (not isinstance(self.scheduler, str)
-                                           or not self.scheduler.strip()):
-            raise ConfigError("scheduler", "must be an address such as tcp://HOST:PORT")
+        if self.scheduler is not None and not is_scheduler_address(self.scheduler):
+            raise ConfigError("scheduler", "must be an address such as tcp://HOST:PORT, got "
+                              f"{str(self.scheduler)[:60]!r}")
         if self.scheduler and (self.workers is not None or self.memory_limit_mb is not None):
             given = "workers" if self.workers is not None else "memory_limit_mb"
             raise ConfigError(given, "sizes the local Dask cluster stepmap starts; with "
                               "scheduler the cluster's own workers are used")
+
+
+#: [scheme://]host:port; host a name, an IPv4 address or a bracketed IPv6 address.
+_SCHEDULER = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}"
+                        r"|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
+
+
+def is_scheduler_address(address: object) -> bool:
+    """A Dask scheduler address Client() can parse (checked first: a Client built from a
+    malformed one fails, then stalls the exit for 30 s closing itself)."""
+    match = _SCHEDULER.fullmatch(address) if isinstance(address, str) else None
+    return match is not None and 1 <= int(match.group(1)) <= 65535
 
 
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")

@@ -8,6 +8,8 @@
      ├── ResultsError        (2)  the results store is unusable or its files are corrupt
      ├── RunLockedError      (2)  another process is already working on this run
      ├── EngineError         (1)  an engine could not start or broke down
+     │    └── EngineLost     (1)  the engine went away mid-run (a lost Dask scheduler):
+     │                            the run stops as INTERRUPTED, resumable
      └── IncompleteRunError  (1)  not every item succeeded, so there is no total
 
 A failing compute step is *not* an exception at this level: the engine records it as a
@@ -61,6 +63,11 @@ class RunLockedError(StepmapError):
 
 class EngineError(StepmapError):
     exit_code = EXIT_INCOMPLETE
+
+
+class EngineLost(EngineError):
+    """The engine is gone mid-run (e.g. its scheduler): the map run stops, what was computed
+    is kept, the rest is recorded PENDING, and the run ends INTERRUPTED (exit 1)."""
 
 
 class IncompleteRunError(StepmapError):

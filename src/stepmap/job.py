@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, overload
 
 from .bigint import parse_int_strict, reject_constant
 from .errors import InvalidEvent, UsageError
@@ -167,7 +167,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
             raise UsageError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
         raise UsageError(f"{what} is larger than {MAX_INPUT_BYTES // 1024} KiB")
-    if _nesting_depth(text) > MAX_INPUT_DEPTH:
+    if nesting_depth(text) > MAX_INPUT_DEPTH:
         raise UsageError(f"{what} is nested deeper than {MAX_INPUT_DEPTH} levels")
     try:
         value = json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
@@ -181,7 +181,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
     return value
 
 
-def _nesting_depth(text: str) -> int:
+def nesting_depth(text: str) -> int:
     """Upper bound on bracket nesting, counted without parsing (strings are skipped)."""
     depth = deepest = 0
     in_string = escaped = False
@@ -229,6 +229,11 @@ class Params:
         if not low <= value <= high:
             raise UsageError(f"{key!r} must be between {low} and {high:,}, got {_show(value)}")
         return value
+
+    @overload
+    def string(self, key: str, *, default: str) -> str: ...
+    @overload
+    def string(self, key: str, *, default: None = None) -> str | None: ...
 
     def string(self, key: str, *, default: str | None = None) -> str | None:
         self.used.add(key)

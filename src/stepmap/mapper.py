@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
-from .errors import ConfigError
+from .errors import ConfigError, EngineLost
 from .job import JSON, EventSpec, built
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
@@ -144,7 +144,7 @@ class Intervals:
 
 
 def batches(items: Iterable[JSON], params: dict, size: int,
-            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
+            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
     """Consecutive item positions grouped into events; a batch never spans a skipped item.
 
     Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
@@ -186,7 +186,8 @@ class MapOutcome:
     tasks: int = 0
     retries: int = 0
     stopped_because: str | None = None  # None: ran to the end
-    interrupted: bool = False
+    interrupted: bool = False  # by Ctrl-C
+    lost: str | None = None  # why the engine went away mid-run (EngineLost)
 
     @property
     def items(self) -> int:
@@ -197,7 +198,7 @@ def _json(event) -> str:
     return json.dumps(built(event), separators=(",", ":"))
 
 
-def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
+def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec]],
             policy: MapPolicy, sink: ResultSink, *, total_items: int | None = None,
             on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
     """Run every task to success, final failure or cancellation; record each outcome."""
@@ -240,9 +241,10 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
                 task = inflight.pop(done.task_id)
                 if done.ok:
                     sink.add(success_entry(done.input_json or _json(task.event),
-                                           done.output_json, positions=task.positions,
+                                           done.output_json or "null", positions=task.positions,
                                            started=done.started, stopped=done.stopped,
-                                           attempts=task.attempts, worker=done.worker))
+                                           attempts=task.attempts, worker=done.worker,
+                                           checksum=done.checksum))
                     outcome.succeeded += task.items
                 elif task.attempts <= policy.retries and outcome.stopped_because is None:
                     outcome.retries += 1
@@ -265,6 +267,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
     except KeyboardInterrupt:
         outcome.interrupted = True
         outcome.stopped_because = "interrupted"
+    except EngineLost as exc:  # e.g. a Dask scheduler killed: keep what is done, resume later
+        outcome.lost = outcome.stopped_because = str(exc)
     except BaseException:
         executor.close(cancel=True)  # e.g. the results disk is full: stop, keep what is written
         raise

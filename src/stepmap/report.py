@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from .cli_common import runs_location
 from .errors import UsageError
+from .extras import require
 from .results import RunStore, parse_time
 
 STRAGGLER_FACTOR = 3.0  # a task this many times slower than the median is a straggler
@@ -260,6 +261,7 @@ def register(sub, *, engine_options, output_options) -> None:
 def cmd_report(args, extra: list[str]) -> int:
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    require("matplotlib", "report", "stepmap report")
     record, entries, store = load_entries(runs_location(args.results), args.run_id)
     summary, tasks = summarize(args.run_id, entries)
     if not tasks:

@@ -8,8 +8,9 @@
 
 Entries carry ``Input``/``Output`` as JSON *strings*, exactly like the files a Distributed
 Map's ResultWriter writes to S3, so the reduce step reads local, Dask and AWS runs with the
-same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts`` and
-``Worker`` to the entries it writes; readers ignore keys they do not know.
+same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts``, ``Worker``
+and ``Checksum`` (the worker's checksum of Input and Output, see verify.py) to the entries it
+writes; readers ignore keys they do not know.
 
 This module is the only one that knows file names and entry shapes.
 """
@@ -30,10 +31,14 @@ from .errors import ResultsError, UsageError
 from .storage import Storage, parse_location
 
 STATUSES = ("SUCCEEDED", "FAILED", "PENDING")
+#: Fields every run record has (every engine writes them when it creates the run).
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "workload": str, "input": dict, "status": str, "created": (int, float)}
+_RECORD_KINDS = {str: "a string", dict: "an object", (int, float): "a number"}
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
-_RESULT_FILE = re.compile(r"^(SUCCEEDED|FAILED|PENDING)_(\d+)\.json$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RESULT_FILE = re.compile(r"(SUCCEEDED|FAILED|PENDING)_([0-9]+)\.json")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: '$' takes "id\n"
 
 
 def new_run_id(workload: str) -> str:
@@ -44,7 +49,7 @@ def new_run_id(workload: str) -> str:
 
 def check_run_id(run_id: str) -> str:
     """Run ids become path components: refuse anything that could leave the runs directory."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
         raise UsageError(f"invalid run id {str(run_id)[:60]!r}: use letters, digits, '.', '_' "
                          "and '-' only")
     return run_id
@@ -64,10 +69,15 @@ def parse_time(text: str | None) -> float | None:
 # ---------------------------------------------------------------- entries
 
 def success_entry(input_json: str, output_json: str, *, positions: tuple[int, int], started: float,
-                  stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
-            "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
-            "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+                  stopped: float, attempts: int, worker: str, checksum: str | None = None) -> dict:
+    """``checksum``: the worker's verify.checksum of the two texts (None: the entry will
+    not verify, and reduce treats its items as missing)."""
+    entry = {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
+             "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
+             "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+    if checksum is not None:
+        entry["Checksum"] = checksum
+    return entry
 
 
 def failure_entry(input_json: str, *, error: str, cause: str, positions: tuple[int, int],
@@ -100,12 +110,19 @@ def entry_output(entry: dict):
 def _load_json_field(entry: dict, field: str):
     text = entry.get(field)
     if not isinstance(text, str):
-        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has no {field} string")
+        raise ResultsError(f"result entry {_name(entry)} has no {field} string")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt {field}: "
+        raise ResultsError(f"result entry {_name(entry)} has a corrupt {field}: "
                            f"{exc.msg}") from None
+    except RecursionError:
+        raise ResultsError(f"result entry {_name(entry)} has a corrupt {field}: "
+                           "nested too deeply") from None
+
+
+def _name(entry: dict) -> str:
+    return repr(str(entry.get("Name", "?"))[:60])
 
 
 # ---------------------------------------------------------------- the run record
@@ -213,6 +230,9 @@ class ResultFile:
     key: str
     status: str
     number: int
+    #: sha256 of the bytes written, when this process wrote the file (verify trusts a file
+    #: it wrote itself only while its bytes are unchanged)
+    digest: bytes | None = field(default=None, compare=False)
 
 
 class RunStore:
@@ -243,7 +263,17 @@ class RunStore:
         self.storage.put(self.key(RUN_RECORD), _dump(record))
 
     def read_record(self) -> dict:
-        return self._read_json(self.key(RUN_RECORD), dict)
+        """The run record, checked for the fields every reader relies on (a record without
+        them is damaged: an error naming the file, never a KeyError later)."""
+        key = self.key(RUN_RECORD)
+        record = self._read_json(key, dict)
+        for name, kinds in _RECORD_FIELDS.items():
+            value = record.get(name)
+            if name not in record or isinstance(value, bool) or not isinstance(value, kinds):
+                what = "missing" if name not in record else f"not {_RECORD_KINDS[kinds]}"
+                raise ResultsError(f"damaged run record {self.storage.describe(key)}: "
+                                   f"{name!r} is {what}")
+        return record
 
     def write_run(self, record: RunRecord) -> None:
         self.write_record(record.to_dict())
@@ -259,7 +289,7 @@ class RunStore:
         """Every complete result file present, manifest or not (resume starts from these)."""
         found = []
         for key in self.storage.list(self.prefix):
-            match = _RESULT_FILE.match(key.rsplit("/", 1)[-1])
+            match = _RESULT_FILE.fullmatch(key.rsplit("/", 1)[-1])
             if match:
                 found.append(ResultFile(key, match.group(1), int(match.group(2))))
         return sorted(found, key=lambda f: (f.status, f.number))
@@ -272,11 +302,17 @@ class RunStore:
 
     def write_results(self, status: str, number: int, entries: list[dict]) -> ResultFile:
         key = self.key(f"{status}_{number}.json")
-        self.storage.put(key, _dump(entries))
-        return ResultFile(key, status, number)
+        data = _dump(entries)
+        self.storage.put(key, data)
+        import hashlib  # here, not at import: ~15 ms of start-up for commands that write none
+        return ResultFile(key, status, number, hashlib.sha256(data).digest())
 
     def read_entries(self, key: str) -> list[dict]:
-        entries = self._read_json(key, list)
+        return self.parse_entries(key, self.storage.get(key))
+
+    def parse_entries(self, key: str, data: bytes) -> list[dict]:
+        """The entries of result file ``key`` whose bytes are ``data``."""
+        entries = self._parse_json(key, data, list)
         if not all(isinstance(e, dict) and e.get("Status") in STATUSES for e in entries):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
                                "entries must be objects with a Status")
@@ -310,9 +346,10 @@ class RunStore:
     def manifest_keys(manifest: dict, status: str) -> list[str]:
         listed = manifest["ResultFiles"].get(status, [])
         keys = [f.get("Key") for f in listed if isinstance(f, dict)]
-        if len(keys) != len(listed) or not all(isinstance(k, str) for k in keys):
+        strings = [k for k in keys if isinstance(k, str)]
+        if len(strings) != len(listed):
             raise ResultsError(f"corrupt manifest: bad {status} file list")
-        return keys
+        return strings
 
     def iter_entries(self, keys: Iterable[str]) -> Iterator[dict]:
         for key in keys:
@@ -320,12 +357,17 @@ class RunStore:
 
     # -----------------------------------------------------------------
     def _read_json(self, key: str, kind: type):
-        data = self.storage.get(key)
+        return self._parse_json(key, self.storage.get(key), kind)
+
+    def _parse_json(self, key: str, data: bytes, kind: type):
         try:
             value = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
                                f"{getattr(exc, 'msg', exc)}") from None
+        except RecursionError:  # the C decoder's own depth guard: nothing else to clean up
+            raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
+                               "nested too deeply") from None
         if not isinstance(value, kind):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: expected "
                                f"a JSON {'object' if kind is dict else 'array'}")

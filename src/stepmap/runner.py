@@ -13,18 +13,17 @@ is missing. Every attempt's effective settings are recorded in run.json.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import DEFAULT_RUNS_DIR, OPTIONS_FOR, REMOTE_ENGINES, RunConfig
 from .drivers import for_engine
 from .drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
-from .errors import ResultsError, RunLockedError, UsageError
+from .errors import ResultsError, UsageError
+from .extras import require
 from .job import ITEM_KEY, Start
+from .locks import create_run, lock_holder, run_lock
 from .mapper import MapPolicy
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .storage import parse_location
@@ -40,6 +39,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
         notify: NotifyFn | None = None) -> RunReport:
     """Start a new run of ``workload_ref`` on ``config.engine`` and wait for its report."""
     began = time.time()
+    _require_s3_client(config.runs, config.items_from)
     start = resolve(workload_ref).start(run_input)
     if ITEM_KEY in start.params:
         raise UsageError(f"workload {workload_ref} emits a job parameter named {ITEM_KEY!r}, "
@@ -47,20 +47,20 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
     if config.items_from:
         from .drivers.map_driver import with_source
         start = with_source(start, config.items_from, config.items_format)
+    driver = for_engine(config.engine)
+    driver.check(config)  # a missing extra fails here, before anything is written
     run_id = config.run_id or new_run_id(workload_ref)
     store = RunStore.open(config.runs, run_id)
     store.storage.ensure_writable()
     if store.has_record():
         raise UsageError(f"run {run_id} already exists in {config.runs}; use 'stepmap resume'")
-    driver = for_engine(config.engine)
-    driver.check(config)  # a missing extra fails here, before anything is written
     config = dataclasses.replace(config, run_id=run_id)
     record = RunRecord(run_id, workload_ref, config.engine, input=run_input,
                        params=start.params, summary=start.summary, settings=config.to_dict(),
                        items=start.count, created=began, items_from=config.items_from,
                        items_format=config.items_format)
-    with run_lock(store):
-        store.write_run(record)
+    with run_lock(store):  # lock, then check and create: of racing runs with one id, one wins
+        create_run(store, record.to_dict())
         if on_start:
             on_start(start, run_id)
         job = RunJob(store, record, workload_ref, start, config, began,
@@ -82,6 +82,7 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
                      **(overrides or {})}
     runs = runs or DEFAULT_RUNS_DIR
     began = time.time()
+    _require_s3_client(runs)
     store = RunStore.open(runs, check_run_id(run_id))
     if not store.has_record():
         raise UsageError(f"no run {run_id} in {store.storage.describe()}")
@@ -127,6 +128,13 @@ def recorded_progress(job: RunJob, progress: ProgressFn | None) -> ProgressFn | 
     return update
 
 
+def _require_s3_client(*locations: str | None) -> None:
+    """s3:// results or items need boto3: say so before anything runs or is written."""
+    for location in locations:
+        if location and location.startswith("s3://"):
+            require("boto3", "s3", f"the s3:// location {location[:60]}")
+
+
 def saved_config(record: RunRecord, runs: str) -> RunConfig:
     """The settings run.json says the run's last attempt used."""
     try:
@@ -158,68 +166,6 @@ def RunOptions(engine: str = "local", engine_options: Mapping[str, Any] | None =
                      runs=runs, run_id=run_id, items_from=items_from, items_format=items_format)
 
 
-#: An S3 run lock older than this is taken to be left by a crashed process.
-S3_LOCK_TTL_SECONDS = 6 * 3600
-
-
-@contextlib.contextmanager
-def run_lock(store: RunStore) -> Iterator[None]:
-    """One process at a time works on a run: an flock where the run directory is a local
-    file system, a lock object elsewhere (S3)."""
-    path = store.storage.local_path(store.key(".lock"))
-    if path is None:
-        with _object_lock(store):
-            yield
-        return
-    import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunLockedError(f"run {store.run_id} is in use by {holder}; try again "
-                                 "when it has finished") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _object_lock(store: RunStore) -> Iterator[None]:
-    """A lock object: written, then read back (S3 is strongly consistent), so of two racing
-    processes the one whose token is not there backs off. A crashed holder's lock expires
-    after S3_LOCK_TTL_SECONDS (or delete <run>/.lock by hand)."""
-    key = store.key(".lock")
-    token = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-
-    def holder() -> dict[str, Any] | None:
-        try:
-            found = json.loads(store.storage.get(key))
-        except (ResultsError, ValueError):
-            return None
-        return found if isinstance(found, dict) else None
-
-    current = holder()
-    if current and time.time() - current.get("time", 0) < S3_LOCK_TTL_SECONDS:
-        raise RunLockedError(f"run {store.run_id} is in use by {current.get('holder')}; try "
-                             "again when it has finished")
-    store.storage.put(key, json.dumps({"holder": token, "time": time.time()}).encode())
-    if (holder() or {}).get("holder") != token:
-        raise RunLockedError(f"run {store.run_id} was just taken by another process")
-    try:
-        yield
-    finally:
-        if (holder() or {}).get("holder") == token:
-            store.storage.delete(key)
-
-
 def list_runs(runs: str) -> list[dict[str, Any]]:
     """Every run in a runs location, oldest first, as run.json dicts (with live status)."""
     storage, base = parse_location(runs)
@@ -227,9 +173,12 @@ def list_runs(runs: str) -> list[dict[str, Any]]:
     for name in storage.list_dirs(base):
         store = RunStore(storage, f"{base}/{name}" if base else name)
         try:
+            if not store.has_record():  # a foreign directory is not a run
+                continue
             out.append(_with_live_status(store, store.read_run()).to_dict())
-        except ResultsError:  # a foreign or half-written directory is not a run
-            continue
+        except ResultsError as exc:  # a run whose record is unreadable: shown, not hidden
+            out.append({"run_id": name, "status": "DAMAGED", "reason": str(exc),
+                        "summary": str(exc)})
     return sorted(out, key=lambda r: r.get("created", 0))
 
 
@@ -246,14 +195,14 @@ def load_run(runs: str, run_id: str) -> dict[str, Any]:
 
 
 def _with_live_status(store: RunStore, record: RunRecord) -> RunRecord:
-    """A local run recorded as RUNNING whose lock nobody holds was killed: say STOPPED."""
-    if record.status != "RUNNING" or record.engine in REMOTE_ENGINES \
-            or store.storage.local_path(store.key(".lock")) is None:
+    """A run recorded as RUNNING whose lock nobody holds (or only an expired S3 lock) was
+    killed: say STOPPED. Only reads the lock (locks.lock_holder), never rewrites it."""
+    if record.status != "RUNNING" or record.engine in REMOTE_ENGINES:
         return record
     try:
-        with run_lock(store):
-            pass
-    except RunLockedError:
+        if lock_holder(store) is not None:
+            return record
+    except ResultsError:  # no lock to read (a damaged runs directory): cannot tell
         return record
     record.status = "STOPPED"
     record.reason = "the process running it stopped; finish it with stepmap resume"

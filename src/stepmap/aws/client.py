@@ -17,12 +17,14 @@ import contextlib
 import json
 import re
 import time
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, Iterator
 
 from ..config import AwsOptions, RunConfig
 from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
 from ..errors import EngineError, StepmapError, UsageError
+from ..extras import require
 from ..results import Attempt, RunRecord, RunStore
 
 #: DescribeMapRun/DescribeExecution are throttled per account: poll gently on AWS.
@@ -37,25 +39,13 @@ class StepFunctionsDriver:
     on moto's interpreter in this process."""
 
     def check(self, config: RunConfig) -> None:
-        try:
-            import boto3  # noqa: F401
-        except ImportError:
-            raise UsageError(f"the {config.engine} engine needs boto3: pip install "
-                             "'stepmap[aws]'") from None
+        require("boto3", "aws", f"the {config.engine} engine")
         if config.engine == "aws-emulated":
-            try:
-                import aws_cdk  # noqa: F401
-            except ImportError:
-                raise UsageError("the aws-emulated engine needs the AWS CDK: pip install "
-                                 "'stepmap[aws]'") from None
-            try:
-                import moto  # noqa: F401
-            except ImportError:
-                raise UsageError("the aws-emulated engine needs moto: pip install "
-                                 "'stepmap[test]'") from None
+            require("aws_cdk", "aws", "the aws-emulated engine")
+            require("moto", "test", "the aws-emulated engine")
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
-        if not _EXECUTION_NAME.match(job.record.run_id):
+        if not _EXECUTION_NAME.fullmatch(job.record.run_id):
             raise UsageError(f"run id {job.record.run_id!r} cannot name an execution: at most "
                              "80 letters, digits, '.', '_' or '-'")
         if job.config.engine == "aws-emulated":
@@ -221,7 +211,7 @@ def _cause(cause: str | None) -> str:
 
 def _seconds(described: dict, began: float) -> float:
     start, stop = described.get("startDate"), described.get("stopDate")
-    if hasattr(start, "timestamp") and hasattr(stop, "timestamp"):
+    if isinstance(start, datetime) and isinstance(stop, datetime):
         return max(0.0, stop.timestamp() - start.timestamp())
     return time.time() - began
 

@@ -2,7 +2,8 @@
 
     start(run input)        -> {"params", "items" | items in S3, "item_count", "items_in_s3"}
                                (with an item source: {"params", "item_count": null, ...})
-    compute(child input)    -> the workload's JSON result (big ints as decimal strings)
+    compute(child input)    -> {"Output": the workload's JSON result (big ints as decimal
+                                strings), "StepmapChecksum": ...} (verify.seal)
     reduce({"results": <ResultWriter details>, "item_count": N | null})
                             -> {"total", "items", "results"}
 
@@ -38,6 +39,7 @@ from ..job import ITEM_KEY, event_items
 from ..reducer import reduce_run
 from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
+from ..verify import seal
 from ..workloads import resolve
 
 WORKLOAD_ENV = "STEPMAP_WORKLOAD"
@@ -123,8 +125,10 @@ def _start_listed(event: dict, item_source: str) -> dict:
 # ---------------------------------------------------------------- compute
 
 def compute(event: Any, context: Any = None) -> Any:
+    """The workload's result, sealed with the checksum of this event and the result: a
+    ResultWriter entry has no room for a field of ours, so it travels in the Output."""
     job_event = compute_event(event)
-    output = workload().compute(job_event)
+    output = seal(event, workload().compute(job_event))
     text = _dumps(output)
     if len(text) <= INLINE_OUTPUT_BYTES:
         return output

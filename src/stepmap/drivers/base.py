@@ -11,7 +11,7 @@ serves the engines that run inside this process's control (local, dask, through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..config import RunConfig
@@ -44,6 +44,8 @@ class RunReport:
     location: str = ""
     reason: str = ""
     recomputed: int = 0
+    rejected: list[str] = field(default_factory=list)  # entries that failed verification
+    by_user: bool = False  # INTERRUPTED by Ctrl-C (exit 130), not by a lost engine (exit 1)
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,

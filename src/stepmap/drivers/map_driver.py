@@ -4,8 +4,10 @@
                                                                            │
     RunReport ◄── run.json (attempt + status) ◄── reducer.reduce_run ◄── manifest
 
-``resume`` reads which item positions already have a SUCCEEDED entry, skips them, computes
-the rest and reduces again, so nothing finished is ever recomputed.
+``resume`` reads which item positions already have a SUCCEEDED entry that verifies (the
+worker's checksum, and the Input this run's start emits there: verify.py), skips them,
+computes the rest and reduces again, so nothing finished is ever recomputed and nothing
+damaged or foreign is counted.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..job import JSON, Start
 from ..mapper import Intervals, MapOutcome, auto_batch_size, batches, run_map
 from ..reducer import reduce_run
 from ..results import Attempt, RunRecord, RunStore, ResultSink
-from ..sources import detect_format, read_items
+from ..verify import Expected, check_results
 from ..workloads import resolve
 from .base import NotifyFn, ProgressFn, RunJob, RunReport
 
@@ -52,9 +54,9 @@ class MapDriver:
     def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         if job.record.items_from:
             job = replace(job, start=_resumed_source(job.store, job.record, job.start))
-        done = Intervals(tuple(e["ItemPositions"]) for f in job.store.result_files()
-                         if f.status == "SUCCEEDED" for e in job.store.read_entries(f.key)
-                         if isinstance(e.get("ItemPositions"), list))
+        done = Intervals(check_results(job.store, [f.key for f in job.store.result_files()
+                                                   if f.status == "SUCCEEDED"],
+                                       _expected(job)).spans)
         executor = open_executor(job.config, job.workload_ref)
         with _closing_on_error(executor):
             return _execute(job, executor, done, progress)
@@ -97,18 +99,14 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
 
     attempt = Attempt(engine=config.engine, started=time.time(), settings=config.to_dict(),
                       already_done=already)
-    try:
+    with _failed_on_error(store, record):  # e.g. the results disk filled up, a corrupt file
         outcome = run_map(executor, tasks, config.policy, sink, total_items=start.count,
                           on_progress=report_progress)
-    except StepmapError as exc:  # e.g. the results disk filled up: say so in the record
-        with contextlib.suppress(StepmapError):
-            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
-            store.write_run(record)
-        raise
-    report_progress(outcome)
-    item_total = start.count if start.count is not None else already + outcome.items
-    _write_manifest(store, sink, config.engine)
-    report = _reduce(job, outcome, item_total, already)
+        report_progress(outcome)
+        item_total = start.count if start.count is not None else already + outcome.items
+        _write_manifest(store, sink, config.engine)
+        report = _reduce(job, outcome, item_total, already,
+                         {f.key: f.digest for f in sink.written})
     attempt.finished, attempt.tasks = time.time(), outcome.tasks
     attempt.retries, attempt.computed = outcome.retries, outcome.succeeded
     record.status, record.items, record.finished = report.status, item_total, time.time()
@@ -122,17 +120,34 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
     return report
 
 
-def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int) -> RunReport:
-    """Reduce every result; a run with failed or pending items gets a report without total."""
+@contextlib.contextmanager
+def _failed_on_error(store: RunStore, record: RunRecord) -> Iterator[None]:
+    """An error that ends the attempt is said in the record (FAILED, with the reason), so
+    ``stepmap runs`` shows why instead of a run that merely stopped."""
+    try:
+        yield
+    except StepmapError as exc:
+        with contextlib.suppress(StepmapError):
+            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
+            store.write_run(record)
+        raise
+
+
+def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int,
+            written: dict[str, bytes | None]) -> RunReport:
+    """Reduce every verified result; a run with failed, pending or unverified items gets a
+    report without total. ``written``: this attempt's files (verify.check_results)."""
     report = RunReport(job.store.run_id, "SUCCEEDED", job.config.engine, item_total,
                        already + outcome.succeeded, outcome.failed, outcome.pending, 0.0,
                        summary=job.start.summary, location=job.store.describe(),
                        recomputed=outcome.succeeded + outcome.failed)
     try:
-        reduction = reduce_run(job.store, resolve(job.workload_ref), expected_items=item_total)
-        report.total = reduction.total
+        reduction = reduce_run(job.store, resolve(job.workload_ref), expected_items=item_total,
+                               expected=_expected(job), written=written)
+        report.total, report.rejected = reduction.total, reduction.rejected
     except IncompleteRunError as exc:
-        report.status = "INTERRUPTED" if outcome.interrupted else "INCOMPLETE"
+        report.status = "INTERRUPTED" if outcome.interrupted or outcome.lost else "INCOMPLETE"
+        report.by_user = outcome.interrupted
         first = next((m for m in exc.missing if "pending" not in m), "")
         report.reason = "; ".join(filter(None, [
             outcome.stopped_because, f"first failure: {first}" if first else ""])) or str(exc)
@@ -140,6 +155,20 @@ def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int) -> 
         report.succeeded = item_total - exc.failed - exc.pending
     report.seconds = time.time() - job.began
     return report
+
+
+def _expected(job: RunJob) -> Expected:
+    """This run's start once more, for verify: its items streamed afresh (a source or a
+    generator is read again; a local run's source snapshot once it is complete)."""
+    start = job.start
+
+    def items() -> Iterable[JSON]:
+        if isinstance(start.items, (range, list, tuple)):
+            return start.items
+        again = resolve(job.workload_ref).start(job.record.input)
+        return (_resumed_source(job.store, job.record, again) if job.record.items_from
+                else again).items
+    return Expected(start.params, items)
 
 
 def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
@@ -154,6 +183,7 @@ def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
 def with_source(start: Start, source: str, kind: str | None) -> Start:
     """``start`` with its items read from ``source`` (bad sources fail now, before anything
     is written)."""
+    from ..sources import detect_format, read_items  # csv and friends: only for a source
     kind = kind or detect_format(source)
     return replace(start, items=read_items(source, kind), count=None, batch_hint=None,
                    summary=f"{start.summary}; items from {source}".lstrip("; "))

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import select
 import selectors
 import signal
 import time
@@ -31,11 +33,12 @@ from collections import deque
 
 from ..errors import EngineError, UsageError
 from ..task import Completion
-from .local_worker import STOP, frame, worker_main
+from .local_worker import STOP, frame, load_prctl, read_frame, worker_main
 
 #: Tasks handed to one worker at a time: the one it runs and the one it runs next.
 QUEUE_DEPTH = 2
 START_METHODS = ("fork", "forkserver", "spawn")
+START_METHOD_ENV = "STEPMAP_START_METHOD"
 _Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
 
 
@@ -49,42 +52,67 @@ class LocalEngine:
         return LocalExecutor(workload_ref, workers=workers,
                              memory_limit_mb=options.get("memory_limit_mb"),
                              start_method=options.get("start_method")
-                             or os.environ.get("STEPMAP_START_METHOD") or None)
+                             or start_method_from_env())
+
+
+def _available() -> list[str]:
+    return [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
+
+
+def start_method_from_env() -> str | None:
+    """``$STEPMAP_START_METHOD``, checked: the start method when none is given."""
+    method = os.environ.get(START_METHOD_ENV) or None
+    if method is not None and method not in _available():
+        raise UsageError(f"${START_METHOD_ENV} must be one of {', '.join(_available())}, "
+                         f"got {method[:40]!r}")
+    return method
 
 
 def start_method_context(method: str | None):
     """The multiprocessing context for ``method`` (None: fork where available, else spawn)."""
-    available = multiprocessing.get_all_start_methods()
+    available = _available()
     if method is None:
         method = "fork" if "fork" in available else "spawn"
-    if method not in START_METHODS or method not in available:
-        raise UsageError(f"start method must be one of {', '.join(available)}, got {method!r}")
+    if method not in available:
+        raise UsageError(f"start_method must be one of {', '.join(available)}, "
+                         f"got {str(method)[:40]!r}")
     return multiprocessing.get_context(method)
 
 
 class _Worker:
     def __init__(self, context, workload_ref: str, memory_limit_mb: int | None,
                  inherited: list[int]):
-        task_r, self.tasks = context.Pipe(duplex=False)
-        self.results, result_w = context.Pipe(duplex=False)
-        if context.get_start_method() == "fork":  # every parent-side pipe end, its own too
-            inherited = inherited + [self.tasks.fileno(), self.results.fileno()]
-        else:  # spawn and forkserver children inherit only the pipes passed to them
-            inherited = []
-        self.process = context.Process(
-            target=worker_main, daemon=True, args=(task_r, result_w, workload_ref,
-                                                   memory_limit_mb, tuple(inherited), os.getpid()))
+        method = context.get_start_method()
+        task_r, self.task_fd = os.pipe()
+        self.result_fd, result_w = os.pipe()
+        children, ends = (task_r, result_w), ()
         try:
+            if method == "fork":  # it inherits every parent-side pipe end, its own too
+                inherited = inherited + [self.task_fd, self.result_fd]
+                load_prctl()  # once, here, rather than in every worker
+                ends = children
+            else:  # spawn and forkserver children receive only the pipes passed to them
+                from multiprocessing.connection import Connection
+                inherited = []
+                ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
+                children = ()  # the Connections own (and close) them
+            parent = None if method == "forkserver" else os.getpid()
+            self.process = context.Process(
+                target=worker_main, daemon=True,
+                args=(*ends, workload_ref, memory_limit_mb, tuple(inherited), parent,
+                      method != "fork"))
             self.process.start()
         except BaseException:
-            self.tasks.close()
-            self.results.close()
+            _close(self.task_fd, self.result_fd)
             raise
         finally:
-            task_r.close()
-            result_w.close()
+            _close(*children)
+            for end in ends:
+                if not isinstance(end, int):
+                    end.close()
         self.pid = self.process.pid
-        os.set_blocking(self.tasks.fileno(), False)
+        os.set_blocking(self.task_fd, False)
+        self.closed = False
         self.outbox: deque[memoryview] = deque()  # task bytes the pipe has not taken yet
         self.queue: deque[tuple[int, object, float | None]] = deque()  # head = running
         self.started = 0.0  # when the head task started (as far as the parent knows)
@@ -106,7 +134,7 @@ class _Worker:
         """Write as much of the outbox as the pipe takes now, without waiting."""
         while self.outbox and not self.broken:
             try:
-                written = os.write(self.tasks.fileno(), self.outbox[0])
+                written = os.write(self.task_fd, self.outbox[0])
             except BlockingIOError:
                 return
             except OSError:  # it died: poll() sees its sentinel and settles what it held
@@ -118,10 +146,20 @@ class _Worker:
             else:
                 self.outbox[0] = self.outbox[0][written:]
 
+    def has_result(self) -> bool:
+        return bool(select.select([self.result_fd], [], [], 0)[0])
+
+    def receive(self) -> Completion:
+        """The next result (the worker writes it whole; raises EOFError if it died)."""
+        payload = read_frame(self.result_fd)
+        if not payload:
+            raise EOFError
+        return pickle.loads(payload)
+
     def discard_results(self) -> None:
         try:
-            while self.results.poll():
-                self.results.recv()
+            while self.has_result():
+                self.receive()
         except (EOFError, OSError):
             pass
 
@@ -129,9 +167,18 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
-        self.tasks.close()
-        self.results.close()
+        if not self.closed:
+            self.closed = True
+            _close(self.task_fd, self.result_fd)
         self.outbox.clear()
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _ready(workers: list[_Worker], timeout: float) -> set[_Worker]:
@@ -139,10 +186,10 @@ def _ready(workers: list[_Worker], timeout: float) -> set[_Worker]:
     bytes waiting; write what fits; return the workers with a result or exit to look at."""
     with _Selector() as selector:
         for worker in workers:
-            selector.register(worker.results, selectors.EVENT_READ, worker)
+            selector.register(worker.result_fd, selectors.EVENT_READ, worker)
             selector.register(worker.process.sentinel, selectors.EVENT_READ, worker)
             if worker.outbox:
-                selector.register(worker.tasks, selectors.EVENT_WRITE, None)
+                selector.register(worker.task_fd, selectors.EVENT_WRITE, None)
         events = selector.select(timeout)
     for worker in workers:
         worker.flush()
@@ -164,8 +211,8 @@ class LocalExecutor:
         self._workers: list[_Worker] = []
 
     def _spawn(self) -> _Worker:
-        inherited = [fd for w in self._workers for conn in (w.tasks, w.results)
-                     if not conn.closed for fd in [conn.fileno()]]
+        inherited = [fd for w in self._workers if not w.closed
+                     for fd in (w.task_fd, w.result_fd)]
         try:
             worker = _Worker(self._context, self._ref, self._memory, inherited)
         except OSError as exc:
@@ -222,8 +269,8 @@ class LocalExecutor:
     def _collect(self, worker: _Worker) -> list[Completion]:
         done = []
         try:
-            while worker.queue and worker.results.poll():
-                done.append(worker.results.recv())
+            while worker.queue and worker.has_result():
+                done.append(worker.receive())
                 worker.queue.popleft()
                 worker.started = time.monotonic()  # the next one starts now
         except (EOFError, OSError):

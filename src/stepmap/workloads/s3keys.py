@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from itertools import groupby
-from typing import Iterable
+from typing import Any, Iterable
 
 from .. import bigint
 from ..errors import InvalidEvent, UsageError
@@ -29,7 +29,7 @@ METHODS = {
     "closed": maths.sum_closed,  # per batch: S(hi) - S(lo), O(log n) each; best for one big range
     "multinomial": maths.sum_multinomial,  # the original per-item triple loop (slow; cross-checks)
 }
-_RANGE = re.compile(r"^\s*(\d{1,9})\s*-\s*(\d{1,9})\s*$")
+_RANGE = re.compile(r"\s*([0-9]{1,9})\s*-\s*([0-9]{1,9})\s*")  # [0-9]: \d takes any script
 
 
 class S3Keys(Workload):
@@ -57,7 +57,7 @@ class S3Keys(Workload):
         method = params.string("method", default="jump")
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r}: expected {', '.join(METHODS)}")
-        job = {"alphabet": alphabet, "counts": list(counts), "method": method}
+        job: dict[str, Any] = {"alphabet": alphabet, "counts": list(counts), "method": method}
         if "size" in event:
             job["size"] = hi
         count = hi - lo
@@ -72,8 +72,8 @@ class S3Keys(Workload):
         indices = sorted(_index(item) for item in items)
         total = 0
         # consecutive lengths are summed in one go (jump once, then iterate)
-        for _, run in groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
-            run = [n for _, n in run]
+        for _, pairs in groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
+            run = [n for _, n in pairs]
             total += METHODS[method](run[0], run[-1] + 1, counts)
         return bigint.to_decimal(total)
 
@@ -93,7 +93,7 @@ def _lengths(params: Params) -> tuple[int, int]:
     if text is None:
         size = params.integer("size", default=1024, low=1, high=MAX_LENGTH)
         return 0, size
-    match = _RANGE.match(text)
+    match = _RANGE.fullmatch(text)
     if not match:
         raise UsageError(f"lengths must look like A-B (e.g. 1-1024), got {text[:40]!r}")
     lo, hi = int(match.group(1)), int(match.group(2))
@@ -104,7 +104,7 @@ def _lengths(params: Params) -> tuple[int, int]:
     return lo, hi + 1
 
 
-def _shared(items: list[dict]) -> tuple[tuple[int, ...], str]:
+def _shared(items: list[dict]) -> tuple[maths.Counts, str]:
     first = items[0]
     for item in items[1:]:
         if item.get("counts") != first.get("counts") or item.get("method") != first.get("method"):
@@ -116,7 +116,7 @@ def _shared(items: list[dict]) -> tuple[tuple[int, ...], str]:
         raise InvalidEvent("'counts' must be a list of four non-negative integers")
     if method not in METHODS:
         raise InvalidEvent(f"unknown method {method!r}")
-    return tuple(counts), method
+    return (counts[0], counts[1], counts[2], counts[3]), method
 
 
 def _index(item: dict) -> int:
