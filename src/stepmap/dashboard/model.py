@@ -245,10 +245,13 @@ def _attempt(attempt) -> dict:
     if not isinstance(attempt, dict):
         return {}
     started, finished = attempt.get("started"), attempt.get("finished")
-    timed = isinstance(started, (int, float)) and isinstance(finished, (int, float))
+    if not isinstance(started, (int, float)):
+        started = None
+    seconds = finished - started if started is not None and isinstance(
+        finished, (int, float)) else None
     return {"engine": attempt.get("engine"),
-            "started": iso_time(started) if isinstance(started, (int, float)) else None,
-            "seconds": finished - started if timed else None,
+            "started": iso_time(started) if started is not None else None,
+            "seconds": seconds,
             "computed": attempt.get("computed"), "already_done": attempt.get("already_done"),
             "retries": attempt.get("retries"), "settings": attempt.get("settings")}
 
