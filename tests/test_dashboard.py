@@ -21,7 +21,7 @@ from support_workloads import HOSTILE_TEXT
 from stepmap import runner
 from stepmap.dashboard.maprun import MIN_INTERVAL_SECONDS, MapRunPoller
 from stepmap.dashboard.model import RunsReader, split_cause
-from stepmap.results import RunStore, failure_entry, success_entry
+from stepmap.results import RunRecord, RunStore, failure_entry, success_entry
 
 SQUARES_20 = sum(i * i for i in range(20))
 
@@ -151,6 +151,11 @@ def test_read_only_and_headers_on_every_answer(two_runs):
 
 # ---------------------------------------------------------------- a run in progress
 
+def _record(fields: dict) -> RunRecord:
+    """A run record as the results store writes it (a hand-made dict may lack fields)."""
+    return RunRecord.from_dict(fields)
+
+
 def _entry(index: int, ok: bool = True) -> dict:
     kwargs = dict(positions=(index, index + 1), started=1000.0 + index, stopped=1001.0 + index,
                   attempts=1, worker="w:1")
@@ -163,8 +168,8 @@ def test_a_running_run_is_counted_from_its_result_files(runs):
     """While the run holds its lock (as a live local or Dask run does), the counts come from
     the files written so far; rate and ETA from the change between looks."""
     store = RunStore.open(runs, "live")
-    store.write_record({"run_id": "live", "workload": "chaos", "engine": "local",
-                        "status": "RUNNING", "items": 10, "created": 1000.0, "attempts": []})
+    store.write_run(_record({"run_id": "live", "workload": "chaos", "engine": "local",
+                        "status": "RUNNING", "items": 10, "created": 1000.0, "attempts": []}))
     now = [1010.0]
     reader = RunsReader(runs, clock=lambda: now[0])
     with runner.run_lock(store):
@@ -267,9 +272,9 @@ def test_map_run_counts_are_polled_gently_and_back_off_on_throttling():
 
 def test_aws_run_page_shows_the_map_run_counts(runs):
     store = RunStore.open(runs, "onaws")
-    store.write_record({"run_id": "onaws", "workload": "s3keys", "engine": "aws",
+    store.write_run(_record({"run_id": "onaws", "workload": "s3keys", "engine": "aws",
                         "status": "RUNNING", "items": 64, "created": 1000.0, "attempts": [],
-                        "execution_arn": "arn:aws:states:eu-west-1:1:execution:sm:onaws"})
+                        "execution_arn": "arn:aws:states:eu-west-1:1:execution:sm:onaws"}))
     fake = FakeStepFunctions()
     reader = RunsReader(runs, poller=MapRunPoller(client_for=lambda region: fake))
     with ServerThread(runs, reader=reader) as server:
@@ -417,9 +422,9 @@ def test_the_entry_cache_is_bounded(runs, monkeypatch):
     monkeypatch.setattr(model, "CACHED_ENTRIES", 3)
     for run_id in ("a", "b"):
         store = RunStore.open(runs, run_id)
-        store.write_record({"run_id": run_id, "workload": "chaos", "engine": "local",
+        store.write_run(_record({"run_id": run_id, "workload": "chaos", "engine": "local",
                             "status": "SUCCEEDED", "items": 2, "succeeded": 2, "failed": 0,
-                            "pending": 0, "created": 1.0, "attempts": []})
+                            "pending": 0, "created": 1.0, "attempts": []}))
         store.write_results("SUCCEEDED", 0, [_entry(0), _entry(1)])
     reader = RunsReader(runs)
     assert reader.detail("a")["report"]["tasks"] == 2
@@ -431,9 +436,9 @@ def test_the_entry_cache_is_bounded(runs, monkeypatch):
 def test_a_huge_total_is_previewed_not_shipped(runs):
     digits = "7" + "0" * 199_998 + "1"
     store = RunStore.open(runs, "huge")
-    store.write_record({"run_id": "huge", "workload": "s3keys", "engine": "local",
+    store.write_run(_record({"run_id": "huge", "workload": "s3keys", "engine": "local",
                         "status": "SUCCEEDED", "items": 1, "succeeded": 1, "failed": 0,
-                        "pending": 0, "created": 1.0, "attempts": [], "total": digits})
+                        "pending": 0, "created": 1.0, "attempts": [], "total": digits}))
     with ServerThread(runs) as server:
         run = _json(server, "/api/runs/huge")
         status, _, html = server.request("/runs/huge")
