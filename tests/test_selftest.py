@@ -228,3 +228,20 @@ def test_the_stubborn_item_fails_one_run_and_a_resume_heals_it(cli, runs, tmp_pa
     code, out, _ = cli("resume", "s", "--results", runs, "--quiet")
     assert code == 0 and out.strip() == str(sum(i * i for i in range(6)))
     assert len(list(tmp_path.glob("stubborn-4-*"))) == 3  # the fourth attempt passed
+
+
+def test_the_stacks_it_deploys_are_what_stepmap_deploy_takes():
+    """The deployer's commands parse as `stepmap deploy` / `destroy` would parse them, and
+    their settings make valid stack configurations (no drift from the AWS commands)."""
+    from stepmap.aws.stack_config import StackConfig
+    from stepmap.cli import build_parser
+    from stepmap.selftest.stacks import deploy_argv, destroy_argv
+    for workload, settings in STACK_SETTINGS.items():
+        args = build_parser("deploy").parse_args(deploy_argv(f"st-{workload}", settings))
+        assert (args.command, args.stack_name, args.workload, args.yes) == \
+            ("deploy", f"st-{workload}", workload, True)
+        assert StackConfig(**settings).workload == workload
+    args = build_parser("destroy").parse_args(destroy_argv("st-chaos"))
+    assert (args.command, args.stack_name, args.yes) == ("destroy", "st-chaos", True)
+    chaos = build_parser("deploy").parse_args(deploy_argv("c", STACK_SETTINGS["chaos"]))
+    assert (chaos.tolerate_count, chaos.max_concurrency, chaos.retries) == (1, 1, 2)

@@ -33,6 +33,16 @@ def stack_name(base: str, workload: str) -> str:
     return f"{base}-{workload}"
 
 
+def deploy_argv(name: str, settings: dict) -> list[str]:
+    """`stepmap deploy` arguments for a stack with these StackConfig settings."""
+    flags = [part for key, value in settings.items() for part in (DEPLOY_FLAGS[key], str(value))]
+    return ["deploy", "--stack-name", name, *flags, "--yes", "--json"]
+
+
+def destroy_argv(name: str) -> list[str]:
+    return ["destroy", "--stack-name", name, "--yes"]
+
+
 class Deployer(Protocol):
     def exists(self, name: str) -> bool: ...
     def deploy(self, name: str, settings: dict) -> None: ...
@@ -55,12 +65,10 @@ class CdkDeployer:
         return any(s.get("StackStatus") != "DELETE_COMPLETE" for s in stacks)
 
     def deploy(self, name: str, settings: dict) -> None:
-        flags = [part for key, value in settings.items()
-                 for part in (DEPLOY_FLAGS[key], str(value))]
-        self._stepmap("deploy", "--stack-name", name, *flags, "--yes", "--json")
+        self._stepmap(*deploy_argv(name, settings))
 
     def destroy(self, name: str) -> None:
-        self._stepmap("destroy", "--stack-name", name, "--yes")
+        self._stepmap(*destroy_argv(name))
 
     @staticmethod
     def _stepmap(*argv: str) -> str:
