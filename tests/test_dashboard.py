@@ -445,3 +445,28 @@ def test_a_huge_total_is_previewed_not_shipped(runs):
     assert run["total"] is None and run["total_length"] == 200_000
     assert run["total_preview"] == "7" + "0" * 49 + "…" + "0" * 49 + "1"
     assert status == 200 and len(html) < 50_000 and b"200,000" in html
+
+
+def test_an_unreadable_runs_location_is_one_clear_answer(tmp_path):
+    """s3:// without a reachable bucket: a 503 naming the location, and the server goes on."""
+    with ServerThread("s3://no-such-bucket-for-stepmap/runs") as server:
+        server.reader.storage._client = _Failing()
+        status, headers, body = server.request("/api/runs")
+        assert status == 503 and headers["content-type"] == "application/json"
+        assert "s3://no-such-bucket-for-stepmap/runs" in json.loads(body)["error"]
+        status, _, html = server.request("/")
+        assert status == 503 and b"cannot list the runs" in html
+        assert server.request("/static/dashboard.css")[0] == 200
+
+
+class _Failing:
+    """An S3 client whose every call is refused, as without credentials."""
+
+    def get_paginator(self, name):
+        raise _refused()
+
+
+def _refused():
+    error = Exception("An error occurred (AccessDenied) when calling ListObjectsV2")
+    error.response = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+    return error

@@ -88,7 +88,7 @@ def create_app(reader: RunsReader, *, allowed_hosts: list[str] | None = None,
     async def index(request: Request):
         if one_run:
             return RedirectResponse(f"/runs/{one_run}", status_code=303)
-        return page("index.html", rows=await _threaded(reader.rows))
+        return page("index.html", rows=await _threaded(_rows, reader))
 
     async def run_page(request: Request):
         run_id = request.path_params["run_id"]
@@ -110,7 +110,7 @@ def create_app(reader: RunsReader, *, allowed_hosts: list[str] | None = None,
         return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
 
     async def api_runs(request: Request):
-        return JSONResponse(await _threaded(reader.rows), headers={"cache-control": "no-store"})
+        return JSONResponse(await _threaded(_rows, reader), headers={"cache-control": "no-store"})
 
     async def api_run(request: Request):
         detail = await _threaded(_detail, reader, request.path_params["run_id"])
@@ -144,6 +144,13 @@ def _valid(run_id: str) -> bool:
     except UsageError:
         return False
     return True
+
+
+def _rows(reader: RunsReader) -> list[dict]:
+    try:
+        return reader.rows()
+    except ResultsError as exc:  # e.g. s3:// without credentials: say so, keep serving
+        raise HTTPException(503, f"cannot list the runs in {reader.location}: {exc}") from None
 
 
 def _detail(reader: RunsReader, run_id: str) -> dict:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .checks import Checklist
@@ -18,6 +17,8 @@ from .stacks import CdkDeployer, Deployer, Stacks
 ENGINES = ("aws", "aws-emulated")
 #: Lambda's writable directory: where chaos keeps its attempt markers on AWS
 LAMBDA_TMP = "/tmp/stepmap-selftest"
+#: calibration seconds per estimate (tiny runs: more would not change the cents)
+ESTIMATE_SECONDS = 1.0
 
 
 def run_selftest(engine: str, runs: str, *, prefix: str, stack_name: str | None = None,
@@ -74,12 +75,11 @@ def estimate_costs(checklist: Checklist) -> dict[str, float | None]:
     from ..estimate import estimate_in_child
     costs: dict[str, float | None] = {}
     with checklist.check("cost estimate (stepmap estimate)") as check:
-        budget = float(os.environ.get("STEPMAP_SELFTEST_ESTIMATE_SECONDS", "1"))
         for key, workload, event in (
                 ("s3keys", "s3keys", dict(S3KEYS_INPUT)),
                 ("chaos", "chaos", {"items": CHAOS_ITEMS}),
                 ("chaos-resume", "chaos", {"items": 1})):
-            result = estimate_in_child(workload, event, budget=budget)
+            result = estimate_in_child(workload, event, budget=ESTIMATE_SECONDS)
             costs[key] = result["configurations"]["recommended"]["total_usd"]
         check.detail = (f"s3keys ${costs['s3keys']:.4f}, chaos ${costs['chaos']:.4f} + resume "
                         f"${costs['chaos-resume']:.4f} (faults {CHAOS_FAULTS} add retries)")
