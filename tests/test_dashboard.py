@@ -429,7 +429,7 @@ def test_the_entry_cache_is_bounded(runs, monkeypatch):
     reader = RunsReader(runs)
     assert reader.detail("a")["report"]["tasks"] == 2
     assert reader.detail("b")["report"]["tasks"] == 2  # a's file is forgotten to make room
-    assert list(reader._entries) == ["b/SUCCEEDED_0.json"] and reader._cached == 2
+    assert list(reader._entries) == ["1.0:b/SUCCEEDED_0.json"] and reader._cached == 2
     assert reader.detail("a")["report"]["tasks"] == 2  # read again, still right
 
 

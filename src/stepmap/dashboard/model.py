@@ -37,8 +37,6 @@ FAILURES_ON_PAGE = 200
 TOTAL_IN_JSON = 100_000
 #: Result entries kept in memory between polls (about 1 KB each), across all runs.
 CACHED_ENTRIES = 1_000_000
-AWS_ENGINES = ("aws", "aws-emulated")
-
 
 class RunsReader:
     """The dashboard's view of one runs location (a directory or s3://bucket/prefix)."""
@@ -110,8 +108,9 @@ class RunsReader:
             keys = [f.key for f in store.result_files()]
         entries: list[dict] = []
         for key in keys:
+            cache_key = f"{record.get('created')}:{key}"  # a run id used again is a new run
             with self._lock:
-                cached = self._entries.get(key)
+                cached = self._entries.get(cache_key)
             if cached is None:
                 try:
                     cached = store.read_entries(key)
@@ -119,7 +118,7 @@ class RunsReader:
                     if record.get("status") in LIVE_STATUSES:
                         continue  # deleted between listing and reading: a resume's cleanup
                     raise
-                self._remember(key, cached)
+                self._remember(cache_key, cached)
             entries.extend(cached)
         version = f"{len(keys)}-{len(entries)}-{record.get('status')}"
         return entries, version
@@ -127,8 +126,8 @@ class RunsReader:
     def _remember(self, key: str, entries: list[dict]) -> None:
         """Cache a file's entries; past CACHED_ENTRIES in all, forget the oldest files."""
         with self._lock:
+            self._cached += len(entries) - len(self._entries.pop(key, []))
             self._entries[key] = entries
-            self._cached += len(entries)
             while self._cached > CACHED_ENTRIES and len(self._entries) > 1:
                 oldest = next(iter(self._entries))
                 self._cached -= len(self._entries.pop(oldest))
