@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 
 from ..errors import EXIT_INCOMPLETE, UsageError
+from .checks import Checklist
 from .session import ENGINES, run_selftest
 
 
@@ -49,8 +50,13 @@ def cmd_selftest(args, extra: list[str]) -> int:
     prefix = f"selftest-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
     if not args.json:
         print(f"stepmap: selftest on {args.engine}; runs in {runs}", file=sys.stderr)
-    checklist = run_selftest(args.engine, runs, prefix=prefix, stack_name=args.stack_name,
-                             keep=args.keep)
+    checklist = Checklist()
+    try:
+        run_selftest(args.engine, runs, prefix=prefix, stack_name=args.stack_name,
+                     keep=args.keep, checklist=checklist)
+    except KeyboardInterrupt:  # what ran, and what was destroyed, before the exit 130
+        print(checklist.table(), file=sys.stderr)
+        raise
     if args.json:
         sys.stdout.write(json.dumps({"engine": args.engine, "runs": runs,
                                      "passed": checklist.all_passed,
