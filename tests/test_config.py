@@ -35,7 +35,8 @@ def test_build_sorts_flat_keywords_into_policy_and_engine_options():
     ("dask", {"scheduler": "tcp://h:1", "workers": 2}, "workers", "with scheduler"),
     ("aws", {"retries": 5}, "retries", "stepmap deploy"),
     ("aws", {"workers": 5}, "workers", "stepmap deploy"),
-    ("aws", {"items_from": "items.json"}, "items_from", "item source"),
+    ("aws", {"memory_limit_mb": 512}, "memory_limit_mb", "stepmap deploy"),
+    ("aws-emulated", {"start_method": "spawn"}, "start_method", "option of engine local"),
     ("aws-emulated", {"stack_name": "other"}, "stack_name", "synthesizes its own stack"),
     ("local", {"stack_name": "other"}, "stack_name", "option of engine aws"),
     ("aws", {"region": "Mars"}, "region", "AWS region"),
@@ -98,3 +99,29 @@ def test_an_old_run_record_is_read_with_its_settings():
     written = record.to_dict()
     assert written["some_future_key"] == [1]  # unknown keys survive a read-modify-write
     assert RunRecord.from_dict(written) == record
+
+
+def test_a_run_recorded_by_an_older_stepmap_resumes_with_its_settings(cli, runs):
+    """run.json as older versions wrote it (policy and engine_options at the top, attempts
+    without settings): resume still keeps --retries 0 and --batch-size 1."""
+    import json
+    from pathlib import Path
+    code, _, err = cli("run", "chaos", "--items", "6", "--faults", '{"raise": [4]}',
+                       "--retries", "0", "--tolerate-count", "1", "--batch-size", "1",
+                       "--workers", "2", "--results", runs, "--run-id", "old")
+    assert code == 1, err
+    path = Path(runs) / "old" / "run.json"
+    record = json.loads(path.read_text())
+    settings = record.pop("settings")
+    record["policy"], record["engine_options"] = settings["policy"], {"workers": 2}
+    for attempt in record["attempts"]:
+        del attempt["settings"]
+    path.write_text(json.dumps(record))
+    code, _, err = cli("resume", "old", "--results", runs)
+    assert code == 1, err
+    again = json.loads(path.read_text())
+    assert again["attempts"][1]["settings"]["policy"]["retries"] == 0
+    assert again["attempts"][1]["settings"]["policy"]["batch_size"] == 1
+    assert again["attempts"][1]["settings"]["engine_options"]["workers"] == 2
+    failed = [line for line in err.splitlines() if "1 failed" in line]
+    assert failed, err

@@ -163,7 +163,7 @@ MISPLACED = {
     "aws-emulated": [("--workers", "2", "set by stepmap deploy"),
                      ("--memory-limit", "512", "set by stepmap deploy"),
                      ("--stack-name", "other", "synthesizes its own stack"),
-                     ("--items-from", "items.json", "item source")],
+                     ("--start-method", "spawn", "an option of engine local")],
 }
 
 

@@ -522,3 +522,16 @@ def test_scheduler_addresses_are_checked_before_connecting(address, ok):
     else:
         with pytest.raises(ConfigError, match="must be an address such as tcp://HOST:PORT"):
             DaskOptions(scheduler=address)
+
+
+@pytest.mark.parametrize("kind, text, first", [
+    ("csv", "\ufeffname,n\nab,1\n", {"name": "ab", "n": "1"}),
+    ("jsonl", "\ufeff7\n8\n", 7),
+    ("json", "\ufeff[7, 8]", 7)])
+def test_a_byte_order_mark_is_not_part_of_the_first_item(tmp_path, kind, text, first):
+    """Files saved by some editors start with a UTF-8 BOM; it must not become part of the
+    first CSV header (a key '\\ufeffname') or make the first JSON value invalid."""
+    from stepmap.sources import read_items
+    path = tmp_path / f"bom.{kind}"
+    path.write_text(text, encoding="utf-8")
+    assert next(iter(read_items(str(path), kind))) == first

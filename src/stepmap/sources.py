@@ -59,7 +59,7 @@ def read_items(spec: str, kind: str | None = None) -> Iterator:
 
 def _parse(kind: str, spec: str) -> Iterator:
     with _open_binary(spec) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # a leading BOM is no item
         try:
             if kind == "json":
                 yield from _json_array(text, spec)

@@ -255,7 +255,7 @@ class DaskExecutor:
                                 f"its worker {address} was restarted",
                           started=attempt.submitted, stopped=time.time(), worker=address)
 
-    def _ask_workers(self, key: str, where: list[str], timeout: float) -> dict:
+    def _ask_workers(self, key: str, where: list[str], timeout: float | None) -> dict:
         """Seconds ``key`` has executed on each worker of ``where``. Workers that do not
         answer within the gather timeout (frozen, swapping) count as having run it for its
         whole ``timeout``: the task fails and the worker is restarted, instead of a hang."""

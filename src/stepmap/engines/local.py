@@ -29,6 +29,7 @@ import select
 import selectors
 import signal
 import time
+from typing import Any
 from collections import deque
 
 from ..errors import EngineError, UsageError
@@ -85,7 +86,8 @@ class _Worker:
         method = context.get_start_method()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
-        children, ends = (task_r, result_w), ()
+        children: tuple[int, ...] = (task_r, result_w)
+        ends: tuple[Any, ...] = ()
         try:
             if method == "fork":  # it inherits every parent-side pipe end, its own too
                 inherited = inherited + [self.task_fd, self.result_fd]
