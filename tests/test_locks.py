@@ -311,3 +311,37 @@ def test_ctrl_c_releases_the_s3_lock_and_the_run_resumes(bucket):
     resumed = subprocess.run(_stepmap("resume", "ctrl-c", "--results", where, "--quiet"),
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and int(resumed.stdout) == sum_of_squares(30)
+
+
+def test_a_run_whose_s3_lock_was_taken_over_stops_with_one_line(bucket, monkeypatch):
+    """The heartbeat finds its lock replaced (it expired while S3 was unreachable and another
+    process took the run): the holder is interrupted and ends with RunLockedError, exit 2,
+    instead of writing into a run it no longer owns."""
+    monkeypatch.setattr(locks, "S3_LOCK_HEARTBEAT_SECONDS", 0.2)
+    store = RunStore.open(f"s3://{bucket}/stolen", "taken")
+    with pytest.raises(RunLockedError, match="another process took the run over") as raised:
+        with locks.run_lock(store):
+            make_s3_client().put_object(Bucket=bucket, Key="stolen/taken/.lock",
+                                        Body=b'{"holder": "process 1 on elsewhere"}')
+            deadline = time.time() + 30
+            while time.time() < deadline:  # the interrupt arrives between two sleeps
+                time.sleep(0.05)
+    assert raised.value.exit_code == 2
+    body = make_s3_client().get_object(Bucket=bucket, Key="stolen/taken/.lock")["Body"].read()
+    assert b"elsewhere" in body  # the new holder's lock is left alone
+
+
+def test_an_s3_run_recorded_running_without_a_live_lock_is_listed_stopped(bucket, cli):
+    where = f"s3://{bucket}/listed"
+    code, _, _ = cli("run", "s3keys", "--size", "40", "--results", where, "--run-id", "gone")
+    assert code == 0
+    client = make_s3_client()
+    record = json.loads(client.get_object(Bucket=bucket, Key="listed/gone/run.json")["Body"]
+                        .read())
+    client.put_object(Bucket=bucket, Key="listed/gone/run.json",
+                      Body=json.dumps({**record, "status": "RUNNING"}).encode())
+    code, out, _ = cli("runs", "--results", where)
+    assert code == 0 and "STOPPED" in out  # killed: nobody holds its lock
+    with locks.run_lock(RunStore.open(where, "gone")):
+        code, out, _ = cli("runs", "--results", where)
+        assert code == 0 and "RUNNING" in out and "STOPPED" not in out
