@@ -286,3 +286,45 @@ def test_a_worker_stuck_in_a_task_dies_with_its_killed_parent(method):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_idle_workers_exit_by_themselves_after_close():
+    # close() does not wait for idle workers (that would cost every run a round trip): they
+    # are sent their stop and must then exit on their own, promptly.
+    executor = LocalExecutor("chaos", workers=2)
+    for task_id in range(4):
+        executor.submit(task_id, {"index": task_id}, timeout=30)
+    done = _drain(executor, 4)
+    processes = [w.process for w in executor._workers]
+    assert len(processes) == 2 and all(p.is_alive() for p in processes)
+    executor.close()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0  # exited normally at its stop, not killed
+    assert sorted(int(json.loads(c.output_json)) for c in done.values()) == [0, 1, 4, 9]
+
+
+def test_a_pool_whose_pipes_are_numbered_above_1023_still_works():
+    # select.select cannot watch such descriptors; a process with many files open (or a pool
+    # of hundreds of workers) gets them.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    padding = []
+    try:
+        while not padding or padding[-1] < 1100:
+            padding.append(os.open(os.devnull, os.O_RDONLY))
+        executor = LocalExecutor("chaos", workers=2)
+        try:
+            for task_id in range(6):
+                executor.submit(task_id, {"index": task_id}, timeout=30)
+            done = _drain(executor, 6)
+            assert min(fd for w in executor._workers for fd in (w.task_fd, w.result_fd)) > 1023
+        finally:
+            executor.close()
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sorted(int(json.loads(c.output_json)) for c in done.values()) == [0, 1, 4, 9, 16, 25]

@@ -29,8 +29,8 @@ import select
 import selectors
 import signal
 import time
-from typing import Any
 from collections import deque
+from typing import Any
 
 from ..errors import EngineError, UsageError
 from ..task import Completion
@@ -86,18 +86,17 @@ class _Worker:
         method = context.get_start_method()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
-        children: tuple[int, ...] = (task_r, result_w)
-        ends: tuple[Any, ...] = ()
+        children: list[int] = [task_r, result_w]  # the worker's ends: closed here once it has them
+        ends: list[Any] = list(children)  # what the worker is given
         try:
             if method == "fork":  # it inherits every parent-side pipe end, its own too
                 inherited = inherited + [self.task_fd, self.result_fd]
-                load_prctl()  # once, here, rather than in every worker
-                ends = children
+                _preload_for_fork()
             else:  # spawn and forkserver children receive only the pipes passed to them
                 from multiprocessing.connection import Connection
                 inherited = []
-                ends = (Connection(task_r, writable=False), Connection(result_w, readable=False))
-                children = ()  # the Connections own (and close) them
+                ends = [Connection(task_r, writable=False), Connection(result_w, readable=False)]
+                children = []  # the Connections own (and close) them
             parent = None if method == "forkserver" else os.getpid()
             self.process = context.Process(
                 target=worker_main, daemon=True,
@@ -149,6 +148,10 @@ class _Worker:
                 self.outbox[0] = self.outbox[0][written:]
 
     def has_result(self) -> bool:
+        if hasattr(select, "poll"):  # select.select cannot watch descriptors above 1023
+            watch = select.poll()
+            watch.register(self.result_fd, select.POLLIN)
+            return bool(watch.poll(0))
         return bool(select.select([self.result_fd], [], [], 0)[0])
 
     def receive(self) -> Completion:
@@ -169,10 +172,22 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
+        self.release()
+
+    def release(self) -> None:
+        """Close this side's pipe ends (a worker that reads no stop then sees end of file)."""
         if not self.closed:
             self.closed = True
             _close(self.task_fd, self.result_fd)
         self.outbox.clear()
+
+
+def _preload_for_fork() -> None:
+    """Look up prctl and import hashlib (the results' checksums) once, in this process,
+    which needs hashlib anyway to write results: every forked worker inherits them instead
+    of paying for them again at its first task."""
+    load_prctl()
+    import hashlib  # noqa: F401
 
 
 def _close(*fds: int) -> None:
@@ -311,18 +326,36 @@ class LocalExecutor:
         self._workers.remove(worker)
 
     def close(self, cancel: bool = False) -> None:
-        """Stop every worker: after its queued tasks, or at once with ``cancel``."""
+        """Stop every worker. An idle one is sent its stop and left to exit by itself (waiting
+        for it would cost every run a round trip; it is reaped later); one with tasks still
+        queued finishes them first, or with ``cancel`` is killed."""
+        _reap_stopped()
+        draining = []
         for worker in self._workers:
-            if cancel and worker.queue:
+            if (cancel and worker.queue) or worker.broken:
                 worker.kill()
-            elif not worker.broken:
-                worker.push(STOP)
+                continue
+            worker.push(STOP)
+            if worker.queue or worker.outbox:
+                draining.append(worker)
+            else:  # it has read every task: the stop is in its pipe, before the end of file
+                worker.release()
+                _stopped.append(worker.process)
         until = time.monotonic() + 5
-        waiting = [w for w in self._workers if w.process.is_alive()]
-        while waiting and time.monotonic() < until:
-            for worker in _ready(waiting, min(0.1, max(0.0, until - time.monotonic()))):
+        while draining and time.monotonic() < until:
+            for worker in _ready(draining, min(0.1, max(0.0, until - time.monotonic()))):
                 worker.discard_results()  # so that it gets to read its stop
-            waiting = [w for w in waiting if w.process.is_alive()]
+            draining = [w for w in draining if w.process.is_alive()]
         for worker in self._workers:
-            worker.kill()
+            if not worker.closed:
+                worker.kill()
         self._workers = []
+
+
+#: Workers told to stop and left to exit by themselves; joined when the next pool closes
+#: (multiprocessing reaps any left at interpreter exit).
+_stopped: list = []
+
+
+def _reap_stopped() -> None:
+    _stopped[:] = [p for p in _stopped if p.is_alive()]  # is_alive reaps an exited one
