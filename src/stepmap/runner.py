@@ -20,7 +20,7 @@ from typing import Callable
 from .engines import get_engine
 from .errors import (IncompleteRunError, ResultsError, RunLockedError, StepmapError,
                      UsageError)
-from .job import ITEM_KEY, Start
+from .job import ITEM_KEY, Start, is_compact_range
 from .mapper import Intervals, MapOutcome, MapPolicy, auto_batch_size, batches, run_map
 from .reducer import reduce_run
 from .results import ResultSink, RunStore, check_run_id, new_run_id
@@ -145,7 +145,8 @@ def _execute(store: RunStore, record: dict, workload_ref: str, start: Start,
              progress: ProgressFn | None) -> RunReport:
     workload = resolve(workload_ref)
     size = (options.policy.batch_size or start.batch_hint
-            or auto_batch_size(start.count, executor.slots))
+            or auto_batch_size(start.count, executor.slots,
+                               compact=is_compact_range(start.items)))
     sink = ResultSink(store)
     if record.get("items_from") and isinstance(store.storage, LocalStorage):
         start = replace(start, items=_snapshot(store, record, start.items))
