@@ -49,13 +49,20 @@ def test_start_returns_items_inline_with_params_and_count():
     json.dumps(out)  # a valid Lambda response
 
 
-def test_start_writes_a_long_item_list_to_s3(s3):
+def test_start_writes_a_long_item_list_to_s3(s3, monkeypatch):
+    monkeypatch.setattr(handlers, "RANGE_INLINE_ITEMS", 10**7)  # a list, not sub-ranges
     out = handlers.start({"size": 1_000_000}, None)
     assert out["items_in_s3"] is True and "items" not in out
     assert out["item_count"] == 1_000_000 and out["items_bucket"] == BUCKET
     assert out["items_key"].startswith("items/")
     assert len(json.dumps(out)) < 2048  # the state payload stays tiny
     assert json.loads(_get(s3, out["items_key"])) == list(range(1_000_000))
+
+
+def test_start_emits_a_long_range_as_sub_ranges(s3):
+    out = handlers.start({"size": 1_000_000}, None)  # s3keys hints one batch for the range
+    assert out["items"] == [[0, 1_000_000]] and out["item_count"] == 1_000_000
+    assert out["params"][handlers.RANGES_PARAM] is True
 
 
 @pytest.mark.parametrize("event, message", [

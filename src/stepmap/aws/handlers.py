@@ -19,6 +19,12 @@ listed item SUCCEEDED, none FAILED or PENDING). Each child's item is Step Functi
 entry, ``{"Key", "Size", "Etag", "LastModified", "StorageClass"}``; compute renames ``Etag``
 to ``ETag``, the spelling of the ListObjectsV2 API and of stepmap's own listing.
 
+A start step whose items are a ``range`` of more than RANGE_INLINE_ITEMS (about what fits the
+start's inline payload) emits sub-ranges instead: each map item is ``[first, end]`` (the values first..end-1), and the
+params carry ``RANGES_PARAM`` so compute turns a child's input back into the job contract's
+range event (a batch of consecutive sub-ranges becomes one range) and reduce counts each
+entry's items from its sub-ranges; ``item_count`` stays the number of items.
+
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
 to S3 with a pointer in its place, and a large total is written next to the ResultWriter
@@ -28,13 +34,14 @@ manifest with its location returned instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import uuid
 from typing import Any, Mapping
 
 from ..errors import InvalidEvent, ResultsError, UsageError
-from ..job import ITEM_KEY, event_items
+from ..job import ITEM_KEY, RANGE_KEY, event_items, is_compact_range
 from ..reducer import reduce_run
 from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
@@ -54,6 +61,13 @@ INLINE_START_BYTES = 200 * 1024
 INLINE_OUTPUT_BYTES = 200 * 1024
 #: The key of an offloaded output's pointer; no workload result looks like this.
 POINTER_KEY = "__stepmap_s3__"
+#: The params key marking map items that are [first, end] sub-ranges (see the docstring).
+RANGES_PARAM = "__stepmap_ranges__"
+#: A range longer than this is cut into sub-ranges (its ints are ~8 bytes of JSON each).
+RANGE_INLINE_ITEMS = 25_000
+#: A long range is cut into about this many sub-ranges (unless the workload's batch hint
+#: asks for longer ones): few map items, each still a fair share of the work.
+RANGE_MAP_ITEMS = 1000
 
 
 def workload():
@@ -85,18 +99,31 @@ def start(event: Any, context: Any = None) -> dict:
         return _start_listed(dict(event), item_source)
     try:
         started = workload().start(dict(event))
-        items = list(started.items)
+        params, items, count = _map_items(started)
     except InvalidEvent:
         raise
     except UsageError as exc:  # the execution fails with a typed error and this message
         raise InvalidEvent(f"bad run input: {exc}") from None
-    out = {"params": started.params, "item_count": len(items), "summary": started.summary}
+    out = {"params": params, "item_count": count, "summary": started.summary}
     items_json = _dumps(items)
     if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:
         return {**out, "items": items, "items_in_s3": False}
     bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
     S3Storage(bucket).put(key, items_json.encode("utf-8"))
     return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
+
+
+def _map_items(started) -> tuple[dict, list, int]:
+    """(params, map items, item count): a long range as [first, end] sub-ranges, else every
+    item (listed inline, or in S3 when long)."""
+    values = started.items
+    if not is_compact_range(values) or len(values) <= RANGE_INLINE_ITEMS:
+        items = list(values)
+        return started.params, items, len(items)
+    step = max(started.batch_hint or 1, math.ceil(len(values) / RANGE_MAP_ITEMS))
+    ranges = [[values[i], values[min(i + step, len(values)) - 1] + 1]
+              for i in range(0, len(values), step)]
+    return {**started.params, RANGES_PARAM: True}, ranges, len(values)
 
 
 def _start_listed(event: dict, item_source: str) -> dict:
@@ -154,8 +181,29 @@ def compute_event(event: Any) -> dict:
         job_event = {"Items": items, "BatchInput": shared}
     else:
         job_event = _unwrap(event)
+    job_event = _from_sub_ranges(job_event)
     event_items(job_event)  # validates the shape; raises InvalidEvent with the reason
     return job_event
+
+
+def _from_sub_ranges(job_event: dict) -> dict:
+    """A child of a sub-ranged start (RANGES_PARAM in its params) as a range event: its
+    [first, end] items, consecutive as the ItemBatcher takes them, joined into one range."""
+    single = "Items" not in job_event
+    shared = job_event if single else job_event.get("BatchInput")
+    if not isinstance(shared, Mapping) or RANGES_PARAM not in shared:
+        return job_event
+    params = {k: v for k, v in shared.items() if k not in (RANGES_PARAM, ITEM_KEY)}
+    items = [job_event] if single else job_event["Items"]
+    bounds = [item.get(ITEM_KEY) if isinstance(item, Mapping) else None
+              for item in (items if isinstance(items, list) else [None])]
+    if not all(isinstance(b, list) and len(b) == 2 and all(type(v) is int for v in b)
+               for b in bounds) or not bounds:
+        raise InvalidEvent("a sub-ranged map item must be [first, end] (two integers)")
+    if any(before[1] != after[0] for before, after in zip(bounds, bounds[1:])):
+        values = [v for first, end in bounds for v in range(first, end)]
+        return {"Items": [{ITEM_KEY: v} for v in values], "BatchInput": params}
+    return {"Items": {RANGE_KEY: [bounds[0][0], bounds[-1][1]]}, "BatchInput": params}
 
 
 def _unwrap(item: Mapping) -> dict:
@@ -230,7 +278,8 @@ def _reduce_event(event: Any) -> tuple[str, str, int | None]:
 
 class _PointerResolvingStore(RunStore):
     """Reads result entries whose Output is an offloaded-output pointer as if the output
-    were inline. Pointers may only name this bucket's outputs/ prefix."""
+    were inline (pointers may only name this bucket's outputs/ prefix), and a sub-ranged
+    child's Input as its range event, so each entry counts the items it stands for."""
 
     def read_entries(self, key: str) -> list[dict]:
         entries = super().read_entries(key)
@@ -238,6 +287,13 @@ class _PointerResolvingStore(RunStore):
             text = entry.get("Output")
             if isinstance(text, str) and POINTER_KEY in text[:64]:
                 entry["Output"] = self._fetch(entry, text)
+            given = entry.get("Input")
+            if isinstance(given, str) and RANGES_PARAM in given:  # count its items, not ranges
+                try:
+                    entry["Input"] = _dumps(compute_event(json.loads(given)))
+                except (ValueError, InvalidEvent):
+                    raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt "
+                                       "sub-ranged Input") from None
         return entries
 
     def _fetch(self, entry: dict, text: str) -> str:
