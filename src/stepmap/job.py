@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeGuard, overload
 
 from .bigint import parse_int_strict, reject_constant
 from .errors import InvalidEvent, UsageError
@@ -103,7 +103,7 @@ def batch_event(values: Iterable[JSON], params: Mapping) -> dict:
     return {"Items": [{ITEM_KEY: v} for v in values], "BatchInput": dict(params)}
 
 
-def is_compact_range(values: object) -> bool:
+def is_compact_range(values: object) -> TypeGuard[range]:
     """True for the items that travel as a range: a non-empty ``range`` of step 1."""
     return type(values) is range and values.step == 1 and len(values) > 0
 
@@ -135,9 +135,10 @@ class EventSpec:
     def to_json(self, event: dict) -> str:
         """``event`` (this spec, built) as compact JSON; integer items, the common case for
         millions of tiny items, are written directly, about 2.5x faster than json.dumps."""
-        if self.batched and is_compact_range(self.values):
+        values = self.values
+        if self.batched and is_compact_range(values):
             return '{"Items":{"%s":[%d,%d]},"BatchInput":%s}' % (
-                RANGE_KEY, self.values.start, self.values.stop,
+                RANGE_KEY, values.start, values.stop,
                 json.dumps(self.params, separators=(",", ":")))
         if self.batched and all(type(v) is int for v in self.values):
             items = ",".join(['{"index":%d}' % v for v in self.values])

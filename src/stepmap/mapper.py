@@ -123,14 +123,14 @@ class Intervals:
 
 
 def batches(items: Iterable[JSON], params: dict, size: int,
-            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
+            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
     """Consecutive item positions grouped into events; a batch never spans a skipped item.
 
     Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
     path for millions of tiny items), then split around any skipped positions. A ``range``
     of step 1 is sliced instead: its batches are sub-ranges, never materialized."""
     if is_compact_range(items):
-        yield from _range_batches(items, params, size, skip)  # type: ignore[arg-type]
+        yield from _range_batches(items, params, size, skip)
         return
     source = iter(items)
     first = 0
@@ -190,7 +190,7 @@ def _json(event) -> str:
     return json.dumps(built(event), separators=(",", ":"))
 
 
-def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], dict]],
+def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec]],
             policy: MapPolicy, sink: ResultSink, *, total_items: int | None = None,
             on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
     """Run every task to success, final failure or cancellation; record each outcome."""

@@ -190,13 +190,13 @@ def _from_sub_ranges(job_event: dict) -> dict:
     """A child of a sub-ranged start (RANGES_PARAM in its params) as a range event: its
     [first, end] items, consecutive as the ItemBatcher takes them, joined into one range."""
     single = "Items" not in job_event
-    shared = job_event if single else job_event.get("BatchInput")
+    shared: Any = job_event if single else job_event.get("BatchInput")
     if not isinstance(shared, Mapping) or RANGES_PARAM not in shared:
         return job_event
     params = {k: v for k, v in shared.items() if k not in (RANGES_PARAM, ITEM_KEY)}
-    items = [job_event] if single else job_event["Items"]
-    bounds = [item.get(ITEM_KEY) if isinstance(item, Mapping) else None
-              for item in (items if isinstance(items, list) else [None])]
+    items: Any = [job_event] if single else job_event["Items"]
+    bounds: list[Any] = [item.get(ITEM_KEY) if isinstance(item, Mapping) else None
+                         for item in (items if isinstance(items, list) else [None])]
     if not all(isinstance(b, list) and len(b) == 2 and all(type(v) is int for v in b)
                for b in bounds) or not bounds:
         raise InvalidEvent("a sub-ranged map item must be [first, end] (two integers)")

@@ -30,8 +30,9 @@ MAX_LENGTH = 100_000_000
 #: With method auto, a run of consecutive lengths at least this long is summed in closed form
 #: (two O(log n) prefix sums); shorter runs jump once and iterate (measured crossover ~256).
 AUTO_CLOSED_SPAN = 256
+#: auto (the default): closed form for long runs, jump for short ones; one task for the range
+CHOICES = ("auto", "jump", "closed", "multinomial")
 METHODS = {
-    "auto": None,  # closed form for long runs, jump for short ones; one task for the range
     "jump": maths.sum_jump,  # per batch: O(log n) jump to its first length, then iterate
     "closed": maths.sum_closed,  # per batch: S(hi) - S(lo), O(log n) each; best for one big range
     "multinomial": maths.sum_multinomial,  # the original per-item triple loop (slow; cross-checks)
@@ -56,15 +57,15 @@ class S3Keys(Workload):
         params = Params(event)
         params.reject_unknown(self.parameters)
         lo, hi = _lengths(params)
-        alphabet = params.string("alphabet", default="article")
+        alphabet = params.string("alphabet") or "article"
         try:
             counts, described = maths.resolve_alphabet(alphabet)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         method = params.string("method", default="auto")
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r}: expected {', '.join(METHODS)}")
-        job = {"alphabet": alphabet, "counts": list(counts), "method": method}
+        if method not in CHOICES:
+            raise UsageError(f"unknown method {method!r}: expected {', '.join(CHOICES)}")
+        job: dict[str, object] = {"alphabet": alphabet, "counts": list(counts), "method": method}
         if "size" in event:
             job["size"] = hi
         count = hi - lo
@@ -84,8 +85,8 @@ class S3Keys(Workload):
         indices = sorted(_index(item) for item in items)
         total = 0
         # consecutive lengths are summed in one go (jump once, then iterate)
-        for _, run in groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
-            run = [n for _, n in run]
+        for _, pairs in groupby(enumerate(indices), key=lambda pair: pair[1] - pair[0]):
+            run = [n for _, n in pairs]
             total += _sum(run[0], run[-1] + 1, counts, method)
         return bigint.to_decimal(total)
 
@@ -105,7 +106,7 @@ class S3Keys(Workload):
         return bigint.to_decimal(total)
 
 
-def _sum(lo: int, hi: int, counts: tuple[int, ...], method: str) -> int:
+def _sum(lo: int, hi: int, counts: maths.Counts, method: str) -> int:
     if method == "auto":
         method = "closed" if hi - lo >= AUTO_CLOSED_SPAN else "jump"
     return METHODS[method](lo, hi, counts)
@@ -129,7 +130,7 @@ def _lengths(params: Params) -> tuple[int, int]:
     return lo, hi + 1
 
 
-def _shared(items: Sequence[dict]) -> tuple[tuple[int, ...], str]:
+def _shared(items: Sequence[dict]) -> tuple[maths.Counts, str]:
     first = items[0]
     for item in items[1:]:
         if item.get("counts") != first.get("counts") or item.get("method") != first.get("method"):
@@ -139,9 +140,9 @@ def _shared(items: Sequence[dict]) -> tuple[tuple[int, ...], str]:
             not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 10**7
                     for c in counts)):
         raise InvalidEvent("'counts' must be a list of four non-negative integers")
-    if method not in METHODS:
+    if method not in CHOICES:
         raise InvalidEvent(f"unknown method {method!r}")
-    return tuple(counts), method
+    return (counts[0], counts[1], counts[2], counts[3]), method
 
 
 def _index(item: dict) -> int:

@@ -145,13 +145,13 @@ def resolve_alphabet(spec: str) -> tuple[Counts, str]:
     if "," in spec:
         # [0-9] not \d: int() would also accept other scripts' digits.
         m = _EXPLICIT.fullmatch(spec)
-        counts = tuple(int(g) for g in m.groups()) if m else ()
-        if not counts or max(counts) > MAX_EXPLICIT_COUNT:
+        given = tuple(int(g) for g in m.groups()) if m else ()
+        if not given or max(given) > MAX_EXPLICIT_COUNT:
             raise ValueError(
                 f"bad alphabet {spec!r}: expected {_CHOICES} with c1..c4 "
                 f"decimal integers from 0 to {MAX_EXPLICIT_COUNT}"
             )
-        return counts, f"explicit {counts}"  # type: ignore[return-value]
+        return given, f"explicit {given}"  # type: ignore[return-value]
     raise ValueError(f"unknown alphabet {spec!r}: expected {_CHOICES}")
 
 
