@@ -121,6 +121,8 @@ def compare(size: int, repeat: int, work: Path, flint: str) -> dict:
         runs = work / f"runs-{size}-{attempt}"
         seconds, peak, digest = measure(stepmap_cmd(size, runs), work / "stepmap.out", env)
         rows["stepmap"].append((seconds, peak))
+        print(f"  size {size}: stepmap {seconds:.2f} s, {peak / 2**20:.0f} MiB", file=sys.stderr,
+              flush=True)
         digests.add(digest)
         if size <= 10**7:
             input_bytes = stored_input_bytes(runs)
@@ -128,6 +130,8 @@ def compare(size: int, repeat: int, work: Path, flint: str) -> dict:
         seconds, peak, digest = measure([flint, "-c", FLINT, str(size), ARTICLE],
                                         work / "flint.out")
         rows["flint"].append((seconds, peak))
+        print(f"  size {size}: FLINT {seconds:.2f} s, {peak / 2**20:.0f} MiB", file=sys.stderr,
+              flush=True)
         digests.add(digest)
     if len(digests) != 1:
         raise SystemExit(f"size {size}: stepmap and FLINT disagree")
@@ -147,7 +151,7 @@ def huge(size: int, work: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10**5, 10**6, 10**7])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--huge", action="store_true", help="also one stepmap run at 10^8")
     args = parser.parse_args()
