@@ -3,6 +3,7 @@ TransferManager (16 threads, no verification, no fsync) downloading the same obj
 copier a fresh process, interleaved, in the same run.
 
     .venv/bin/python benchmarks/bench_s3copy.py [--small 200] [--large 4] [--repeat 3]
+    .venv/bin/python benchmarks/bench_s3copy.py --before /tmp/old/src   # also an older s3copy
 
 Default data: 200 objects of 1 MiB and 4 of 64 MiB uploaded in 8 MiB parts (478 MB). stepmap
 verifies every object (MD5 / multipart ETag) and fsyncs every file; the TransferManager does
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200, help="objects of 1 MiB")
     parser.add_argument("--large", type=int, default=4, help="objects of 64 MiB (8 MiB parts)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--before", help="another stepmap src directory to measure too (e.g. "
+                        "`git archive OLD src | tar -x -C /tmp/old`)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3copy-"))
     server = start_s3_server(work / "s3")
@@ -112,6 +115,11 @@ def main() -> None:
                               "s3://bench/data/", "--dest", str(dest), "--quiet", "--results",
                               str(work / "runs")],
         }
+        stepmap_run = copiers["stepmap s3copy (defaults: local engine, all cores; verified, fsynced)"]
+        if args.before:
+            copiers[f"stepmap s3copy from {args.before}"] = lambda dest: ["env", f"PYTHONPATH="
+                                                                         f"{args.before}",
+                                                                         *stepmap_run(dest)]
         measured: dict[str, list] = {name: [] for name in copiers}
         for attempt in range(args.repeat):  # interleaved: both see the same load
             for name, command in copiers.items():
