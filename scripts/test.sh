@@ -20,4 +20,5 @@ fi
 if [ -f tools/s3server/s3server.py ]; then
   .venv/bin/python tools/s3server/s3server.py install
 fi
+.venv/bin/python -m mypy src/  # the package ships py.typed: its type hints must hold
 exec .venv/bin/python -m pytest "$@"

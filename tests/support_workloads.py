@@ -21,6 +21,63 @@ class Echo(Workload):
         return [text for output in outputs for text in output]
 
 
+class Limits(Workload):
+    """Each item reports the memory limits its worker process runs under (the address-space
+    rlimit, a Dask worker's memory limit), in MB; item ``flaky`` fails on its first attempt
+    (markers in ``state_dir``), so a resume has something to recompute."""
+
+    name = "limits"
+
+    def start(self, event):
+        count = event.get("items", 4)
+        return Start(params={"state_dir": event["state_dir"], "flaky": event.get("flaky", -1)},
+                     items=range(count), count=count)
+
+    def compute(self, event):
+        from pathlib import Path
+        out = []
+        for item in event_items(event):
+            marker = Path(item["state_dir"]) / f"failed-{item['index']}"
+            if item["index"] == item["flaky"] and not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"item {item['index']} fails on its first attempt")
+            out.append(_memory_limits())
+        return out
+
+    def reduce(self, outputs):
+        return [limits for output in outputs for limits in output]
+
+
+def _memory_limits():
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    try:
+        from distributed import get_worker
+        dask_limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError):  # not in a Dask worker
+        dask_limit = None
+    mib = 1024 * 1024
+    return {"address_space_mb": None if soft == resource.RLIM_INFINITY else soft // mib,
+            "dask_mb": dask_limit // mib if dask_limit else None}
+
+
+class NotDecimal(Workload):
+    """Items 0..3; item 2's result is "12a" (a worker bug, or a hand-edited result), which a
+    decimal reduce must refuse in one line rather than with a traceback or a total."""
+
+    name = "not-decimal"
+
+    def start(self, event):
+        return Start(params={}, items=range(4), count=4)
+
+    def compute(self, event):
+        return "12a" if any(item["index"] == 2 for item in event_items(event)) else "7"
+
+    def reduce(self, outputs):
+        from stepmap.workloads import resolve
+        return resolve("s3keys").reduce(outputs)
+
+
 class Span(Workload):
     """Items first..n-1 as a range; each compute call returns the sum of its items' values,
     taken from the batch's range in O(1) (never item by item). With ``state_dir`` each call

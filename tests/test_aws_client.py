@@ -28,7 +28,9 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from stepmap.aws import client, emulator  # noqa: E402
 from stepmap.aws.stack import state_machine_definition  # noqa: E402
 from stepmap.cli import main  # noqa: E402
+from stepmap.cli_common import RUNS_ENV  # noqa: E402
 from stepmap.results import RunStore  # noqa: E402
+from stepmap.runner import RunReport  # noqa: E402
 
 BUCKET = "stepmap-client-test"
 TOTAL_64 = local_total({"size": 64})
@@ -56,7 +58,7 @@ def deployed(moto_server, synthesized, monkeypatch, tmp_path):
     for key, value in {"AWS_ENDPOINT_URL": url, "MOTO_PORT": str(port),
                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                       client.cli.RUNS_ENV: str(tmp_path / "runs")}.items():
+                       RUNS_ENV: str(tmp_path / "runs")}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     template = synthesized.templates["stepmap"]
@@ -154,14 +156,13 @@ def test_ctrl_c_detaches_and_runs_reattaches(deployed, capsys, monkeypatch):
     status = deployed.sfn.describe_execution(executionArn=record["execution_arn"])["status"]
     assert status in ("RUNNING", "SUCCEEDED")
     monkeypatch.setattr(client, "watch", real_watch)
-    args = SimpleNamespace(json=False, quiet=False, output=None, results=None)
-    assert client.show_run(args, record) == 0
+    assert main(["runs", "detached"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[-1] == TOTAL_64 and "re-attaching" in err
     assert _record(deployed.runs, "detached")["status"] == "SUCCEEDED"
     # a finished run is printed from the record (no AWS call needed)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    assert client.show_run(args, _record(deployed.runs, "detached")) == 0
+    assert main(["runs", "detached"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == TOTAL_64
 
 
@@ -254,9 +255,9 @@ def test_resume_of_an_aws_run_redrives_a_failed_execution(tmp_path, monkeypatch,
          "status": "INCOMPLETE", "execution_arn": arn, "created": 0.0, "items": 4})
     stub, followed = _RedriveStub(status), []
     monkeypatch.setattr(client, "_client", lambda service, region=None: stub)
-    monkeypatch.setattr(client, "_follow", lambda args, store, record, target, poll, **kw:
-                        followed.append(record["status"]) or 0)
-    assert main(["resume", "r1", "--results", str(tmp_path)]) == 0
+    monkeypatch.setattr(client, "_follow", lambda store, record, target, poll, progress, **kw:
+                        followed.append(record.status) or RunReport.from_record(record))
+    assert main(["resume", "r1", "--results", str(tmp_path)]) == 1  # RUNNING: no total yet
     assert (("redrive", arn) in stub.calls) is redriven
     assert followed == ["RUNNING"]  # watched to the end like a fresh run
 
@@ -264,6 +265,7 @@ def test_resume_of_an_aws_run_redrives_a_failed_execution(tmp_path, monkeypatch,
 def test_resume_of_an_emulated_run_is_refused(tmp_path, capsys):
     from stepmap.results import RunStore
     RunStore.open(str(tmp_path), "e1").write_record(
-        {"run_id": "e1", "engine": "aws-emulated", "status": "INCOMPLETE", "created": 0.0})
+        {"run_id": "e1", "engine": "aws-emulated", "workload": "s3keys", "input": {"size": 4},
+         "status": "INCOMPLETE", "created": 0.0})
     assert main(["resume", "e1", "--results", str(tmp_path)]) == 2
     assert "cannot be resumed" in capsys.readouterr().err

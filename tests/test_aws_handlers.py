@@ -17,6 +17,7 @@ from moto import mock_aws  # noqa: E402
 from stepmap.aws import handlers  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
+from stepmap.verify import SEAL_KEY, canonical, checksum, unseal  # noqa: E402
 from stepmap.workloads import s3keys  # noqa: E402
 
 sys.set_int_max_str_digits(0)
@@ -77,19 +78,25 @@ def test_start_refuses_bad_input_with_a_typed_error(event, message):
 
 def test_compute_single_item_envelope_matches_the_job_contract():
     expected = s3keys.WORKLOAD.compute(item_event(700, PARAMS_1024))
-    out = handlers.compute({"index": 700, "params": PARAMS_1024})
+    sealed = handlers.compute({"index": 700, "params": PARAMS_1024})
+    out = unseal(sealed)
     assert out == expected and len(out) > 1400  # a ~1500-digit decimal string
-    assert json.loads(json.dumps(out)) == out
+    assert json.loads(json.dumps(sealed)) == sealed
+    # the checksum of this event and result travels in the Output (verify.py)
+    assert sealed[SEAL_KEY] == checksum(canonical({"index": 700, "params": PARAMS_1024}),
+                                        canonical(expected))
 
 
 def test_compute_batch_equals_the_sum_of_its_items():
     batch = {"Items": [{"index": i} for i in (5, 6, 7, 100)],
              "BatchInput": {"params": PARAMS_1024}}
-    singles = [handlers.compute({"index": i, "params": PARAMS_1024}) for i in (5, 6, 7, 100)]
-    assert int(handlers.compute(batch)) == sum(int(s) for s in singles)
+    singles = [unseal(handlers.compute({"index": i, "params": PARAMS_1024}))
+               for i in (5, 6, 7, 100)]
+    assert int(unseal(handlers.compute(batch))) == sum(int(s) for s in singles)
     # flat events (the job contract's own shapes) pass through unchanged
-    assert handlers.compute(item_event(100, PARAMS_1024)) == singles[-1]
-    assert handlers.compute({"Items": [{"index": 5}], "BatchInput": PARAMS_1024}) == singles[0]
+    assert unseal(handlers.compute(item_event(100, PARAMS_1024))) == singles[-1]
+    assert unseal(handlers.compute({"Items": [{"index": 5}], "BatchInput": PARAMS_1024})) \
+        == singles[0]
 
 
 @pytest.mark.parametrize("event, message", [
@@ -110,7 +117,7 @@ def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypa
     pointer = out[handlers.POINTER_KEY]
     assert pointer["Key"].startswith("outputs/") and pointer["Bucket"] == BUCKET
     stored = json.loads(_get(s3, pointer["Key"]))
-    assert stored == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
+    assert unseal(stored) == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
 
 
 # ---------------------------------------------------------------- reduce
@@ -197,6 +204,26 @@ def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeyp
     assert out["total"] is None and out["items"] == 10
     stored = json.loads(_get(s3, out["total_s3"]["Key"]))
     assert stored == local_total({"lengths": "600-609"})
+
+
+@pytest.mark.parametrize("tamper", ["digit", "unsealed", "input"])
+def test_reduce_ignores_entries_that_fail_their_checksum(s3, tamper):
+    """A changed digit in an Output, an Output without its seal, or an entry whose Input was
+    edited: the entry is not counted (its item is missing), so there is no total."""
+    outputs = _outputs(range(4))
+    if tamper == "digit":
+        text = outputs[2]["Output"]
+        outputs[2]["Output"] = text[:3] + ("1" if text[3] != "1" else "2") + text[4:]
+    elif tamper == "unsealed":
+        outputs[2] = outputs[2]["Output"]
+    event = _write_run(s3, outputs)
+    if tamper == "input":
+        key = "process_output/run1/SUCCEEDED_0.json"
+        entries = json.loads(_get(s3, key))
+        entries[2]["Input"] = json.dumps({"index": 3, "params": PARAMS_1024})
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
+    with pytest.raises(IncompleteRunError, match="cover 3 of 4 items.*failed verification"):
+        handlers.reduce({**event, "item_count": 4})
 
 
 def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):

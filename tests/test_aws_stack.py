@@ -16,6 +16,7 @@ from aws_cdk import assertions  # noqa: E402
 
 from stepmap.aws import stack as stack_module  # noqa: E402
 from stepmap.errors import UsageError  # noqa: E402
+from stepmap.verify import unseal  # noqa: E402
 
 
 def _template(synthesized, name="stepmap") -> assertions.Template:
@@ -192,7 +193,7 @@ def test_staged_asset_runs_pure_python_without_site_packages(tmp_path):
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
             "from stepmap.aws import handlers; from stepmap.workloads import s3keys; "
             "p = s3keys.WORKLOAD.start({'size': 5}).params; "
-            "print(json.dumps(handlers.compute({'index': 4, 'params': p})))")
+            "print(json.dumps(handlers.compute({'index': 4, 'params': p})['Output']))")
     out = subprocess.run([sys.executable, "-S", "-c", code, str(staged)], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -540,10 +541,11 @@ def test_a_listing_item_with_etag_reaches_s3copy_as_etag_and_reduce_trusts_the_m
     assert event["index"]["ETag"] == etag and "Etag" not in event["index"]
     batch = handlers.compute_event({"Items": [{"index": listed}], "BatchInput": {"params": params}})
     assert batch["Items"][0]["index"]["ETag"] == etag
-    out = handlers.compute(child)
+    sealed = handlers.compute(child)
+    out = unseal(sealed)
     assert (out["copied"], out["unverified"], out["copied_bytes"]) == (1, 0, len(body))
     assert (dest / "cats" / "1.jpg").read_bytes() == body
-    assert handlers.compute(child)["skipped"] == 1  # verified identical by its ETag: skipped
+    assert unseal(handlers.compute(child))["skipped"] == 1  # verified identical by its ETag: skipped
 
     def write_run(prefix, **entries):
         files = {"SUCCEEDED": [], "FAILED": [], "PENDING": []}
@@ -556,10 +558,10 @@ def test_a_listing_item_with_etag_reaches_s3copy_as_etag_and_reduce_trusts_the_m
                           Body=json.dumps({"ResultFiles": files}))
         return {"results": {"ResultWriterDetails": {"Bucket": "results-bucket",
                                                     "Key": f"{prefix}/manifest.json"}}}
-    done = write_run("process_output/ok", SUCCEEDED={"Output": json.dumps(out)})
+    done = write_run("process_output/ok", SUCCEEDED={"Output": json.dumps(sealed)})
     reduced = handlers.reduce({**done, "item_count": None})
     assert reduced["items"] == 1 and reduced["total"]["copied"] == 1
-    failed = write_run("process_output/bad", SUCCEEDED={"Output": json.dumps(out)},
+    failed = write_run("process_output/bad", SUCCEEDED={"Output": json.dumps(sealed)},
                        FAILED={"Error": "OSError", "Cause": "disk full"})
     with pytest.raises(IncompleteRunError, match="1 failed"):
         handlers.reduce({**failed, "item_count": None})

@@ -164,7 +164,7 @@ def test_a_runaway_sample_is_stopped_at_the_budget():
 
 def test_rebinning_prices_big_batches_as_the_small_ones_they_cover():
     pilot = est.Calibration(10, ((1.0, 2), (3.0, 2)), [], 0.0, 0.0, [(5, 2), (7, 2)])
-    out = est._rebin(pilot, 20, 40)
+    out = est.rebin(pilot, 20, 40)
     assert out.tasks == ((2.0, 1), (6.0, 1)) and out.output_bytes == [(5, 1), (7, 1)]
     assert out.priced_from == 10
 
@@ -221,7 +221,7 @@ def test_cli_batch_size_memory_and_concurrency(cli):
 def test_calibration_runs_in_a_child_without_gmpy2():
     import subprocess
     import sys
-    probe = est._CHILD.split("\n")[0] + "\nfrom stepmap.workloads import s3keys_math as m; print(m.BACKEND)"
+    probe = est.CHILD_CODE.split("\n")[0] + "\nfrom stepmap.workloads import s3keys_math as m; print(m.BACKEND)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
     assert out.strip() == "python"  # as in the Lambda package, which bundles no gmpy2
 

@@ -38,7 +38,8 @@ def _entry(name, worker, offset, seconds, status, position):
 
 def write_run(runs, run_id, tasks, *, record=None, pending=0):
     store = RunStore(LocalStorage(runs), run_id)
-    store.write_record(record or {"run_id": run_id, "workload": "chaos", "engine": "local"})
+    store.write_record(record or {"run_id": run_id, "workload": "chaos", "engine": "local",
+                                  "input": {}, "status": "SUCCEEDED", "created": 0.0})
     entries = [_entry(name, *spec, position=i) for i, (name, spec) in enumerate(tasks.items())]
     files = []
     for status in ("SUCCEEDED", "FAILED"):
@@ -141,7 +142,8 @@ def test_a_real_local_run_reports(cli, runs):
 
 def test_an_aws_run_is_reported_from_downloaded_results_with_packed_lanes(cli, tmp_path):
     runs = tmp_path / "runs"
-    record = {"run_id": "cloud", "workload": "s3keys", "engine": "aws",
+    record = {"run_id": "cloud", "workload": "s3keys", "engine": "aws", "input": {},
+              "status": "SUCCEEDED", "created": 0.0,
               "execution_arn": "arn:aws:states:us-east-1:123:execution:sm:cloud"}
     tasks = {f"child-{i}": (None, i * 0.5, 1.0, "SUCCEEDED") for i in range(6)}
     write_run(runs, "cloud", tasks, record=record)
@@ -153,7 +155,8 @@ def test_an_aws_run_is_reported_from_downloaded_results_with_packed_lanes(cli, t
 def test_an_aws_run_without_local_results_says_so(cli, tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(LocalStorage(runs), "cloud")
-    store.write_record({"run_id": "cloud", "engine": "aws",
+    store.write_record({"run_id": "cloud", "engine": "aws", "workload": "s3keys", "input": {},
+                        "status": "SUCCEEDED", "created": 0.0,
                         "execution_arn": "arn:aws:states:us-east-1:123:execution:sm:cloud"})
     code, out, err = cli("report", "cloud", "--results", str(runs))
     assert code == 2 and out == ""

@@ -59,13 +59,23 @@ def test_manifest_listing_a_missing_file_is_refused(finished_run):
         reduce_run(store, resolve("s3keys"), expected_items=64)
 
 
-@pytest.mark.parametrize("garbage", [b"{not json", b'{"an": "object"}', b'[1, 2]', b"\xff\xfe",
-                                     b'[{"Status": "SUCCEEDED", "Input": "{}", "Output": "{bad"}]'])
+@pytest.mark.parametrize("garbage", [b"{not json", b'{"an": "object"}', b'[1, 2]', b"\xff\xfe"])
 def test_corrupt_results_file_is_refused(finished_run, garbage):
     store, _ = finished_run
     first = RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")[0]
     Path(store.storage.describe(first)).write_bytes(garbage)
     with pytest.raises(ResultsError, match="corrupt"):
+        reduce_run(store, resolve("s3keys"), expected_items=64)
+
+
+def test_a_corrupt_entry_counts_as_missing_not_as_a_result(finished_run):
+    """One entry that does not verify (here: no checksum, a corrupt Output) is ignored, so
+    its items are missing: no total, and the message says which entry and why."""
+    store, _ = finished_run
+    first = RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")[0]
+    Path(store.storage.describe(first)).write_bytes(
+        b'[{"Status": "SUCCEEDED", "Input": "{}", "Output": "{bad"}]')
+    with pytest.raises(IncompleteRunError, match="failed verification.*corrupt Input or Output"):
         reduce_run(store, resolve("s3keys"), expected_items=64)
 
 

@@ -20,7 +20,7 @@ import importlib.util
 import os
 import sys
 
-from .errors import UsageError
+from .errors import InvalidEvent, UsageError
 
 sys.set_int_max_str_digits(0)
 
@@ -59,13 +59,19 @@ def to_decimal(value: int) -> str:
     return _python_to_decimal(value)
 
 
+class NotDecimal(InvalidEvent, ValueError):
+    """A result that should be a decimal string is not one (a ValueError, as int() raises,
+    and an InvalidEvent, so the CLI and the reduce Lambda report it in one line)."""
+
+
 def from_decimal(text: str) -> int:
-    """Parse a result's decimal string exactly (results are trusted: written by our own steps)."""
+    """Parse a result's decimal string exactly: ASCII digits with an optional '-' sign, no
+    spaces, no '_' (int() would take '1_000', ' 12' or Arabic-Indic digits)."""
     if not isinstance(text, str):
         raise TypeError(f"expected a decimal string, got {type(text).__name__}")
     body = text[1:] if text[:1] == "-" else text
     if not body.isdigit() or not body.isascii():
-        raise ValueError(f"not a decimal integer: {text[:40]!r}")
+        raise NotDecimal(f"a result is not a decimal integer: {text[:40]!r}")
     if len(body) <= _FAST_FROM_DECIMAL_DIGITS:
         return int(text)
     if _gmpy2() is not None:
@@ -133,11 +139,40 @@ def _python_from_decimal(digits: str) -> int:
 
 
 def parse_int_strict(text: str) -> int:
-    """json parse_int hook for untrusted input: refuses absurdly long numbers up front."""
-    digits = text.lstrip("-")
+    """json parse_int hook for untrusted input: refuses absurdly long numbers up front, and
+    anything but ASCII digits (int() alone would take '²'-like digits of other scripts)."""
+    digits = text[1:] if text[:1] == "-" else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise UsageError(f"not an integer: {text[:40]!r}")
     if len(digits) > MAX_INPUT_DIGITS:
         raise UsageError(f"number with {len(digits)} digits in the input is too large")
     return int(text)
+
+
+def flag_int(text: str) -> int:
+    """An integer option's value: optional sign and ASCII digits only. int() accepts '４'
+    (a full-width four) and '1_000'."""
+    body = text.strip()
+    digits = body[1:] if body[:1] in "+-" else body
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_INPUT_DIGITS:
+        raise ValueError(text)
+    return int(body)
+
+
+def flag_float(text: str) -> float:
+    """A number option's value: ASCII only and finite (float() accepts '４', 'nan', 'inf')."""
+    body = text.strip()
+    if not body.isascii() or not any(c.isdigit() for c in body) or "_" in body \
+            or len(body) > 40:
+        raise ValueError(text)
+    value = float(body)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return value
+
+
+# argparse names the type in its message: "argument --workers: invalid integer value: '４'"
+flag_int.__name__, flag_float.__name__ = "integer", "number"
 
 
 def reject_constant(name: str):

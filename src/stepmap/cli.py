@@ -7,26 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from typing import Any, Callable
 
 from . import runner
-from .bigint import parse_int_strict
+from .bigint import flag_float, flag_int
+from .cli_common import (FIELD_FLAGS, RUNS_ENV, Parser, check_output, emit, flag_message,
+                         print_report, runs_location, total_text, workload_input)
+from .config import DEFAULT_RUNS_DIR, ITEM_FORMATS, RunConfig
+from .drivers.base import RunReport
 from .engines import ALL_ENGINES, REMOTE_ENGINES
-from .errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, StepmapError, UsageError
-from .job import loads_input
-from .mapper import MapPolicy
+from .errors import EXIT_INTERRUPTED, ConfigError, StepmapError, UsageError
 from .progress import ProgressBar
-from .workloads import available, resolve
-
-RUNS_ENV = "STEPMAP_RESULTS"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one clear line, not a usage dump
-        raise UsageError(message)
-
+from .workloads import available
 
 #: Commands built into this module; the others come from COMMAND_MODULES.
 CORE_COMMANDS = ("run", "resume", "workloads", "runs")
@@ -35,9 +29,12 @@ CORE_COMMANDS = ("run", "resume", "workloads", "runs")
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the command about to run, only what it needs (the optional
     command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
-    parser = _Parser(prog="stepmap", allow_abbrev=False,
-                     description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="stepmap", allow_abbrev=False,
+                    description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
+    # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
+    # (zlib, bz2, lzma) costs every command
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                prog=parser.prog)
 
     run = sub.add_parser("run", allow_abbrev=False, help="run a job and print its total",
                          description="Workload parameters are options too, e.g. --size 1024.")
@@ -47,7 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--items-from", metavar="SOURCE",
                      help="items from a .json/.jsonl/.csv file or s3:// object, or an "
                           "s3://bucket/prefix/ listing, instead of the start step's")
-    run.add_argument("--items-format", choices=("json", "jsonl", "csv", "s3-listing"),
+    run.add_argument("--items-format", choices=ITEM_FORMATS,
                      help="the format of --items-from (default: from its name)")
     _engine_options(run)
     _aws_run_options(run)
@@ -55,7 +52,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", allow_abbrev=False,
-                            help="finish an incomplete run: compute only what is missing")
+                            help="finish an incomplete run: compute only what is missing",
+                            description="Continues with the engine and settings the run was "
+                            "started with (saved in its run.json); only the options given "
+                            "here override them.")
     resume.add_argument("run_id")
     resume.add_argument("--workload", help="confirm the module:attribute of a user workload")
     _engine_options(resume)
@@ -80,8 +80,10 @@ def _aws_run_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("aws engine")
     group.add_argument("--state-machine", metavar="ARN",
                        help="aws: the state machine to run (default: the deployed stack's)")
-    group.add_argument("--stack-name", default=DEFAULT_STACK,
+    group.add_argument("--stack-name",
                        help=f"aws: the stack deployed by stepmap deploy ({DEFAULT_STACK})")
+    group.add_argument("--region", help="aws: the stack's region (default: as boto3 finds "
+                       "it: AWS_REGION, AWS_DEFAULT_REGION, the profile)")
 
 
 #: Modules that add their own subcommands; each imports its heavy dependencies only when run.
@@ -96,27 +98,31 @@ def _register_optional_commands(sub) -> None:
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
+    """Run settings. No defaults here (None = not given), so ``resume`` can tell what was
+    typed; the defaults, shown in the help, are RunConfig's."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--engine", default="local", choices=ALL_ENGINES)
-    group.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    group.add_argument("--batch-size", type=int, help="items per compute call (default: auto)")
-    group.add_argument("--max-concurrency", type=int, help="compute calls running at once")
-    group.add_argument("--retries", type=int, default=2, help="retries per failed call (2)")
-    group.add_argument("--backoff", type=float, default=0.5,
+    group.add_argument("--engine", choices=ALL_ENGINES, help="where the items run (local)")
+    group.add_argument("--workers", type=flag_int, help="worker processes (default: all cores)")
+    group.add_argument("--batch-size", type=flag_int, help="items per compute call (default: auto)")
+    group.add_argument("--max-concurrency", type=flag_int, help="compute calls running at once")
+    group.add_argument("--retries", type=flag_int, help="retries per failed call (2)")
+    group.add_argument("--backoff", type=flag_float,
                        help="first retry delay in seconds, doubling each retry (0.5)")
-    group.add_argument("--timeout", type=float, default=900.0,
+    group.add_argument("--timeout", type=flag_float,
                        help="seconds before a compute call is killed (900, Lambda's maximum)")
-    group.add_argument("--tolerate", type=float, default=0.0, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, metavar="PERCENT",
                        help="failed items tolerated before the map run stops (0)")
-    group.add_argument("--tolerate-count", type=int, default=0, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, metavar="N",
                        help="failed items tolerated, as a count (0)")
-    group.add_argument("--memory-limit", type=int, metavar="MB",
+    group.add_argument("--memory-limit", type=flag_int, metavar="MB",
                        help="memory limit per worker process (local: address space; dask: "
                             "the worker's RSS, watched by its nanny)")
+    group.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
+                       help="local: how worker processes start (fork where available)")
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="dask: an existing scheduler (default: start a local cluster)")
     group.add_argument("--results", default=None, metavar="DIR",
-                       help=f"runs directory or s3://bucket/prefix (default ./{runner.DEFAULT_RUNS_DIR}"
+                       help=f"runs directory or s3://bucket/prefix (default ./{DEFAULT_RUNS_DIR}"
                             f" or ${RUNS_ENV})")
 
 
@@ -127,133 +133,66 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output", metavar="FILE", help="write the total to FILE instead of stdout")
 
 
-def _runs_location(args) -> str:
-    return args.results or os.environ.get(RUNS_ENV) or runner.DEFAULT_RUNS_DIR
+#: the flags of RunConfig fields, by argparse dest -> field name
+_CONFIG_DESTS = {"engine": "engine", **{flag[2:].replace("-", "_"): name
+                                        for name, flag in FIELD_FLAGS.items()}}
 
 
-def _options(args) -> runner.RunOptions:
-    policy = MapPolicy(batch_size=args.batch_size, max_concurrency=args.max_concurrency,
-                       retries=args.retries, backoff_seconds=args.backoff, timeout=args.timeout,
-                       tolerate_percent=args.tolerate, tolerate_count=args.tolerate_count)
-    engine_options = {"workers": args.workers, "memory_limit_mb": args.memory_limit,
-                      "scheduler": args.scheduler}
-    if args.memory_limit is not None and args.memory_limit < 64:
-        raise UsageError("--memory-limit must be at least 64 MB")
-    return runner.RunOptions(engine=args.engine, policy=policy, runs=_runs_location(args),
-                             engine_options={k: v for k, v in engine_options.items()
-                                             if v is not None},
-                             run_id=getattr(args, "run_id", None),
-                             items_from=getattr(args, "items_from", None),
-                             items_format=getattr(args, "items_format", None))
+def _typed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings the user typed (argparse leaves the others None)."""
+    given = {name: getattr(args, dest) for dest, name in _CONFIG_DESTS.items()
+             if getattr(args, dest, None) is not None and name != "runs"}
+    given.pop("engine", None)
+    return given
 
 
-def _workload_input(args, extra: list[str]) -> dict:
-    workload = resolve(args.workload)
-    event = loads_input(args.input) if args.input is not None else {}
-    pending = list(extra)
-    while pending:
-        flag = pending.pop(0)
-        if not flag.startswith("--"):
-            raise UsageError(f"unexpected argument {flag!r}")
-        name, eq, value = flag[2:].partition("=")
-        key = name.replace("-", "_")
-        param = workload.parameters.get(key)
-        if param is None:
-            raise UsageError(f"unknown option --{name} for workload {args.workload}; its "
-                             f"parameters: {', '.join('--' + p for p in workload.parameters)}")
-        if not eq:
-            if not pending:
-                raise UsageError(f"--{name} needs a value")
-            value = pending.pop(0)
-        event[key] = _convert(name, value, param.type)
-    return event
+def _check_start_method_env(args: argparse.Namespace) -> None:
+    """A bad $STEPMAP_START_METHOD is refused before anything is written."""
+    if args.engine in (None, "local") and args.start_method is None:
+        from .engines.local import start_method_from_env
+        start_method_from_env()
 
 
-def _convert(name: str, value: str, kind: type):
-    if kind is int:
-        text = value.strip()
-        if not text.lstrip("-").isdigit():
-            raise UsageError(f"--{name} must be an integer, got {value[:40]!r}")
-        return parse_int_strict(text)
-    return value
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    run_input = workload_input(args, extra)
+    _check_start_method_env(args)
+    config = RunConfig.build(engine=args.engine or "local", runs=runs_location(args.results),
+                             **_typed_settings(args))
+    return _run_and_print(args, lambda progress, on_start, notify: runner.run(
+        args.workload, run_input, config, progress=progress, on_start=on_start, notify=notify))
 
 
-def cmd_run(args, extra: list[str]) -> int:
-    if args.engine in REMOTE_ENGINES:
-        from .aws import client as aws_client  # heavy imports only when asked for
-        return aws_client.cmd_run(args, _workload_input(args, extra))
-    run_input = _workload_input(args, extra)
-    options = _options(args)
-    return _run_and_print(args, lambda progress, on_start: runner.run(
-        args.workload, run_input, options, progress=progress, on_start=on_start))
-
-
-def cmd_resume(args, extra: list[str]) -> int:
+def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
+    """Resume with the run's saved settings; only the flags typed here override them."""
     _no_extra(extra)
-    record = runner.load_run(_runs_location(args), args.run_id)
-    if record.get("engine") in REMOTE_ENGINES:
-        from .aws import client as aws_client
-        return aws_client.resume_run(args, record)
-    options = _options(args)
-    return _run_and_print(args, lambda progress, on_start: runner.resume(
-        args.run_id, options, workload_ref=args.workload, progress=progress))
+    _check_start_method_env(args)
+    overrides = _typed_settings(args)
+    overrides.pop("run_id", None)  # the positional RUN_ID names the run, it is no setting
+    if args.engine is not None:
+        overrides["engine"] = args.engine
+    return _run_and_print(args, lambda progress, on_start, notify: runner.resume(
+        args.run_id, runs=runs_location(args.results), overrides=overrides,
+        workload_ref=args.workload, progress=progress, notify=notify))
 
 
-def _run_and_print(args, call) -> int:
-    bar = ProgressBar(None, enabled=None if not args.quiet and not args.json else False)
+def _run_and_print(args: argparse.Namespace, call: Callable[..., RunReport]) -> int:
+    talk = not args.quiet and not args.json
+    bar = ProgressBar(None, enabled=None if talk else False)
 
-    def on_start(start, run_id):
+    def on_start(start: Any, run_id: str) -> None:
         bar.total = start.count
-        if not args.quiet and not args.json:
+        if talk:
             print(f"stepmap: run {run_id}: {start.summary}", file=sys.stderr)
 
+    def notify(line: str) -> None:
+        if talk:
+            print(line, file=sys.stderr)
+
     try:
-        report = call(bar.update, on_start)
+        report = call(bar.update, on_start, notify)
     finally:
         bar.close()
     return print_report(args, report)
-
-
-def print_report(args, report: runner.RunReport) -> int:
-    complete = report.status == "SUCCEEDED"
-    if args.output and complete:
-        _write_total(args.output, _total_text(report.total))
-    if args.json:
-        _emit(json.dumps(report.as_json()))
-    elif complete:
-        if not args.quiet:
-            print(f"stepmap: {report.items:,} items on {report.engine} in {report.seconds:.3f} s"
-                  f"; results in {report.location}", file=sys.stderr)
-        if args.output:
-            if not args.quiet:
-                print(f"stepmap: total written to {args.output}", file=sys.stderr)
-        else:
-            _emit(_total_text(report.total))
-    if not complete:
-        print(f"stepmap: error: run {report.run_id} is {report.status.lower()}: "
-              f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
-              f"failed, {report.pending:,} pending, so there is no total. {report.reason}. "
-              f"Finish it with: stepmap resume {report.run_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED if report.status == "INTERRUPTED" else EXIT_INCOMPLETE
-    return 0
-
-
-def _total_text(total) -> str:
-    """A total as printed: decimal strings as they are, anything else as JSON."""
-    return total if isinstance(total, str) else json.dumps(total)
-
-
-def _write_total(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    except OSError as exc:
-        raise UsageError(f"cannot write --output {path}: {exc.strerror or exc}") from None
-
-
-def _emit(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def cmd_workloads(args, extra: list[str]) -> int:
@@ -266,45 +205,70 @@ def cmd_workloads(args, extra: list[str]) -> int:
     return 0
 
 
-def cmd_runs(args, extra: list[str]) -> int:
+def cmd_runs(args: argparse.Namespace, extra: list[str]) -> int:
+    """`stepmap runs`: list the runs; `stepmap runs RUN_ID`: show one (re-attaching to a
+    remote run that is still running)."""
     _no_extra(extra)
-    runs_location = _runs_location(args)
-    if args.run_id is not None:
-        record = runner.load_run(runs_location, args.run_id)
-        if record.get("engine") in REMOTE_ENGINES:
-            from .aws import client as aws_client
-            return aws_client.show_run(args, record)
-        if args.json:
-            _emit(json.dumps(record))
-            return 0
-        for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
-                    "failed", "pending", "reason"):
-            if record.get(key) not in (None, ""):
-                print(f"{key:>10}: {record[key]}")
-        print(f"{'created':>10}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['created']))}")
-        if record.get("seconds") is not None:
-            print(f"{'seconds':>10}: {record['seconds']:.3f}")
-        for number, attempt in enumerate(record.get("attempts", []), 1):
-            took = attempt.get("finished", attempt["started"]) - attempt["started"]
-            print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
-                  f"{attempt.get('computed', 0):,} items in {took:.3f} s")
-        total = record.get("total")
-        if total is not None:
-            text = _total_text(total)
-            print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
-                  f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
-        return 0
-    records = runner.list_runs(runs_location)
+    location = runs_location(args.results)
+    if args.run_id is None:
+        return _list_runs(args, location)
+    record = runner.load_run(location, args.run_id)
+    if record.get("engine") in REMOTE_ENGINES:
+        args.output, args.quiet = None, False
+        return _run_and_print(args, lambda progress, on_start, notify: runner.follow(
+            args.run_id, runs=location, progress=progress, notify=notify))
     if args.json:
-        _emit(json.dumps([{k: r.get(k) for k in ("run_id", "status", "workload", "engine",
+        emit(json.dumps(record))
+        return 0
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    for key in ("run_id", "status", "workload", "engine", "summary", "items", "succeeded",
+                "failed", "pending", "reason"):
+        if record.get(key) not in (None, ""):
+            print(f"{key:>10}: {record[key]}")
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["created"]))
+    print(f"{'created':>10}: {created}")
+    if record.get("seconds") is not None:
+        print(f"{'seconds':>10}: {record['seconds']:.3f}")
+    for number, attempt in enumerate(record.get("attempts", []), 1):
+        took = attempt.get("finished", attempt["started"]) - attempt["started"]
+        print(f"{'attempt':>10}: #{number} on {attempt['engine']}: computed "
+              f"{attempt.get('computed', 0):,} items in {took:.3f} s"
+              f"{_settings_text(attempt.get('settings'))}")
+    total = record.get("total")
+    if total is not None:
+        text = total_text(total)
+        print(f"{'total':>10}: {text if len(text) <= 60 else text[:25] + '…' + text[-25:]}"
+              f"{f' ({len(text):,} digits)' if text.isdigit() and len(text) > 60 else ''}")
+
+
+def _list_runs(args: argparse.Namespace, location: str) -> int:
+    records = runner.list_runs(location)
+    if args.json:
+        emit(json.dumps([{k: r.get(k) for k in ("run_id", "status", "workload", "engine",
                                                    "items", "created")} for r in records]))
         return 0
     if not records:
-        print(f"no runs in {runs_location}", file=sys.stderr)
+        print(f"no runs in {location}", file=sys.stderr)
     for r in records:
         print(f"{r['run_id']}  {r.get('status', '?'):<11} {r.get('engine', '?'):<6} "
               f"{r.get('items') or 0:>9,} items  {r.get('summary', '')}")
     return 0
+
+
+def _settings_text(settings: Any) -> str:
+    """' with --timeout 2 --workers 2': the settings an attempt ran with, as flags."""
+    if not isinstance(settings, dict):
+        return ""
+    try:
+        flat = RunConfig.from_dict(settings).settings()
+    except UsageError:
+        return ""
+    return (" with " + " ".join(f"{FIELD_FLAGS.get(k, k)} {v}" for k, v in flat.items())
+            if flat else "")
 
 
 def _no_extra(extra: list[str]) -> None:
@@ -320,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "run":
             _no_extra(extra)
+        if getattr(args, "output", None):
+            check_output(args.output)
         return args.func(args, extra)
+    except ConfigError as exc:
+        print(f"stepmap: error: {flag_message(exc)}", file=sys.stderr)
+        return exc.exit_code
     except StepmapError as exc:
         print(f"stepmap: error: {exc}", file=sys.stderr)
         return exc.exit_code

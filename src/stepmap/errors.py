@@ -3,10 +3,13 @@
     StepmapError                  base of everything below; .exit_code for the CLI
      ├── UsageError          (2)  bad input: an option, the run input, a workload parameter
      │    ├── InvalidEvent   (2)  a step's event (a Lambda handler's input) is malformed
-     │    └── UnknownName    (2)  no such workload, engine, alphabet, method or run
+     │    ├── UnknownName    (2)  no such workload, engine, alphabet, method or run
+     │    └── ConfigError    (2)  a run setting is out of range or cannot apply to the engine
      ├── ResultsError        (2)  the results store is unusable or its files are corrupt
      ├── RunLockedError      (2)  another process is already working on this run
      ├── EngineError         (1)  an engine could not start or broke down
+     │    └── EngineLost     (1)  the engine went away mid-run (a lost Dask scheduler):
+     │                            the run stops as INTERRUPTED, resumable
      └── IncompleteRunError  (1)  not every item succeeded, so there is no total
 
 A failing compute step is *not* an exception at this level: the engine records it as a
@@ -40,6 +43,16 @@ class UnknownName(UsageError):
     pass
 
 
+class ConfigError(UsageError):
+    """A run setting is invalid; ``field`` names it (the CLI shows the flag instead), and
+    ``str()`` is the one line with the field's name."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class ResultsError(StepmapError):
     exit_code = EXIT_USAGE
 
@@ -50,6 +63,11 @@ class RunLockedError(StepmapError):
 
 class EngineError(StepmapError):
     exit_code = EXIT_INCOMPLETE
+
+
+class EngineLost(EngineError):
+    """The engine is gone mid-run (e.g. its scheduler): the map run stops, what was computed
+    is kept, the rest is recorded PENDING, and the run ends INTERRUPTED (exit 1)."""
 
 
 class IncompleteRunError(StepmapError):

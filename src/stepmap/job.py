@@ -40,6 +40,9 @@ MAX_INPUT_DEPTH = 32
 ITEM_KEY = "index"
 #: The key, under "Items", of a range batch's [first, end) item values.
 RANGE_KEY = "Range"
+#: A job parameter marking item values that are [first, end] sub-ranges: the AWS start step
+#: emits a long range so (see aws/handlers.py), and the entries AWS writes are counted so.
+SUB_RANGES_PARAM = "__stepmap_ranges__"
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,9 @@ def _range_of(items: Mapping) -> range:
 
 def item_count(event: JSON) -> int:
     """How many items an event (as recorded in a result's Input) stands for."""
+    bounds = _sub_ranges(event)
+    if bounds is not None:
+        return sum(b[1] - b[0] if _is_pair(b) else 1 for b in bounds)
     if isinstance(event, Mapping) and isinstance(event.get("Items"), list):
         return len(event["Items"])
     if isinstance(event, Mapping) and isinstance(event.get("Items"), Mapping):
@@ -248,6 +254,27 @@ def item_count(event: JSON) -> int:
         except InvalidEvent:
             return 1
     return 1
+
+
+def _sub_ranges(event: JSON) -> list | None:
+    """The [first, end] item values of an event whose params carry SUB_RANGES_PARAM (as AWS
+    records a child's input: params flat or wrapped in "params"), else None."""
+    if not isinstance(event, Mapping):
+        return None
+    batched = "Items" in event
+    shared = event.get("BatchInput") if batched else event
+    if isinstance(shared, Mapping) and isinstance(shared.get("params"), Mapping):
+        shared = shared["params"]
+    items = event["Items"] if batched else [event]
+    if not isinstance(shared, Mapping) or shared.get(SUB_RANGES_PARAM) is not True \
+            or not isinstance(items, list):
+        return None
+    return [item.get(ITEM_KEY) if isinstance(item, Mapping) else None for item in items]
+
+
+def _is_pair(bounds: object) -> TypeGuard[list[int]]:
+    return (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)
+            and bounds[0] < bounds[1])
 
 
 def loads_input(text: str | bytes, what: str = "--input") -> dict:
@@ -259,7 +286,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
             raise UsageError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
         raise UsageError(f"{what} is larger than {MAX_INPUT_BYTES // 1024} KiB")
-    if _nesting_depth(text) > MAX_INPUT_DEPTH:
+    if nesting_depth(text) > MAX_INPUT_DEPTH:
         raise UsageError(f"{what} is nested deeper than {MAX_INPUT_DEPTH} levels")
     try:
         value = json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
@@ -273,7 +300,7 @@ def loads_input(text: str | bytes, what: str = "--input") -> dict:
     return value
 
 
-def _nesting_depth(text: str) -> int:
+def nesting_depth(text: str) -> int:
     """Upper bound on bracket nesting, counted without parsing (strings are skipped)."""
     depth = deepest = 0
     in_string = escaped = False
@@ -321,6 +348,11 @@ class Params:
         if not low <= value <= high:
             raise UsageError(f"{key!r} must be between {low} and {high:,}, got {_show(value)}")
         return value
+
+    @overload
+    def string(self, key: str, *, default: str) -> str: ...
+    @overload
+    def string(self, key: str, *, default: None = None) -> str | None: ...
 
     def string(self, key: str, *, default: str | None = None) -> str | None:
         self.used.add(key)

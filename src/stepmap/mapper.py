@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
-from .errors import UsageError
+from .errors import ConfigError, EngineLost
 from .job import JSON, EventSpec, built, is_compact_range
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
@@ -45,16 +45,27 @@ class MapPolicy:
     tolerate_count: int = 0
 
     def __post_init__(self):
+        """Validated once, here; messages name the field (the CLI swaps in its flag)."""
+        for name in ("batch_size", "max_concurrency", "retries", "tolerate_count"):
+            _check_type(name, getattr(self, name), int, name in ("batch_size", "max_concurrency"))
+        for name in ("backoff_seconds", "backoff_rate", "max_backoff_seconds", "timeout",
+                     "tolerate_percent"):
+            _check_type(name, getattr(self, name), float, name == "timeout")
         _check(self.batch_size is None or 1 <= self.batch_size <= 10_000_000,
-               "--batch-size must be between 1 and 10,000,000")
+               "batch_size", "must be between 1 and 10,000,000")
         _check(self.max_concurrency is None or 1 <= self.max_concurrency <= 100_000,
-               "--max-concurrency must be between 1 and 100,000")
-        _check(0 <= self.retries <= 100, "--retries must be between 0 and 100")
-        _check(0 <= self.backoff_seconds <= 3600, "--backoff must be between 0 and 3600 seconds")
-        _check(self.timeout is None or 0 < self.timeout <= 7 * 86400,
-               "--timeout must be a positive number of seconds (at most a week)")
-        _check(0 <= self.tolerate_percent <= 100, "--tolerate must be a percentage from 0 to 100")
-        _check(self.tolerate_count >= 0, "--tolerate-count must not be negative")
+               "max_concurrency", "must be between 1 and 100,000")
+        _check(0 <= self.retries <= 100, "retries", "must be between 0 and 100")
+        _check(0 <= self.backoff_seconds <= 3600, "backoff_seconds",
+               "must be between 0 and 3600 seconds")
+        _check(1 <= self.backoff_rate <= 10, "backoff_rate", "must be between 1 and 10")
+        _check(0 <= self.max_backoff_seconds <= 86400, "max_backoff_seconds",
+               "must be between 0 and 86400 seconds")
+        _check(self.timeout is None or 0 < self.timeout <= 7 * 86400, "timeout",
+               "must be a positive number of seconds (at most a week)")
+        _check(0 <= self.tolerate_percent <= 100, "tolerate_percent",
+               "must be a percentage from 0 to 100")
+        _check(self.tolerate_count >= 0, "tolerate_count", "must not be negative")
 
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1-based): full jitter, capped."""
@@ -67,9 +78,21 @@ class MapPolicy:
         return max(self.tolerate_count, math.floor(total_items * self.tolerate_percent / 100))
 
 
-def _check(ok: bool, message: str) -> None:
+def _check_type(name: str, value: object, kind: type, optional: bool) -> None:
+    """None means 'not set' where a field allows it; bools are not numbers here."""
+    if value is None and not optional:
+        raise ConfigError(name, "must be set")
+    allowed = (int,) if kind is int else (int, float)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
+        raise ConfigError(name, f"must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {str(value)[:40]!r}")
+    if isinstance(value, float) and value != value:
+        raise ConfigError(name, "must be a number, got nan")
+
+
+def _check(ok: bool, field_name: str, problem: str) -> None:
     if not ok:
-        raise UsageError(message)
+        raise ConfigError(field_name, problem)
 
 
 def auto_batch_size(count: int | None, slots: int, *, compact: bool = False) -> int:
@@ -177,7 +200,8 @@ class MapOutcome:
     tasks: int = 0
     retries: int = 0
     stopped_because: str | None = None  # None: ran to the end
-    interrupted: bool = False
+    interrupted: bool = False  # by Ctrl-C
+    lost: str | None = None  # why the engine went away mid-run (EngineLost)
 
     @property
     def items(self) -> int:
@@ -233,9 +257,10 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                 task = inflight.pop(done.task_id)
                 if done.ok:
                     sink.add(success_entry(done.input_json or _json(task.event),
-                                           done.output_json, positions=task.positions,
+                                           done.output_json or "null", positions=task.positions,
                                            started=done.started, stopped=done.stopped,
-                                           attempts=task.attempts, worker=done.worker))
+                                           attempts=task.attempts, worker=done.worker,
+                                           checksum=done.checksum))
                     outcome.succeeded += task.items
                 elif task.attempts <= policy.retries and outcome.stopped_because is None:
                     outcome.retries += 1
@@ -258,6 +283,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
     except KeyboardInterrupt:
         outcome.interrupted = True
         outcome.stopped_because = "interrupted"
+    except EngineLost as exc:  # e.g. a Dask scheduler killed: keep what is done, resume later
+        outcome.lost = outcome.stopped_because = str(exc)
     except BaseException:
         executor.close(cancel=True)  # e.g. the results disk is full: stop, keep what is written
         raise

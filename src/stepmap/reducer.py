@@ -1,28 +1,36 @@
 """The reduce step: read every result through the results store, refuse incomplete sets.
 
 Used by every engine's runner and by the AWS reduce Lambda alike. A total is produced only
-when the manifest lists no FAILED or PENDING file and the SUCCEEDED entries account for
-every item exactly once.
+when the manifest lists no FAILED or PENDING file and the SUCCEEDED entries that pass
+verification (verify.py: the worker's checksum, and the Input this run's start emits at the
+entry's positions) account for every item exactly once. An entry that fails verification
+counts as missing (resume recomputes it) and is reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from .errors import IncompleteRunError, ResultsError
 from .job import JSON, Workload, item_count
-from .mapper import Intervals
-from .results import RunStore, entry_input, entry_output
+from .results import RunStore, entry_input
+from .verify import Expected, Verified, check_results
 
 
 @dataclass(frozen=True)
 class Reduction:
     total: JSON
     items: int
+    rejected: list = field(default_factory=list)  # entries ignored: "<file> <entry>: <why>"
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
-               manifest: dict | None = None) -> Reduction:
+               manifest: dict | None = None, expected: Expected | None = None,
+               written: Mapping[str, bytes | None] | None = None) -> Reduction:
+    """``expected``: this run's start, to prove each entry's Input (AWS entries carry no
+    positions, so the AWS reduce passes None and relies on checksums and the item count);
+    ``written``: the files this process just wrote (see verify.check_results)."""
     manifest = manifest if manifest is not None else store.read_manifest()
     missing = _unfinished(store, manifest)
     if missing:
@@ -34,31 +42,11 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
             f"no total reported{'. First failure: ' + first if first else ''}",
             failed=failed, pending=pending, missing=[d for _, _, d in missing][:20],
             run_id=store.run_id)
-
-    counted = {"items": 0}
-    positions: list[tuple[int, int]] = []
-
-    def outputs():
-        for entry in store.iter_entries(RunStore.manifest_keys(manifest, "SUCCEEDED")):
-            if entry.get("Status") != "SUCCEEDED":
-                raise ResultsError(f"a SUCCEEDED results file holds a {entry.get('Status')} entry")
-            span = entry.get("ItemPositions")
-            if _is_span(span):
-                positions.append(tuple(span))
-                counted["items"] += span[1] - span[0]
-            else:  # written by AWS: count the items of its Input
-                counted["items"] += item_count(entry_input(entry))
-            yield entry_output(entry)
-
-    total = workload.reduce(outputs())
-    _check_coverage(counted["items"], positions, expected_items, store.run_id)
-    return Reduction(total, counted["items"])
-
-
-def _is_span(span) -> bool:
-    return (isinstance(span, list) and len(span) == 2
-            and all(isinstance(p, int) and not isinstance(p, bool) for p in span)
-            and 0 <= span[0] < span[1])
+    keys = RunStore.manifest_keys(manifest, "SUCCEEDED")
+    verified = check_results(store, keys, expected, written)
+    _check_coverage(verified, expected_items, store.run_id)
+    total = workload.reduce(verified.outputs(store, keys))
+    return Reduction(total, verified.items, verified.rejected)
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:
@@ -78,15 +66,17 @@ def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:
     return found
 
 
-def _check_coverage(items: int, positions: list[tuple[int, int]], expected: int | None,
-                    run_id: str) -> None:
-    if expected is not None and items != expected:
-        raise IncompleteRunError(f"results cover {items} of {expected} items; no total reported",
-                                 pending=max(0, expected - items), run_id=run_id)
-    if not positions:
-        return  # results written by AWS carry no positions; the count check above stands
-    covered = Intervals(positions)
-    if covered.total() != sum(end - first for first, end in positions):
-        raise ResultsError("results files list some items more than once; the run is corrupt")
-    if expected is not None and (covered.starts[0] != 0 or covered.ends[-1] != expected):
-        raise ResultsError("results files cover item positions outside the run; corrupt run")
+def _check_coverage(verified: Verified, expected: int | None, run_id: str) -> None:
+    """Verified entries never overlap (check_results refuses that), so counting suffices."""
+    note = f" ({verified.note()})" if verified.rejected else ""
+    if expected is None:
+        if verified.rejected:
+            raise IncompleteRunError(f"{verified.note()}; no total reported", run_id=run_id)
+        return
+    if verified.items < expected:
+        raise IncompleteRunError(f"results cover {verified.items} of {expected} items{note}; "
+                                 "no total reported", pending=expected - verified.items,
+                                 run_id=run_id)
+    if verified.items > expected:  # only possible without positions (AWS): duplicates
+        raise ResultsError(f"results count {verified.items} items but the run has {expected}: "
+                           "some result files are duplicated or foreign; no total reported")

@@ -21,7 +21,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .cli_common import runs_location
 from .errors import UsageError
+from .extras import require
 from .results import RunStore, parse_time
 
 STRAGGLER_FACTOR = 3.0  # a task this many times slower than the median is a straggler
@@ -252,10 +254,10 @@ def register(sub, *, engine_options, output_options) -> None:
 
 
 def cmd_report(args, extra: list[str]) -> int:
-    from .cli import _runs_location  # here: cli imports this module
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-    record, entries, store = load_entries(_runs_location(args), args.run_id)
+    require("matplotlib", "report", "stepmap report")
+    record, entries, store = load_entries(runs_location(args.results), args.run_id)
     summary, tasks = summarize(args.run_id, entries)
     if not tasks:
         raise UsageError(f"run {args.run_id} has no finished tasks yet ({summary.pending:,} "

@@ -8,31 +8,37 @@
 
 Entries carry ``Input``/``Output`` as JSON *strings*, exactly like the files a Distributed
 Map's ResultWriter writes to S3, so the reduce step reads local, Dask and AWS runs with the
-same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts`` and
-``Worker`` to the entries it writes; readers ignore keys they do not know.
+same code. stepmap adds ``ItemPositions`` ([first, end) in the item stream), ``Attempts``, ``Worker``
+and ``Checksum`` (the worker's checksum of Input and Output, see verify.py) to the entries it
+writes; readers ignore keys they do not know.
 
 This module is the only one that knows file names and entry shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from . import bigint  # noqa: F401  (lifts the int/str digit limit for result strings)
 from .errors import ResultsError, UsageError
 from .storage import Storage, parse_location
 
 STATUSES = ("SUCCEEDED", "FAILED", "PENDING")
+#: Fields every run record has (every engine writes them when it creates the run).
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "workload": str, "input": dict, "status": str, "created": (int, float)}
+_RECORD_KINDS = {str: "a string", dict: "an object", (int, float): "a number"}
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
-_RESULT_FILE = re.compile(r"^(SUCCEEDED|FAILED|PENDING)_(\d+)\.json$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RESULT_FILE = re.compile(r"(SUCCEEDED|FAILED|PENDING)_([0-9]+)\.json")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: '$' takes "id\n"
 
 
 def new_run_id(workload: str) -> str:
@@ -43,7 +49,7 @@ def new_run_id(workload: str) -> str:
 
 def check_run_id(run_id: str) -> str:
     """Run ids become path components: refuse anything that could leave the runs directory."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
         raise UsageError(f"invalid run id {str(run_id)[:60]!r}: use letters, digits, '.', '_' "
                          "and '-' only")
     return run_id
@@ -63,10 +69,15 @@ def parse_time(text: str | None) -> float | None:
 # ---------------------------------------------------------------- entries
 
 def success_entry(input_json: str, output_json: str, *, positions: tuple[int, int], started: float,
-                  stopped: float, attempts: int, worker: str) -> dict:
-    return {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
-            "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
-            "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+                  stopped: float, attempts: int, worker: str, checksum: str | None = None) -> dict:
+    """``checksum``: the worker's verify.checksum of the two texts (None: the entry will
+    not verify, and reduce treats its items as missing)."""
+    entry = {**_common(input_json, positions), "Status": "SUCCEEDED", "Output": output_json,
+             "OutputDetails": {"Included": True}, "StartDate": iso_time(started),
+             "StopDate": iso_time(stopped), "Attempts": attempts, "Worker": worker}
+    if checksum is not None:
+        entry["Checksum"] = checksum
+    return entry
 
 
 def failure_entry(input_json: str, *, error: str, cause: str, positions: tuple[int, int],
@@ -99,12 +110,117 @@ def entry_output(entry: dict):
 def _load_json_field(entry: dict, field: str):
     text = entry.get(field)
     if not isinstance(text, str):
-        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has no {field} string")
+        raise ResultsError(f"result entry {_name(entry)} has no {field} string")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt {field}: "
+        raise ResultsError(f"result entry {_name(entry)} has a corrupt {field}: "
                            f"{exc.msg}") from None
+    except RecursionError:
+        raise ResultsError(f"result entry {_name(entry)} has a corrupt {field}: "
+                           "nested too deeply") from None
+
+
+def _name(entry: dict) -> str:
+    return repr(str(entry.get("Name", "?"))[:60])
+
+
+# ---------------------------------------------------------------- the run record
+
+#: A run's states: RUNNING until an attempt ends; SUCCEEDED (a total), INCOMPLETE (items
+#: failed or were not run), INTERRUPTED (Ctrl-C), FAILED (the results store broke), or
+#: STOPPED (shown, never written: RUNNING, but nobody holds the run's lock).
+RUN_STATES = ("RUNNING", "SUCCEEDED", "INCOMPLETE", "INTERRUPTED", "FAILED", "STOPPED")
+
+
+@dataclass
+class Attempt:
+    """One run or resume of a run: where it ran, with which settings, what it computed."""
+
+    engine: str
+    started: float
+    settings: dict[str, Any] = field(default_factory=dict)  # RunConfig.to_dict(), effective
+    finished: float | None = None
+    already_done: int = 0
+    tasks: int = 0
+    retries: int = 0
+    computed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Attempt":
+        return cls(**_known(cls, data, defaults={"engine": "?", "started": 0.0}))
+
+
+@dataclass
+class RunRecord:
+    """run.json: what a run computes, with which settings, and how far it got. Written only
+    through the store; read from files of older stepmap versions too (same keys, no
+    ``settings``: those are rebuilt from the old top-level ``policy``/``engine_options``)."""
+
+    run_id: str
+    workload: str
+    engine: str
+    input: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # RunConfig.to_dict(), last used
+    items: int | None = None
+    status: str = "RUNNING"
+    created: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    succeeded: int | None = None
+    failed: int | None = None
+    pending: int | None = None
+    finished: float | None = None
+    seconds: float | None = None
+    reason: str = ""
+    total: Any = None
+    items_from: str | None = None
+    items_format: str | None = None
+    items_snapshot: str | None = None
+    execution_arn: str | None = None  # the AWS engines' execution, and its state machine
+    state_machine_arn: str | None = None
+    results: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("extra", "attempts"):
+                continue
+            if value is not None or f.name in ("items", "total"):
+                out[f.name] = value
+        out["attempts"] = [a.to_dict() for a in self.attempts]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunRecord":
+        if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+            raise ResultsError("corrupt run record: not an object with a run_id")
+        values = _known(cls, data, defaults={"workload": "", "engine": "local"})
+        values["attempts"] = [Attempt.from_dict(a) for a in data.get("attempts") or []
+                              if isinstance(a, dict)]
+        if not isinstance(values.get("settings"), dict) or not values.get("settings"):
+            values["settings"] = {key: data.get(key) for key in (
+                "engine", "policy", "engine_options", "run_id", "items_from", "items_format")}
+            for legacy in ("policy", "engine_options"):
+                values["extra"].pop(legacy, None)
+        return cls(**values)
+
+
+def _known(cls: type, data: dict[str, Any], *, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Split ``data`` into ``cls``'s fields (with ``defaults``) and the rest (kept in
+    ``extra``, so a newer version's keys survive a read-modify-write by this one)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    values = {**defaults, **{k: v for k, v in data.items() if k in names}}
+    values["extra"] = {k: v for k, v in data.items() if k not in names}
+    return values
 
 
 # ---------------------------------------------------------------- the store
@@ -114,6 +230,9 @@ class ResultFile:
     key: str
     status: str
     number: int
+    #: sha256 of the bytes written, when this process wrote the file (verify trusts a file
+    #: it wrote itself only while its bytes are unchanged)
+    digest: bytes | None = field(default=None, compare=False)
 
 
 class RunStore:
@@ -144,7 +263,23 @@ class RunStore:
         self.storage.put(self.key(RUN_RECORD), _dump(record))
 
     def read_record(self) -> dict:
-        return self._read_json(self.key(RUN_RECORD), dict)
+        """The run record, checked for the fields every reader relies on (a record without
+        them is damaged: an error naming the file, never a KeyError later)."""
+        key = self.key(RUN_RECORD)
+        record = self._read_json(key, dict)
+        for name, kinds in _RECORD_FIELDS.items():
+            value = record.get(name)
+            if name not in record or isinstance(value, bool) or not isinstance(value, kinds):
+                what = "missing" if name not in record else f"not {_RECORD_KINDS[kinds]}"
+                raise ResultsError(f"damaged run record {self.storage.describe(key)}: "
+                                   f"{name!r} is {what}")
+        return record
+
+    def write_run(self, record: RunRecord) -> None:
+        self.write_record(record.to_dict())
+
+    def read_run(self) -> RunRecord:
+        return RunRecord.from_dict(self.read_record())
 
     def has_record(self) -> bool:
         return self.storage.exists(self.key(RUN_RECORD))
@@ -154,7 +289,7 @@ class RunStore:
         """Every complete result file present, manifest or not (resume starts from these)."""
         found = []
         for key in self.storage.list(self.prefix):
-            match = _RESULT_FILE.match(key.rsplit("/", 1)[-1])
+            match = _RESULT_FILE.fullmatch(key.rsplit("/", 1)[-1])
             if match:
                 found.append(ResultFile(key, match.group(1), int(match.group(2))))
         return sorted(found, key=lambda f: (f.status, f.number))
@@ -167,11 +302,17 @@ class RunStore:
 
     def write_results(self, status: str, number: int, entries: list[dict]) -> ResultFile:
         key = self.key(f"{status}_{number}.json")
-        self.storage.put(key, _dump(entries))
-        return ResultFile(key, status, number)
+        data = _dump(entries)
+        self.storage.put(key, data)
+        import hashlib  # here, not at import: ~15 ms of start-up for commands that write none
+        return ResultFile(key, status, number, hashlib.sha256(data).digest())
 
     def read_entries(self, key: str) -> list[dict]:
-        entries = self._read_json(key, list)
+        return self.parse_entries(key, self.storage.get(key))
+
+    def parse_entries(self, key: str, data: bytes) -> list[dict]:
+        """The entries of result file ``key`` whose bytes are ``data``."""
+        entries = self._parse_json(key, data, list)
         if not all(isinstance(e, dict) and e.get("Status") in STATUSES for e in entries):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
                                "entries must be objects with a Status")
@@ -205,9 +346,10 @@ class RunStore:
     def manifest_keys(manifest: dict, status: str) -> list[str]:
         listed = manifest["ResultFiles"].get(status, [])
         keys = [f.get("Key") for f in listed if isinstance(f, dict)]
-        if len(keys) != len(listed) or not all(isinstance(k, str) for k in keys):
+        strings = [k for k in keys if isinstance(k, str)]
+        if len(strings) != len(listed):
             raise ResultsError(f"corrupt manifest: bad {status} file list")
-        return keys
+        return strings
 
     def iter_entries(self, keys: Iterable[str]) -> Iterator[dict]:
         for key in keys:
@@ -215,12 +357,17 @@ class RunStore:
 
     # -----------------------------------------------------------------
     def _read_json(self, key: str, kind: type):
-        data = self.storage.get(key)
+        return self._parse_json(key, self.storage.get(key), kind)
+
+    def _parse_json(self, key: str, data: bytes, kind: type):
         try:
             value = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
                                f"{getattr(exc, 'msg', exc)}") from None
+        except RecursionError:  # the C decoder's own depth guard: nothing else to clean up
+            raise ResultsError(f"corrupt results file {self.storage.describe(key)}: "
+                               "nested too deeply") from None
         if not isinstance(value, kind):
             raise ResultsError(f"corrupt results file {self.storage.describe(key)}: expected "
                                f"a JSON {'object' if kind is dict else 'array'}")

@@ -20,9 +20,16 @@ from typing import IO, Iterator
 
 from .bigint import parse_int_strict, reject_constant
 from .errors import UsageError
+from .job import nesting_depth
 
 FORMATS = ("json", "jsonl", "csv", "s3-listing")
 _CHUNK = 1 << 16
+#: The most characters one item may take in a source: a JSON Lines line, a CSV row, an element
+#: of a JSON array. A source without line ends (``/dev/zero``) fails at this size instead of
+#: filling memory. (A Distributed Map's items are smaller still: 256 KiB per state input.)
+MAX_ITEM_CHARS = 1 << 20
+#: Items nested deeper than this are refused (and JSON parsing recursion stays bounded).
+MAX_ITEM_DEPTH = 64
 
 
 def detect_format(spec: str) -> str:
@@ -52,16 +59,16 @@ def read_items(spec: str, kind: str | None = None) -> Iterator:
 
 def _parse(kind: str, spec: str) -> Iterator:
     with _open_binary(spec) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # a leading BOM is no item
         try:
             if kind == "json":
                 yield from _json_array(text, spec)
             elif kind == "jsonl":
-                for number, line in enumerate(text, 1):
+                for number, line in enumerate(_BoundedLines(text, spec), 1):
                     if line.strip():
                         yield _loads(line, f"{spec} line {number}")
             else:
-                yield from csv.DictReader(text)
+                yield from _csv_rows(text, spec)
         except UnicodeDecodeError:
             raise UsageError(f"--items {spec} is not valid UTF-8") from None
         except csv.Error as exc:
@@ -70,12 +77,12 @@ def _parse(kind: str, spec: str) -> Iterator:
 
 def _open_binary(spec: str) -> IO[bytes]:
     if spec.startswith("s3://"):
-        from .storage import _s3_reason, make_s3_client
+        from .storage import s3_reason, make_s3_client
         bucket, _, key = spec[5:].partition("/")
         try:
             body = make_s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:  # botocore errors share no narrower useful base
-            raise UsageError(f"cannot read --items {spec}: {_s3_reason(exc)}") from None
+            raise UsageError(f"cannot read --items {spec}: {s3_reason(exc)}") from None
         return io.BufferedReader(_BodyReader(body), _CHUNK)
     try:
         return open(spec, "rb")
@@ -102,11 +109,59 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
+class _BoundedLines:
+    """The lines of a text stream, none longer than MAX_ITEM_CHARS; with ``per_line=False``
+    at most that many characters between two calls of :meth:`row_done` (a CSV row may span
+    lines, inside quotes)."""
+
+    def __init__(self, text: io.TextIOBase, spec: str, per_line: bool = True):
+        self.text, self.spec, self.per_line, self.taken = text, spec, per_line, 0
+
+    def __iter__(self) -> "_BoundedLines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.text.readline(MAX_ITEM_CHARS + 1)
+        if not line:
+            raise StopIteration
+        if self.per_line:
+            self.taken = 0
+        self.taken += len(line.rstrip("\r\n"))
+        if self.taken > MAX_ITEM_CHARS:
+            raise UsageError(f"--items {self.spec}: an item (line or row) is longer than "
+                             f"{MAX_ITEM_CHARS:,} characters")
+        return line
+
+    def row_done(self) -> None:
+        self.taken = 0
+
+
+def _csv_rows(text: io.TextIOBase, spec: str) -> Iterator[dict]:
+    lines = _BoundedLines(text, spec, per_line=False)
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:  # reads the header row, which has a budget of its own
+        return
+    lines.row_done()
+    for row in reader:
+        lines.row_done()
+        yield row
+
+
 def _loads(text: str, where: str):
+    _check_depth(text, 0, len(text), where)
     try:
         return json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: not valid JSON: {exc.msg}") from None
+
+
+def _check_depth(text: str, first: int, end: int, where: str) -> None:
+    """Refuse an item nested deeper than MAX_ITEM_DEPTH; counting brackets first (in C) keeps
+    the character-by-character scan off the common path."""
+    if text.count("[", first, end) + text.count("{", first, end) > MAX_ITEM_DEPTH \
+            and nesting_depth(text[first:end]) > MAX_ITEM_DEPTH:
+        raise UsageError(f"--items {where}: an item is nested deeper than {MAX_ITEM_DEPTH} "
+                         "levels")
 
 
 def _json_array(text: io.TextIOBase, where: str) -> Iterator:
@@ -140,12 +195,25 @@ def _json_array(text: io.TextIOBase, where: str) -> Iterator:
                 if at_end:
                     raise UsageError(f"--items {where}: not valid JSON: {exc.msg}") from None
                 break  # the element continues in the next chunk
+            except RecursionError:  # the C decoder's own guard, hit past ~1000 levels
+                raise UsageError(f"--items {where}: an item is nested deeper than "
+                                 f"{MAX_ITEM_DEPTH} levels") from None
             if end == len(buffer) and not at_end:
                 break  # a number may continue in the next chunk
+            if end - position > MAX_ITEM_CHARS:
+                raise _too_long(where)
+            _check_depth(buffer, position, end, where)
             yield value
             position = end
+        if len(buffer) - position > MAX_ITEM_CHARS:  # unfinished, and already too long
+            raise _too_long(where)
         if at_end and not done:
             raise UsageError(f"--items {where}: the JSON array is not closed")
+
+
+def _too_long(where: str) -> UsageError:
+    return UsageError(f"--items {where}: an element of the array is longer than "
+                      f"{MAX_ITEM_CHARS:,} characters")
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -156,7 +224,7 @@ def _skip_space(text: str, position: int) -> int:
 
 def list_objects(bucket: str, prefix: str, client=None) -> Iterator[dict]:
     """Every object under ``prefix``, page by page (ListObjectsV2), as ItemReader gives them."""
-    from .storage import _s3_reason, make_s3_client
+    from .storage import s3_reason, make_s3_client
     client = client or make_s3_client()
     paginator = client.get_paginator("list_objects_v2")
     try:
@@ -167,6 +235,6 @@ def list_objects(bucket: str, prefix: str, client=None) -> Iterator[dict]:
                        if hasattr(obj.get("LastModified"), "isoformat") else obj.get("LastModified"),
                        "StorageClass": obj.get("StorageClass", "STANDARD")}
     except Exception as exc:  # botocore errors share no narrower useful base
-        raise UsageError(f"cannot list s3://{bucket}/{prefix}: {_s3_reason(exc)}") from None
+        raise UsageError(f"cannot list s3://{bucket}/{prefix}: {s3_reason(exc)}") from None
 
 

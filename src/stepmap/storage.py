@@ -7,6 +7,8 @@ either the whole file or none of it, never a torn one.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import errno
 import itertools
 import os
@@ -20,12 +22,29 @@ _unique = itertools.count()
 
 
 class Storage(Protocol):
+    """What the results store and the run lock need, on a local directory and on S3."""
+
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> Iterator[str]: ...
+    def create(self, key: str, data: bytes) -> object:
+        """Write ``key`` only if it does not exist: truthy if created, falsy if it existed."""
+        ...
+    def list(self, prefix: str) -> Iterator[str]:
+        """The files directly under ``prefix`` (not in its subdirectories; no dot-files)."""
+        ...
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        """The names of the directories (S3: common prefixes) directly under ``prefix``."""
+        ...
     def delete(self, key: str) -> None: ...
     def describe(self, key: str = "") -> str: ...
+    def local_path(self, key: str) -> Path | None:
+        """The file ``key`` is on this machine's file system (to lock it, or to write it
+        as a stream), or None where there is no such file (S3)."""
+        ...
+    def ensure_writable(self) -> None:
+        """Fail now, with one line, if results cannot be written (before anything runs)."""
+        ...
 
 
 class LocalStorage:
@@ -39,6 +58,9 @@ class LocalStorage:
         if path != self.root and self.root not in path.parents:
             raise ResultsError(f"refusing a key outside the results directory: {key!r}")
         return path
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def ensure_writable(self) -> None:
         try:
@@ -85,6 +107,33 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist (atomically: a hard link of a complete
+        temporary file, which fails if the name is taken); False if it already existed."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{next(_unique)}.new"
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                with open(path, "xb") as handle:  # no hard links here: exclusive, not atomic
+                    handle.write(data)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
+
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -93,7 +142,7 @@ class LocalStorage:
             if path.is_file() and not path.name.startswith("."):
                 yield path.relative_to(self.root).as_posix()
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
@@ -128,22 +177,60 @@ class S3Storage:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as exc:  # botocore's errors share no useful base besides this
-            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
+
+    def create(self, key: str, data: bytes) -> str | None:
+        """A conditional create (If-None-Match: *): the new object's ETag, or None if ``key``
+        already exists. Of racing creators exactly one succeeds."""
+        return self._put_if(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag`` (If-Match): the new ETag, or
+        None if the object changed or vanished since it was read. (Ceph 16's RGW matches
+        only the bare ETag, AWS the quoted one: a refused quoted form is tried bare, which
+        is the same condition.)"""
+        return (self._put_if(key, data, IfMatch=etag)
+                or (self._put_if(key, data, IfMatch=etag.strip('"')) if '"' in etag else None))
+
+    def _put_if(self, key: str, data: bytes, **condition) -> str | None:
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          **condition)["ETag"]
+        except Exception as exc:
+            if s3_reason(exc).split(":")[0] in ("PreconditionFailed", "412", "NoSuchKey",
+                                                 "ConditionalRequestConflict", "409"):
+                return None
+            raise ResultsError(f"cannot write s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
+
+    def read_with_age(self, key: str) -> tuple[bytes, str, float] | None:
+        """(data, ETag, age in seconds by the server's own clock) or None if missing; the age
+        compares the object's Last-Modified with the reply's Date, so clocks of different
+        machines never enter it."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = reply["Body"].read()
+        except Exception as exc:
+            if s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
+        from email.utils import parsedate_to_datetime
+        now = parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return data, reply["ETag"], (now - reply["LastModified"]).total_seconds()
 
     def get(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def exists(self, key: str) -> bool:
         """One HEAD request (not a listing of the run's possibly many result files)."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
+            if s3_reason(exc).split(":")[0] in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot read s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -156,21 +243,32 @@ class S3Storage:
                     if name and not name.startswith("."):
                         yield obj["Key"]
         except Exception as exc:
-            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         paginator = self.client.get_paginator("list_objects_v2")
         names = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                names += [p["Prefix"][len(prefix):].rstrip("/")
+                          for p in page.get("CommonPrefixes", [])]
+        except Exception as exc:
+            raise ResultsError(f"cannot list s3://{self.bucket}/{prefix}: {s3_reason(exc)}") from None
         return sorted(names)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def ensure_writable(self) -> None:
+        """Nothing to check cheaply: the run record's PUT, before any item runs, fails with
+        the bucket's own reason (no such bucket, access denied)."""
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {_s3_reason(exc)}") from None
+            raise ResultsError(f"cannot delete s3://{self.bucket}/{key}: {s3_reason(exc)}") from None
 
     def describe(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}"
@@ -184,18 +282,29 @@ def make_s3_client(*, connections: int = 10):
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
+    from botocore.exceptions import BotoCoreError
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"},
                     max_pool_connections=connections)
     # A session of its own: boto3's default session caches the credentials it first resolved,
     # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.
-    return boto3.session.Session().client("s3", config=config)
+    try:
+        return boto3.session.Session().client("s3", config=config)
+    except (BotoCoreError, ValueError) as exc:  # no such AWS_PROFILE; a malformed endpoint
+        raise ResultsError(f"cannot set up S3 access: {exc}") from None
 
 
-def _s3_reason(exc: Exception) -> str:
+#: Error codes that mean "not allowed": a wrong key, a wrong secret, a missing permission.
+_DENIED = ("403", "Forbidden", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId")
+
+
+def s3_reason(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         error = response["Error"]
-        return f"{error.get('Code')}: {error.get('Message') or ''}".strip()
+        reason = f"{error.get('Code')}: {error.get('Message') or ''}".strip()
+        if str(error.get("Code")) in _DENIED:
+            reason += "; check the AWS credentials and the bucket's permissions"
+        return reason
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

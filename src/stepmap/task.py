@@ -1,7 +1,9 @@
 """Running one compute call, identically inside every engine's workers.
 
 The worker serialises the result to JSON itself, so an unserialisable result fails *that
-task* (and is retried or recorded) instead of breaking the engine.
+task* (and is retried or recorded) instead of breaking the engine, and adds the checksum of
+its Input and Output texts (verify.checksum), so the reduce step can tell a result entry
+written here from one damaged or edited since.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
 from .job import EventSpec, built
+from .verify import checksum
 from .workloads import resolve
 
 #: The largest result one compute call may return (its JSON text). Results are written to the
@@ -34,6 +37,7 @@ class Completion:
     ok: bool
     output_json: str | None = None
     input_json: str | None = None  # the event as built in the worker (the results' Input)
+    checksum: str | None = None  # of input_json and output_json (verify.checksum)
     error: str | None = None
     cause: str | None = None
     started: float = 0.0
@@ -45,13 +49,19 @@ def worker_name() -> str:
     return f"{os.uname().nodename}:{os.getpid()}"
 
 
+def event_json(spec: "dict | EventSpec") -> tuple[dict, str]:
+    """The compute event and its JSON text (the results' Input). verify rebuilds expected
+    Inputs with this very function, so the two can never encode an event differently."""
+    event = built(spec)
+    if isinstance(spec, EventSpec):
+        return event, spec.to_json(event)
+    return event, json.dumps(event, separators=(",", ":"))
+
+
 def execute(workload_ref: str, task_id: int, event) -> Completion:
     """Run one compute call; ``event`` is an event dict or a job.EventSpec to build here."""
     started = time.time()
-    spec = event
-    event = built(spec)
-    input_json = spec.to_json(event) if isinstance(spec, EventSpec) else \
-        json.dumps(event, separators=(",", ":"))
+    event, input_json = event_json(event)
     try:
         output = resolve(workload_ref).compute(event)
         output_json = json.dumps(output, separators=(",", ":"), allow_nan=False)
@@ -63,5 +73,5 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
                           started=started, stopped=time.time(), worker=worker_name())
     return Completion(task_id, True, output_json=output_json, input_json=input_json,
-                      started=started,
+                      checksum=checksum(input_json, output_json), started=started,
                       stopped=time.time(), worker=worker_name())

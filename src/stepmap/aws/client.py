@@ -1,146 +1,143 @@
-"""``stepmap run --engine aws|aws-emulated`` and re-attaching with ``stepmap runs RUN_ID``.
+"""The Step Functions driver: ``--engine aws|aws-emulated`` runs, resumes and re-attaches.
 
-    start-execution ──► watch: DescribeExecution + DescribeMapRun item counts ──► progress bar
+    start-execution ──► watch: DescribeExecution + DescribeMapRun item counts ──► progress
                                    │ done
                                    ▼
-    output {"total", "items"} (or the total's S3 location) ──► RunReport ──► cli.print_report
+    output {"total", "items"} (or the total's S3 location) ──► RunReport (runner, CLI)
 
-The run is recorded in the local runs directory (run.json with the execution ARN), so
+The run is recorded in the runs directory (run.json with the execution ARN), so
 ``stepmap runs`` lists it and Ctrl-C merely detaches: the execution keeps running on AWS and
 ``stepmap runs RUN_ID`` re-attaches. ``aws-emulated`` runs the stack ``synth`` produces on
-moto's interpreter in this process (see emulator.py) through the same watch-and-print code.
+moto's interpreter in this process (see emulator.py) through the same watch code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import sys
 import time
+from datetime import datetime
 from types import SimpleNamespace
+from typing import Any, Iterator
 
-from .. import cli, runner
-from ..errors import EXIT_INTERRUPTED, EngineError, StepmapError, UsageError
-from ..progress import ProgressBar
-from ..results import RunStore, check_run_id, new_run_id
-from ..workloads import resolve
+from ..config import AwsOptions, RunConfig
+from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
+from ..errors import EngineError, StepmapError, UsageError
+from ..extras import require
+from ..results import Attempt, RunRecord, RunStore
 
 #: DescribeMapRun/DescribeExecution are throttled per account: poll gently on AWS.
 MIN_POLL_SECONDS = 2.0
 MAX_POLL_SECONDS = 30.0
 EMULATED_POLL_SECONDS = 0.1
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
-#: run options that are properties of the deployed state machine, with their defaults
-_DEPLOY_TIME = {"batch_size": None, "max_concurrency": None, "tolerate": 0.0,
-                "tolerate_count": 0, "retries": 2, "backoff": 0.5, "timeout": 900.0,
-                "workers": None, "memory_limit": None, "scheduler": None}
 
 
-def cmd_run(args, run_input: dict) -> int:
-    started = resolve(args.workload).start(run_input)  # bad input fails here, before AWS
-    run_id = check_run_id(args.run_id) if getattr(args, "run_id", None) \
-        else new_run_id(args.workload)
-    if not _EXECUTION_NAME.match(run_id):
-        raise UsageError(f"run id {run_id!r} cannot name an execution: at most 80 letters, "
-                         "digits, '.', '_' or '-'")
-    store = RunStore.open(_runs_location(args), run_id)
-    if store.has_record():
-        raise UsageError(f"run {run_id} already exists in {store.storage.describe()}")
-    record = {"run_id": run_id, "workload": args.workload, "input": run_input,
-              "params": started.params, "summary": started.summary, "engine": args.engine,
-              "items": started.count, "status": "RUNNING", "created": time.time(),
-              "attempts": []}
-    _say(args, f"stepmap: run {run_id}: {started.summary}")
-    if args.engine == "aws-emulated":
-        return _run_emulated(args, run_input, store, record)
-    _note_ignored_options(args, "fixed when the stack is deployed (see stepmap deploy --help)")
-    with aws_errors():
-        target = _target(args)
-        execution_arn = target.sfn.start_execution(
-            stateMachineArn=target.state_machine_arn, name=run_id,
-            input=json.dumps(run_input))["executionArn"]
-    record.update(execution_arn=execution_arn, state_machine_arn=target.state_machine_arn)
-    store.write_record(record)
-    _say(args, f"stepmap: execution {execution_arn}")
-    with aws_errors():
-        return _follow(args, store, record, target, MIN_POLL_SECONDS, detachable=True)
+class StepFunctionsDriver:
+    """aws: executions of the deployed state machine; aws-emulated: of the synthesized one,
+    on moto's interpreter in this process."""
+
+    def check(self, config: RunConfig) -> None:
+        require("boto3", "aws", f"the {config.engine} engine")
+        if config.engine == "aws-emulated":
+            require("aws_cdk", "aws", "the aws-emulated engine")
+            require("moto", "test", "the aws-emulated engine")
+
+    def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
+        if not _EXECUTION_NAME.fullmatch(job.record.run_id):
+            raise UsageError(f"run id {job.record.run_id!r} cannot name an execution: at most "
+                             "80 letters, digits, '.', '_' or '-'")
+        if job.config.engine == "aws-emulated":
+            return _run_emulated(job, progress)
+        record = job.record
+        with aws_errors():
+            target = _target(job.config.engine_options, job.workload_ref)  # type: ignore
+            execution_arn = target.sfn.start_execution(
+                stateMachineArn=target.state_machine_arn, name=record.run_id,
+                input=json.dumps(record.input))["executionArn"]
+        record.execution_arn, record.state_machine_arn = execution_arn, target.state_machine_arn
+        job.store.write_run(record)
+        job.notify(f"stepmap: execution {execution_arn}")
+        with aws_errors():
+            return _follow(job.store, record, target, MIN_POLL_SECONDS, progress,
+                           detachable=True)
+
+    def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
+        """Redrive a failed execution, which re-runs only the Distributed Map's failed and
+        unstarted children, then watch it to the end."""
+        record = job.record
+        if record.engine == "aws-emulated":
+            raise UsageError("an aws-emulated run cannot be resumed: run it again (the emulator "
+                             "has no RedriveExecution)")
+        if record.status == "SUCCEEDED":
+            return RunReport.from_record(record)
+        arn = record.execution_arn or ""
+        with aws_errors():
+            target = _attached(record)
+            if target.sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
+                target.sfn.redrive_execution(executionArn=arn)
+                job.notify(f"stepmap: redriving {arn}")
+            record.status = "RUNNING"
+            job.store.write_run(record)
+            return _follow(job.store, record, target, MIN_POLL_SECONDS, progress,
+                           detachable=True)
+
+    def follow(self, store: RunStore, record: RunRecord, progress: ProgressFn | None,
+               notify: NotifyFn) -> RunReport:
+        """Print a finished run from its record; re-attach to a live one."""
+        if record.status != "RUNNING":
+            return RunReport.from_record(record)
+        if record.engine == "aws-emulated":
+            record.status = "INTERRUPTED"
+            record.reason = "the emulated execution ended with the process that ran it"
+            store.write_run(record)
+            return RunReport.from_record(record)
+        notify(f"stepmap: re-attaching to {record.execution_arn}")
+        with aws_errors():
+            return _follow(store, record, _attached(record), MIN_POLL_SECONDS, progress,
+                           detachable=True)
 
 
-def show_run(args, record: dict) -> int:
-    """``stepmap runs RUN_ID`` for an AWS run: print a finished run, re-attach to a live one."""
-    args = _output_args(args)
-    store = RunStore.open(_runs_location(args), check_run_id(record["run_id"]))
-    if record.get("status") != "RUNNING":
-        return cli.print_report(args, _report_from_record(record))
-    if record.get("engine") == "aws-emulated":
-        record.update(status="INTERRUPTED", reason="the emulated execution ended with the "
-                      "process that ran it")
-        store.write_record(record)
-        return cli.print_report(args, _report_from_record(record))
-    arn = record.get("execution_arn") or ""
-    _say(args, f"stepmap: re-attaching to {arn}")
-    with aws_errors():
-        target = SimpleNamespace(sfn=_client("stepfunctions", _region(arn)), s3=None,
-                                 state_machine_arn=record.get("state_machine_arn"))
-        return _follow(args, store, record, target, MIN_POLL_SECONDS, detachable=True)
-
-
-def resume_run(args, record: dict) -> int:
-    """``stepmap resume RUN_ID`` for an AWS run: redrive its failed execution, which re-runs
-    only the Distributed Map's failed and unstarted children, then watch it to the end."""
-    args = _output_args(args)
-    store = RunStore.open(_runs_location(args), check_run_id(record["run_id"]))
-    if record.get("engine") == "aws-emulated":
-        raise UsageError("an aws-emulated run cannot be resumed: run it again (the emulator "
-                         "has no RedriveExecution)")
-    if record.get("status") == "SUCCEEDED":
-        return cli.print_report(args, _report_from_record(record))
-    arn = record.get("execution_arn") or ""
-    with aws_errors():
-        target = SimpleNamespace(sfn=_client("stepfunctions", _region(arn)), s3=None,
-                                 state_machine_arn=record.get("state_machine_arn"))
-        if target.sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
-            target.sfn.redrive_execution(executionArn=arn)
-            _say(args, f"stepmap: redriving {arn}")
-        record["status"] = "RUNNING"
-        store.write_record(record)
-        return _follow(args, store, record, target, MIN_POLL_SECONDS, detachable=True)
+def _attached(record: RunRecord) -> SimpleNamespace:
+    arn = record.execution_arn or ""
+    return SimpleNamespace(sfn=_client("stepfunctions", _region(arn)), s3=None,
+                           state_machine_arn=record.state_machine_arn)
 
 
 # ---------------------------------------------------------------- watching
 
-def _follow(args, store: RunStore, record: dict, target, poll: float, *,
-            detachable: bool) -> int:
-    bar = ProgressBar(record.get("items"), enabled=False if args.quiet or args.json else None)
+def _follow(store: RunStore, record: RunRecord, target: Any, poll: float,
+            progress: ProgressFn | None, *, detachable: bool) -> RunReport:
     began = time.time()
     try:
-        described, counts = watch(target.sfn, record["execution_arn"], bar=bar, poll=poll)
+        described, counts = watch(target.sfn, record.execution_arn or "", progress=progress,
+                                  poll=poll)
     except KeyboardInterrupt:
-        bar.close()
         if not detachable:
             raise
-        print(f"stepmap: detached from run {record['run_id']}; its execution keeps running on "
-              f"AWS ({record['execution_arn']}). Re-attach with: stepmap runs "
-              f"{record['run_id']}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    bar.close()
+        return RunReport(record.run_id, "DETACHED", record.engine, record.items or 0, 0, 0,
+                         record.items or 0, time.time() - began, summary=record.summary,
+                         reason=f"its execution keeps running on AWS ({record.execution_arn})."
+                                f" Re-attach with: stepmap runs {record.run_id}")
     report = _finish(described, counts, record, target)
     report.seconds = _seconds(described, began)
-    record.update(status=report.status, items=report.items, succeeded=report.succeeded,
-                  failed=report.failed, pending=report.pending, finished=time.time(),
-                  seconds=report.seconds, reason=report.reason, results=report.location,
-                  total=report.total if report.status == "SUCCEEDED" else None,
-                  # one execution is one attempt, however often we re-attached to it
-                  attempts=[{"engine": record["engine"], "started": record["created"],
-                             "finished": time.time(), "computed": report.succeeded}])
-    store.write_record(record)
-    return cli.print_report(args, report)
+    record.status, record.items, record.finished = report.status, report.items, time.time()
+    record.succeeded, record.failed, record.pending = (report.succeeded, report.failed,
+                                                       report.pending)
+    record.seconds, record.reason, record.results = report.seconds, report.reason, \
+        report.location
+    record.total = report.total if report.status == "SUCCEEDED" else None
+    # one execution is one attempt, however often we re-attached to it
+    settings = record.attempts[0].settings if record.attempts else record.settings
+    record.attempts = [Attempt(engine=record.engine, started=record.created, settings=settings,
+                               finished=time.time(), computed=report.succeeded)]
+    store.write_run(record)
+    return report
 
 
-def watch(sfn, execution_arn: str, *, bar: ProgressBar | None = None, poll: float,
-          sleep=time.sleep) -> tuple[dict, dict]:
+def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, poll: float,
+          sleep: Any = time.sleep) -> tuple[dict, dict]:
     """Poll until the execution stops; return (DescribeExecution, final map-run item counts).
     DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait."""
     interval, map_run_arn, counts = poll, None, {}
@@ -150,10 +147,9 @@ def watch(sfn, execution_arn: str, *, bar: ProgressBar | None = None, poll: floa
             map_run_arn = map_run_arn or _latest_map_run(sfn, execution_arn)
             if map_run_arn:  # read after the execution stopped, these counts are final
                 counts = sfn.describe_map_run(mapRunArn=map_run_arn)["itemCounts"]
-                if bar is not None:
-                    bar.total = counts.get("total") or bar.total
-                    bar.update(counts.get("succeeded", 0) + counts.get("failed", 0),
-                               counts.get("failed", 0))
+                if progress is not None:
+                    progress(counts.get("succeeded", 0) + counts.get("failed", 0),
+                             counts.get("failed", 0))
             interval = poll
         except Exception as exc:
             if _error_code(exc) not in ("ThrottlingException", "TooManyRequestsException"):
@@ -171,12 +167,12 @@ def _latest_map_run(sfn, execution_arn: str) -> str | None:
     return runs[-1]["mapRunArn"] if runs else None
 
 
-def _finish(described: dict, counts: dict, record: dict, target) -> runner.RunReport:
-    items = record.get("items") or counts.get("total") or 0
+def _finish(described: dict, counts: dict, record: RunRecord, target: Any) -> RunReport:
+    items = record.items or counts.get("total") or 0
     succeeded, failed = counts.get("succeeded", 0), counts.get("failed", 0)
-    report = runner.RunReport(record["run_id"], "SUCCEEDED", record["engine"], items,
-                              succeeded, failed, max(0, items - succeeded - failed), 0.0,
-                              summary=record.get("summary", ""))
+    report = RunReport(record.run_id, "SUCCEEDED", record.engine, items,
+                       succeeded, failed, max(0, items - succeeded - failed), 0.0,
+                       summary=record.summary)
     if described["status"] != "SUCCEEDED":
         report.status = "INCOMPLETE"
         report.reason = (f"the execution {described['status'].lower()}: "
@@ -187,12 +183,12 @@ def _finish(described: dict, counts: dict, record: dict, target) -> runner.RunRe
     total = output.get("total")
     if total is None and isinstance(output.get("total_s3"), dict):
         where = output["total_s3"]
-        s3 = target.s3 or _client("s3", _region(record.get("execution_arn", "")))
+        s3 = target.s3 or _client("s3", _region(record.execution_arn or ""))
         total = json.loads(s3.get_object(Bucket=where["Bucket"], Key=where["Key"])["Body"].read())
-    expected = record.get("items")
+    expected = record.items
     if total is None or not isinstance(output.get("items"), int) or (
             expected is not None and output["items"] != expected):
-        raise EngineError(f"execution {record.get('execution_arn')} succeeded without a total "
+        raise EngineError(f"execution {record.execution_arn} succeeded without a total "
                           f"for all {expected} items: {str(output)[:200]}")
     report.total = total
     report.items = report.succeeded = output["items"]
@@ -215,40 +211,29 @@ def _cause(cause: str | None) -> str:
 
 def _seconds(described: dict, began: float) -> float:
     start, stop = described.get("startDate"), described.get("stopDate")
-    if hasattr(start, "timestamp") and hasattr(stop, "timestamp"):
+    if isinstance(start, datetime) and isinstance(stop, datetime):
         return max(0.0, stop.timestamp() - start.timestamp())
     return time.time() - began
 
 
-def _report_from_record(record: dict) -> runner.RunReport:
-    return runner.RunReport(
-        record["run_id"], record.get("status", "INCOMPLETE"), record.get("engine", "aws"),
-        record.get("items") or 0, record.get("succeeded") or 0, record.get("failed") or 0,
-        record.get("pending") or 0, record.get("seconds") or 0.0, total=record.get("total"),
-        summary=record.get("summary", ""), location=record.get("results", ""),
-        reason=record.get("reason", ""))
-
-
 # ---------------------------------------------------------------- targets
 
-def _target(args) -> SimpleNamespace:
-    """The state machine to run: --state-machine ARN, or the deployed stack's outputs."""
-    arn = getattr(args, "state_machine", None)
+def _target(options: AwsOptions, workload_ref: str) -> SimpleNamespace:
+    """The state machine to run: options.state_machine, or the deployed stack's outputs."""
+    arn = options.state_machine
     if arn:
-        if not arn.startswith("arn:") or ":stateMachine:" not in arn:
-            raise UsageError(f"--state-machine must be a state machine ARN, got {arn[:60]!r}")
         region = _region(arn)
         return SimpleNamespace(sfn=_client("stepfunctions", region),
                                s3=_client("s3", region), state_machine_arn=arn)
-    name = getattr(args, "stack_name", None) or "stepmap"
-    outputs = stack_outputs(name)
+    name = options.stack_name
+    outputs = stack_outputs(name, options.region)
     if "StateMachineArn" not in outputs:
         raise UsageError(f"stack {name!r} has no StateMachineArn output; redeploy it with "
                          "stepmap deploy")
     deployed = outputs.get("Workload")
-    if deployed and deployed != args.workload:
-        raise UsageError(f"stack {name!r} runs workload {deployed!r}, not {args.workload!r}; "
-                         f"deploy it with: stepmap deploy --workload {args.workload}")
+    if deployed and deployed != workload_ref:
+        raise UsageError(f"stack {name!r} runs workload {deployed!r}, not {workload_ref!r}; "
+                         f"deploy it with: stepmap deploy --workload {workload_ref}")
     arn = outputs["StateMachineArn"]
     region = _region(arn)
     return SimpleNamespace(sfn=_client("stepfunctions", region), s3=_client("s3", region),
@@ -315,57 +300,30 @@ def _engine_error(exc: Exception) -> EngineError:
 
 # ---------------------------------------------------------------- emulated
 
-def _run_emulated(args, run_input: dict, store: RunStore, record: dict) -> int:
+def _run_emulated(job: RunJob, progress: ProgressFn | None) -> RunReport:
     from .emulator import EmulatedStack
     from .stack import StackConfig
 
-    _note_ignored_options(args, "not used by the emulated stack", keep=(
-        "batch_size", "max_concurrency", "tolerate", "tolerate_count"))
-    config = StackConfig(workload=args.workload, batch_size=args.batch_size or 0,
-                         max_concurrency=args.max_concurrency or StackConfig.max_concurrency,
-                         tolerated_failure_percentage=args.tolerate or 0.0,
-                         tolerated_failure_count=args.tolerate_count or 0)
+    policy, record = job.config.policy, job.record
+    config = StackConfig(workload=job.workload_ref, batch_size=policy.batch_size or 0,
+                         max_concurrency=policy.max_concurrency or StackConfig.max_concurrency,
+                         tolerated_failure_percentage=policy.tolerate_percent,
+                         tolerated_failure_count=policy.tolerate_count)
     with EmulatedStack(config) as emulated:
         for note in emulated.notes:
-            print(f"stepmap: emulator: {note}", file=sys.stderr)
+            job.notify(f"stepmap: emulator: {note}")
         arn = emulated.sfn.start_execution(stateMachineArn=emulated.state_machine_arn,
-                                           name=record["run_id"],
-                                           input=json.dumps(run_input))["executionArn"]
-        record.update(execution_arn=arn, state_machine_arn=emulated.state_machine_arn)
-        store.write_record(record)
+                                           name=record.run_id,
+                                           input=json.dumps(record.input))["executionArn"]
+        record.execution_arn, record.state_machine_arn = arn, emulated.state_machine_arn
+        job.store.write_run(record)
         target = SimpleNamespace(sfn=emulated.sfn, s3=emulated.s3,
                                  state_machine_arn=emulated.state_machine_arn)
         try:
-            return _follow(args, store, record, target, EMULATED_POLL_SECONDS,
+            return _follow(job.store, record, target, EMULATED_POLL_SECONDS, progress,
                            detachable=False)
         except KeyboardInterrupt:
-            record.update(status="INTERRUPTED", reason="interrupted; an emulated execution "
-                          "cannot outlive this process")
-            store.write_record(record)
+            record.status = "INTERRUPTED"
+            record.reason = "interrupted; an emulated execution cannot outlive this process"
+            job.store.write_run(record)
             raise
-
-
-# ---------------------------------------------------------------- helpers
-
-def _runs_location(args) -> str:
-    return (getattr(args, "results", None) or os.environ.get(cli.RUNS_ENV)
-            or runner.DEFAULT_RUNS_DIR)
-
-
-def _output_args(args) -> SimpleNamespace:
-    return SimpleNamespace(json=getattr(args, "json", False), quiet=getattr(args, "quiet", False),
-                           output=getattr(args, "output", None),
-                           results=getattr(args, "results", None))
-
-
-def _say(args, text: str) -> None:
-    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
-        print(text, file=sys.stderr)
-
-
-def _note_ignored_options(args, why: str, keep: tuple = ()) -> None:
-    changed = [name for name, default in _DEPLOY_TIME.items()
-               if name not in keep and getattr(args, name, default) != default]
-    if changed and not getattr(args, "quiet", False):
-        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-        print(f"stepmap: note: {flags} ignored: {why}", file=sys.stderr)

@@ -13,7 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..bigint import flag_float, flag_int
 from ..errors import EngineError, UsageError
+from ..extras import require
 
 from . import DEFAULT_STACK
 #: The repository root (src/stepmap/aws/commands.py -> ../../..), home of the pinned CDK CLI.
@@ -49,17 +51,17 @@ def _stack_options(parser) -> None:
     group.add_argument("--stack-name", default=DEFAULT_STACK)
     group.add_argument("--workload", default="s3keys",
                        help="the workload the functions run, fixed at deploy time (s3keys)")
-    group.add_argument("--memory", type=int, default=4096, metavar="MB",
+    group.add_argument("--memory", type=flag_int, default=4096, metavar="MB",
                        help="compute and reduce Lambda memory (4096)")
-    group.add_argument("--timeout", type=int, default=900, metavar="SECONDS",
+    group.add_argument("--timeout", type=flag_int, default=900, metavar="SECONDS",
                        help="compute and reduce Lambda timeout (900, the maximum)")
-    group.add_argument("--max-concurrency", type=int, default=1000,
+    group.add_argument("--max-concurrency", type=flag_int, default=1000,
                        help="child executions running at once (1000; 0 = AWS's maximum)")
-    group.add_argument("--tolerate", type=float, default=0.0, metavar="PERCENT",
+    group.add_argument("--tolerate", type=flag_float, default=0.0, metavar="PERCENT",
                        help="ToleratedFailurePercentage of the map run (0)")
-    group.add_argument("--tolerate-count", type=int, default=0, metavar="N",
+    group.add_argument("--tolerate-count", type=flag_int, default=0, metavar="N",
                        help="ToleratedFailureCount of the map run (0)")
-    group.add_argument("--batch-size", type=int, default=0, metavar="N",
+    group.add_argument("--batch-size", type=flag_int, default=0, metavar="N",
                        help="ItemBatcher MaxItemsPerBatch (0 = no batcher, one item per child)")
     group.add_argument("--retain-bucket", action="store_true",
                        help="keep the results bucket when the stack is destroyed")
@@ -114,6 +116,7 @@ def _quiet_jsii() -> None:
 # ---------------------------------------------------------------- synth
 
 def cmd_synth(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap synth")
     from . import stack as stack_module
 
     config = _config(args)
@@ -164,6 +167,7 @@ def _run_cdk(command: list[str]) -> None:
 
 
 def cmd_deploy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap deploy")  # the CDK CLI runs our app with this Python
     config = _config(args)
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:
         outputs_file = Path(outdir) / "outputs.json"
@@ -188,6 +192,7 @@ def cmd_deploy(args, extra: list[str]) -> int:
 
 
 def cmd_destroy(args, extra: list[str]) -> int:
+    require("aws_cdk", "aws", "stepmap destroy")
     from .stack import StackConfig
 
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:

@@ -420,8 +420,9 @@ class EmulatedStack:
                        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or self.region})
         if self._log_level is not None:
             self._logger.setLevel(logging.CRITICAL)
-        self._mock = mock_aws(config=MOTO_CONFIG)
-        self._mock.start()
+        mock = mock_aws(config=MOTO_CONFIG)
+        mock.start()
+        self._mock = mock
         self.lambdas = FakeLambda(functions_from_template(template, region=self.region),
                                   self.faults)
         self._hooks = InterpreterHooks(self.lambdas).__enter__()

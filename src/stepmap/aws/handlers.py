@@ -2,7 +2,8 @@
 
     start(run input)        -> {"params", "items" | items in S3, "item_count", "items_in_s3"}
                                (with an item source: {"params", "item_count": null, ...})
-    compute(child input)    -> the workload's JSON result (big ints as decimal strings)
+    compute(child input)    -> {"Output": the workload's JSON result (big ints as decimal
+                                strings), "StepmapChecksum": ...} (verify.seal)
     reduce({"results": <ResultWriter details>, "item_count": N | null})
                             -> {"total", "items", "results"}
 
@@ -23,7 +24,7 @@ A start step whose items are a ``range`` of more than RANGE_INLINE_ITEMS (about 
 start's inline payload) emits sub-ranges instead: each map item is ``[first, end]`` (the values first..end-1), and the
 params carry ``RANGES_PARAM`` so compute turns a child's input back into the job contract's
 range event (a batch of consecutive sub-ranges becomes one range) and reduce counts each
-entry's items from its sub-ranges; ``item_count`` stays the number of items.
+entry's items from its sub-ranges (job.item_count); ``item_count`` stays the number of items.
 
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
@@ -41,10 +42,11 @@ import uuid
 from typing import Any, Mapping
 
 from ..errors import InvalidEvent, ResultsError, UsageError
-from ..job import ITEM_KEY, RANGE_KEY, event_items, is_compact_range
+from ..job import ITEM_KEY, RANGE_KEY, SUB_RANGES_PARAM, event_items, is_compact_range
 from ..reducer import reduce_run
 from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
+from ..verify import seal
 from ..workloads import resolve
 
 WORKLOAD_ENV = "STEPMAP_WORKLOAD"
@@ -62,7 +64,7 @@ INLINE_OUTPUT_BYTES = 200 * 1024
 #: The key of an offloaded output's pointer; no workload result looks like this.
 POINTER_KEY = "__stepmap_s3__"
 #: The params key marking map items that are [first, end] sub-ranges (see the docstring).
-RANGES_PARAM = "__stepmap_ranges__"
+RANGES_PARAM = SUB_RANGES_PARAM
 #: A range longer than this is cut into sub-ranges (its ints are ~8 bytes of JSON each).
 RANGE_INLINE_ITEMS = 25_000
 #: A long range is cut into about this many sub-ranges (unless the workload's batch hint
@@ -150,8 +152,10 @@ def _start_listed(event: dict, item_source: str) -> dict:
 # ---------------------------------------------------------------- compute
 
 def compute(event: Any, context: Any = None) -> Any:
+    """The workload's result, sealed with the checksum of this event and the result: a
+    ResultWriter entry has no room for a field of ours, so it travels in the Output."""
     job_event = compute_event(event)
-    output = workload().compute(job_event)
+    output = seal(event, workload().compute(job_event))
     text = _dumps(output)
     if len(text) <= INLINE_OUTPUT_BYTES:
         return output
@@ -278,8 +282,7 @@ def _reduce_event(event: Any) -> tuple[str, str, int | None]:
 
 class _PointerResolvingStore(RunStore):
     """Reads result entries whose Output is an offloaded-output pointer as if the output
-    were inline (pointers may only name this bucket's outputs/ prefix), and a sub-ranged
-    child's Input as its range event, so each entry counts the items it stands for."""
+    were inline. Pointers may only name this bucket's outputs/ prefix."""
 
     def read_entries(self, key: str) -> list[dict]:
         entries = super().read_entries(key)
@@ -287,13 +290,6 @@ class _PointerResolvingStore(RunStore):
             text = entry.get("Output")
             if isinstance(text, str) and POINTER_KEY in text[:64]:
                 entry["Output"] = self._fetch(entry, text)
-            given = entry.get("Input")
-            if isinstance(given, str) and RANGES_PARAM in given:  # count its items, not ranges
-                try:
-                    entry["Input"] = _dumps(compute_event(json.loads(given)))
-                except (ValueError, InvalidEvent):
-                    raise ResultsError(f"result entry {entry.get('Name', '?')!r} has a corrupt "
-                                       "sub-ranged Input") from None
         return entries
 
     def _fetch(self, entry: dict, text: str) -> str:

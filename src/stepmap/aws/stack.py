@@ -153,16 +153,16 @@ class StackConfig:
             return
         for name, (flag, prefix) in _IDS.items():
             value = getattr(self, name)
-            _need(value.startswith(prefix) and bool(_ID.match(value)),
+            _need(value.startswith(prefix) and bool(_ID.fullmatch(value)),
                   f"{flag} must be an ID like {prefix}0123456789abcdef0 (8 or 17 hex digits), "
                   f"got {value[:60]!r}")
         for subnet in self.subnet_ids:
-            _need(subnet.startswith("subnet-") and bool(_ID.match(subnet)),
+            _need(subnet.startswith("subnet-") and bool(_ID.fullmatch(subnet)),
                   "--subnets must be subnet IDs like subnet-0123456789abcdef0, got "
                   f"{subnet[:60]!r}")
         _need(len(set(self.subnet_ids)) == len(self.subnet_ids), "--subnets lists a subnet twice")
         _need(len(self.subnet_ids) <= 16, "--subnets: Lambda takes at most 16 subnets")
-        _need(bool(MOUNT_PATH.match(self.efs_mount_path)),
+        _need(bool(MOUNT_PATH.fullmatch(self.efs_mount_path)),
               "--efs-mount-path must be /mnt/NAME (one level: letters, digits, '-', '_', '.'), "
               f"got {self.efs_mount_path[:60]!r}")
 
@@ -170,7 +170,7 @@ class StackConfig:
         if not self.source_bucket:
             _need(not self.source_prefix, "a source prefix needs a source bucket (--item-source)")
             return
-        _need(bool(_BUCKET_NAME.match(self.source_bucket)) and ".." not in self.source_bucket,
+        _need(bool(_BUCKET_NAME.fullmatch(self.source_bucket)) and ".." not in self.source_bucket,
               f"--item-source: {self.source_bucket[:70]!r} is not an S3 bucket name")
         _need(len(self.source_prefix.encode("utf-8")) <= 1024,
               "--item-source: the prefix is longer than an S3 key may be")

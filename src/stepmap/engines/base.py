@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..job import EventSpec
 from ..task import Completion
 
 
@@ -15,7 +16,7 @@ class Executor(Protocol):
     #: how many tasks can run at the same time
     slots: int
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
         """Start one compute call. A task still running after ``timeout`` seconds is stopped
         and reported as failed with error 'TaskTimeout'."""
 

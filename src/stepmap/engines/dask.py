@@ -19,6 +19,14 @@ Semantics match the local engine:
   re-running the task on other workers; an external scheduler applies its own setting (Dask's
   default 3: the task is re-run up to 3 more times before it fails with KilledWorker).
 
+A lost scheduler (killed, its host gone) cancels every future at once. The executor then
+waits up to ``STEPMAP_DASK_SCHEDULER_TIMEOUT`` seconds (30) for the client to reconnect; if it
+does not, it raises EngineLost: the mapper records what is in flight as PENDING and the run
+ends INTERRUPTED, to be resumed on a working cluster. Fetching finished results (``gather``)
+is bounded too, by ``STEPMAP_DASK_GATHER_TIMEOUT`` (120 s): a result that does not arrive is a
+'TaskLost' failure, retried like any other, never a hang; so is asking a worker how long a task
+past its timeout has run (a worker that does not answer is restarted, its task a TaskTimeout).
+
 Not like the local engine: ``close(cancel=True)`` cancels the futures, but a task already
 running on an *external* cluster keeps its worker thread busy until it returns (stepmap does not
 restart shared workers just because this run stopped). ``memory_limit_mb`` is the LocalCluster
@@ -29,6 +37,7 @@ needs itself counts against the limit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -40,13 +49,22 @@ from dataclasses import dataclass
 
 import dask
 from distributed import Client, Future, LocalCluster, wait as wait_all
+from distributed.client import ClosedClientError
 from distributed.scheduler import KilledWorker
 
-from ..errors import EngineError, UsageError
+from ..bigint import flag_float
+from ..config import is_scheduler_address
+from ..errors import EngineError, EngineLost, UsageError
+from ..job import EventSpec
 from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing
 RECHECK = 0.5
+#: Seconds to wait for an external scheduler: to connect, and to reconnect once lost.
+SCHEDULER_TIMEOUT_ENV, SCHEDULER_TIMEOUT = "STEPMAP_DASK_SCHEDULER_TIMEOUT", 30.0
+#: Seconds one gather of finished results may take before those tasks count as lost (and
+#: a worker asked about a task past its timeout may take to answer before it is restarted).
+GATHER_TIMEOUT_ENV, GATHER_TIMEOUT = "STEPMAP_DASK_GATHER_TIMEOUT", 120.0
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +109,8 @@ class DaskExecutor:
             if workers is not None or memory_limit_mb is not None:
                 raise UsageError("--workers and --memory-limit size the local Dask cluster; "
                                  "with --scheduler the cluster's own workers are used")
-            self._client = _connect(scheduler)
+            self._client = _connect(scheduler, _seconds(SCHEDULER_TIMEOUT_ENV,
+                                                        SCHEDULER_TIMEOUT))
         else:
             workers = workers or os.cpu_count() or 1
             if not isinstance(workers, int) or not 1 <= workers <= 1024:
@@ -103,19 +122,28 @@ class DaskExecutor:
                 self._cluster.close()
                 raise
         self.slots = sum(self._client.nthreads().values())
+        self._address = scheduler or "the local cluster"
+        self._scheduler_timeout = _seconds(SCHEDULER_TIMEOUT_ENV, SCHEDULER_TIMEOUT)
+        self._gather_timeout = _seconds(GATHER_TIMEOUT_ENV, GATHER_TIMEOUT)
         self._running: dict[str, _Attempt] = {}
         self._done: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._restarts: list[threading.Thread] = []
         self._token = uuid.uuid4().hex[:12]
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: EventSpec, timeout: float | None) -> None:
+        self._ensure_scheduler()
         key = f"stepmap-{self._token}-{task_id}-{uuid.uuid4().hex[:8]}"
-        future = self._client.submit(execute, self._ref, task_id, event, key=key, pure=False)
+        try:
+            future = self._client.submit(execute, self._ref, task_id, event, key=key,
+                                         pure=False)
+        except ClosedClientError:  # closed since the check above
+            raise self._lost() from None
         self._running[key] = _Attempt(task_id, future, time.time(), timeout,
                                       time.monotonic() + timeout if timeout else None)
         future.add_done_callback(lambda f: self._done.put(f.key))  # runs in a Dask thread
 
     def poll(self, wait: float) -> list[Completion]:
+        self._ensure_scheduler()
         if not self._running:
             time.sleep(min(wait, 0.05))
             return []
@@ -140,9 +168,11 @@ class DaskExecutor:
         return done
 
     def _collect(self, attempts: list[_Attempt]) -> list[Completion]:
+        if any(a.future.status == "cancelled" for a in attempts):
+            self._ensure_scheduler()  # cancelled because the scheduler went away?
         finished = [a.future for a in attempts if a.future.status == "finished"]
-        try:  # one round trip for every result ready now
-            results = dict(zip([f.key for f in finished], self._client.gather(finished)))
+        try:  # one round trip for every result ready now, bounded in time
+            results = dict(zip([f.key for f in finished], self._gather(finished)))
         except Exception:  # e.g. a result lost with its worker: look at each one below
             results = {}
         out = []
@@ -151,6 +181,32 @@ class DaskExecutor:
             out.append(results[key] if key in results else self._failure(attempt))
             attempt.future.release()
         return out
+
+    def _gather(self, futures: list[Future]) -> list:
+        """Client.gather with a time limit (it has none of its own: a result on a worker that
+        died under load was once awaited for over ten minutes)."""
+        if not futures:
+            return []
+        return self._client.sync(functools.partial(self._client.gather, asynchronous=True),
+                                 futures, callback_timeout=self._gather_timeout)
+
+    def _ensure_scheduler(self) -> None:
+        """Return while the client is connected; while it reconnects, wait (up to the
+        scheduler timeout); once that has passed or the client gave up, raise EngineLost."""
+        if self._client.status == "running":
+            return
+        since = time.monotonic()
+        log.warning("stepmap: lost the Dask scheduler at %s; waiting up to %g s for it",
+                    self._address, self._scheduler_timeout)
+        while self._client.status != "running":
+            if self._client.status in ("closing", "closed") \
+                    or time.monotonic() - since >= self._scheduler_timeout:
+                raise self._lost()
+            time.sleep(0.1)
+
+    def _lost(self) -> EngineLost:
+        return EngineLost(f"lost the Dask scheduler at {self._address}: no connection for "
+                          f"{self._scheduler_timeout:g} s ({SCHEDULER_TIMEOUT_ENV})")
 
     def _failure(self, attempt: _Attempt) -> Completion:
         worker = ""
@@ -172,17 +228,23 @@ class DaskExecutor:
 
     def _check_timeout(self, attempt: _Attempt) -> Completion | None:
         """Fail and kill a task that has executed for its timeout; else set its next check."""
+        timeout = attempt.timeout
+        if timeout is None:  # no deadline was set: nothing to check
+            return None
         key = attempt.future.key
-        where = [w for w, keys in self._client.processing().items() if key in keys]
-        ran = self._client.run(_executing_for, key, workers=where, on_error="return") \
-            if where else {}
+        try:
+            where = [w for w, keys in self._client.processing().items() if key in keys]
+        except (OSError, TimeoutError, ClosedClientError):  # the scheduler went away?
+            self._ensure_scheduler()
+            where = []
+        ran = self._ask_workers(key, where, attempt.timeout) if where else {}
         running = {w: s for w, s in ran.items() if isinstance(s, (int, float))}
         if not running:  # still queued: its clock has not started
-            attempt.deadline = time.monotonic() + min(RECHECK, attempt.timeout)
+            attempt.deadline = time.monotonic() + min(RECHECK, timeout)
             return None
         address, elapsed = max(running.items(), key=lambda pair: pair[1])
-        if elapsed < attempt.timeout:
-            attempt.deadline = time.monotonic() + attempt.timeout - elapsed
+        if elapsed < timeout:
+            attempt.deadline = time.monotonic() + timeout - elapsed
             return None
         del self._running[key]
         self._client.cancel([attempt.future])  # first, or Dask might re-run it elsewhere
@@ -192,6 +254,20 @@ class DaskExecutor:
                           cause=f"task ran longer than its timeout of {attempt.timeout:g} s; "
                                 f"its worker {address} was restarted",
                           started=attempt.submitted, stopped=time.time(), worker=address)
+
+    def _ask_workers(self, key: str, where: list[str], timeout: float | None) -> dict:
+        """Seconds ``key`` has executed on each worker of ``where``. Workers that do not
+        answer within the gather timeout (frozen, swapping) count as having run it for its
+        whole ``timeout``: the task fails and the worker is restarted, instead of a hang."""
+        try:
+            return self._client.sync(functools.partial(self._client.run, asynchronous=True),
+                                     _executing_for, key, workers=where, on_error="return",
+                                     callback_timeout=self._gather_timeout)
+        except TimeoutError:
+            return {address: timeout for address in where}
+        except (OSError, ClosedClientError):  # the scheduler went away?
+            self._ensure_scheduler()
+            return {}
 
     def _restart(self, address: str) -> None:
         """Restart a worker in the background (its nanny kills the process, hung thread and
@@ -203,7 +279,10 @@ class DaskExecutor:
         self._restarts.append(restart)
         give_up = time.monotonic() + 5
         while restart.is_alive() and time.monotonic() < give_up:
-            worker = self._client.scheduler_info()["workers"].get(address)
+            try:
+                worker = self._client.scheduler_info()["workers"].get(address)
+            except (OSError, TimeoutError, ClosedClientError):  # the next poll says why
+                return
             if worker is None or worker.get("status") != "running":
                 return
             time.sleep(0.02)
@@ -220,7 +299,9 @@ class DaskExecutor:
             return
         futures = [a.future for a in self._running.values()]
         try:
-            if futures and cancel:
+            if self._client.status != "running":
+                pass  # the scheduler is gone: nothing to cancel or wait for
+            elif futures and cancel:
                 self._client.cancel(futures)
             elif futures:
                 wait_all(futures)
@@ -235,17 +316,36 @@ class DaskExecutor:
                 self._cluster = None
 
 
-def _connect(address: str) -> Client:
+def _connect(address: str, timeout: float) -> Client:
+    """A client of the scheduler at ``address`` (checked first: see is_scheduler_address)."""
+    if not is_scheduler_address(address):
+        raise UsageError(f"--scheduler {address[:60]!r} is not a scheduler address: "
+                         "expected tcp://HOST:PORT")
     try:
-        client = Client(address, timeout=15, set_as_default=False)
+        client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, ValueError, TimeoutError) as exc:
         raise EngineError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
     try:
-        client.wait_for_workers(1, timeout=30)
+        client.wait_for_workers(1, timeout=timeout)
     except (OSError, TimeoutError):
         client.close()
         raise EngineError(f"the Dask scheduler at {address} has no workers") from None
     return client
+
+
+def _seconds(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment (a one-line error if malformed)."""
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        value = flag_float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise UsageError(f"{variable} must be a number of seconds from 0 to 86400, "
+                         f"got {text[:40]!r}")
+    return value
 
 
 #: run in each worker process: Ctrl-C is the parent's business (it cancels and records)

@@ -1,31 +1,46 @@
 """The embedded default engine: a pool of worker processes on this machine.
 
-    mapper ──submit(task)──► LocalExecutor ──pipe──► worker 0 (its own process): [running, next]
-           ◄──poll()──────        │        ──pipe──► worker 1                    [running, next]
-                                  └─ watches each worker's pipe, process sentinel and deadline
+    mapper ──submit(task)──► LocalExecutor ──task pipe───► worker 0 (its own process): [running, next]
+           ◄──poll()──────        │        ◄─result pipe──
+                                  │        ──task pipe───► worker 1                    [running, next]
+                                  └─ one wait on every result pipe, process sentinel, task pipe
+                                     with bytes still to write, and the earliest deadline
 
-Unlike concurrent.futures.ProcessPoolExecutor, each worker has its own pipe and its own short
+Unlike concurrent.futures.ProcessPoolExecutor, each worker has its own pipes and its own short
 queue, so the pool always knows which task a worker is running: a worker that raises, exits,
 is SIGKILLed or runs out of memory fails only that task (its queued tasks, not yet started,
 move to a fresh worker); a task past its timeout has its worker killed and replaced. The pool
 itself never becomes "broken". Each worker is sent its next task before it finishes the
 current one (``QUEUE_DEPTH``), so it never sits idle waiting for the parent to record a result.
+
+The parent never blocks on a worker's pipe: a task is written to a non-blocking pipe, and what
+does not fit waits in that worker's outbox until the pipe has room, while the parent goes on
+reading results and watching deadlines. (A blocking send to a worker that is itself blocked
+sending a big result deadlocks both, and no timeout can fire.) The worker side, and how
+workers die with their parent, is in :mod:`stepmap.engines.local_worker`.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import select
+import selectors
 import signal
 import time
 from collections import deque
-from multiprocessing.connection import wait as wait_any
+from typing import Any
 
 from ..errors import EngineError, UsageError
-from ..task import Completion, execute
+from ..task import Completion
+from .local_worker import STOP, frame, load_prctl, read_frame, worker_main
 
 #: Tasks handed to one worker at a time: the one it runs and the one it runs next.
 QUEUE_DEPTH = 2
+START_METHODS = ("fork", "forkserver", "spawn")
+START_METHOD_ENV = "STEPMAP_START_METHOD"
+_Selector = getattr(selectors, "PollSelector", selectors.SelectSelector)
 
 
 class LocalEngine:
@@ -36,119 +51,231 @@ class LocalEngine:
         if options.get("max_concurrency"):
             workers = min(workers or os.cpu_count() or 1, options["max_concurrency"])
         return LocalExecutor(workload_ref, workers=workers,
-                             memory_limit_mb=options.get("memory_limit_mb"))
+                             memory_limit_mb=options.get("memory_limit_mb"),
+                             start_method=options.get("start_method")
+                             or start_method_from_env())
 
 
-def _worker_main(conn, workload_ref: str, memory_limit_mb: int | None) -> None:
-    # Ctrl-C is the parent's business: it decides what to cancel and records it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if memory_limit_mb:
-        import resource
-        limit = memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        task_id, event = message
-        conn.send(execute(workload_ref, task_id, event))
+def _available() -> list[str]:
+    return [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
+
+
+def start_method_from_env() -> str | None:
+    """``$STEPMAP_START_METHOD``, checked: the start method when none is given."""
+    method = os.environ.get(START_METHOD_ENV) or None
+    if method is not None and method not in _available():
+        raise UsageError(f"${START_METHOD_ENV} must be one of {', '.join(_available())}, "
+                         f"got {method[:40]!r}")
+    return method
+
+
+def start_method_context(method: str | None):
+    """The multiprocessing context for ``method`` (None: fork where available, else spawn)."""
+    available = _available()
+    if method is None:
+        method = "fork" if "fork" in available else "spawn"
+    if method not in available:
+        raise UsageError(f"start_method must be one of {', '.join(available)}, "
+                         f"got {str(method)[:40]!r}")
+    return multiprocessing.get_context(method)
 
 
 class _Worker:
-    def __init__(self, context, workload_ref: str, memory_limit_mb: int | None):
-        self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, daemon=True,
-                                       args=(child, workload_ref, memory_limit_mb))
-        self.process.start()
-        child.close()
-        self.queue: deque[tuple[int, dict, float | None]] = deque()  # head = running
+    def __init__(self, context, workload_ref: str, memory_limit_mb: int | None,
+                 inherited: list[int]):
+        method = context.get_start_method()
+        task_r, self.task_fd = os.pipe()
+        self.result_fd, result_w = os.pipe()
+        children: list[int] = [task_r, result_w]  # the worker's ends: closed here once it has them
+        ends: list[Any] = list(children)  # what the worker is given
+        try:
+            if method == "fork":  # it inherits every parent-side pipe end, its own too
+                inherited = inherited + [self.task_fd, self.result_fd]
+                _preload_for_fork()
+            else:  # spawn and forkserver children receive only the pipes passed to them
+                from multiprocessing.connection import Connection
+                inherited = []
+                ends = [Connection(task_r, writable=False), Connection(result_w, readable=False)]
+                children = []  # the Connections own (and close) them
+            parent = None if method == "forkserver" else os.getpid()
+            self.process = context.Process(
+                target=worker_main, daemon=True,
+                args=(*ends, workload_ref, memory_limit_mb, tuple(inherited), parent,
+                      method != "fork"))
+            self.process.start()
+        except BaseException:
+            _close(self.task_fd, self.result_fd)
+            raise
+        finally:
+            _close(*children)
+            for end in ends:
+                if not isinstance(end, int):
+                    end.close()
+        self.pid = self.process.pid
+        os.set_blocking(self.task_fd, False)
+        self.closed = False
+        self.outbox: deque[memoryview] = deque()  # task bytes the pipe has not taken yet
+        self.queue: deque[tuple[int, object, float | None]] = deque()  # head = running
         self.started = 0.0  # when the head task started (as far as the parent knows)
         self.broken = False  # its pipe failed: poll() reaps it and settles what it held
 
     def name(self) -> str:
-        return f"local:{self.process.pid}"
+        return f"local:{self.pid}"
 
     @property
     def deadline(self) -> float | None:
         timeout = self.queue[0][2] if self.queue else None
         return self.started + timeout if timeout else None
 
+    def push(self, data: bytes) -> None:
+        self.outbox.append(memoryview(data))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write as much of the outbox as the pipe takes now, without waiting."""
+        while self.outbox and not self.broken:
+            try:
+                written = os.write(self.task_fd, self.outbox[0])
+            except BlockingIOError:
+                return
+            except OSError:  # it died: poll() sees its sentinel and settles what it held
+                self.broken = True
+                self.outbox.clear()
+                return
+            if written == len(self.outbox[0]):
+                self.outbox.popleft()
+            else:
+                self.outbox[0] = self.outbox[0][written:]
+
+    def has_result(self) -> bool:
+        if hasattr(select, "poll"):  # select.select cannot watch descriptors above 1023
+            watch = select.poll()
+            watch.register(self.result_fd, select.POLLIN)
+            return bool(watch.poll(0))
+        return bool(select.select([self.result_fd], [], [], 0)[0])
+
+    def receive(self) -> Completion:
+        """The next result (the worker writes it whole; raises EOFError if it died)."""
+        payload = read_frame(self.result_fd)
+        if not payload:
+            raise EOFError
+        return pickle.loads(payload)
+
+    def discard_results(self) -> None:
+        try:
+            while self.has_result():
+                self.receive()
+        except (EOFError, OSError):
+            pass
+
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
-        self.conn.close()
+        self.release()
+
+    def release(self) -> None:
+        """Close this side's pipe ends (a worker that reads no stop then sees end of file)."""
+        if not self.closed:
+            self.closed = True
+            _close(self.task_fd, self.result_fd)
+        self.outbox.clear()
+
+
+def _preload_for_fork() -> None:
+    """Look up prctl and import hashlib (the results' checksums) once, in this process,
+    which needs hashlib anyway to write results: every forked worker inherits them instead
+    of paying for them again at its first task."""
+    load_prctl()
+    import hashlib  # noqa: F401
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _ready(workers: list[_Worker], timeout: float) -> set[_Worker]:
+    """Wait up to ``timeout`` for a result, a worker's exit or room in a task pipe that has
+    bytes waiting; write what fits; return the workers with a result or exit to look at."""
+    with _Selector() as selector:
+        for worker in workers:
+            selector.register(worker.result_fd, selectors.EVENT_READ, worker)
+            selector.register(worker.process.sentinel, selectors.EVENT_READ, worker)
+            if worker.outbox:
+                selector.register(worker.task_fd, selectors.EVENT_WRITE, None)
+        events = selector.select(timeout)
+    for worker in workers:
+        worker.flush()
+    return {key.data for key, _ in events if key.data is not None}
 
 
 class LocalExecutor:
     queue_depth = QUEUE_DEPTH
 
     def __init__(self, workload_ref: str, *, workers: int | None = None,
-                 memory_limit_mb: int | None = None):
+                 memory_limit_mb: int | None = None, start_method: str | None = None):
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
             raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
-        method = os.environ.get("STEPMAP_START_METHOD") or (
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        self._context = multiprocessing.get_context(method)
+        self._context = start_method_context(start_method)
         self._ref, self._memory = workload_ref, memory_limit_mb
         self.slots = workers
         self._workers: list[_Worker] = []
 
     def _spawn(self) -> _Worker:
+        inherited = [fd for w in self._workers if not w.closed
+                     for fd in (w.task_fd, w.result_fd)]
         try:
-            worker = _Worker(self._context, self._ref, self._memory)
+            worker = _Worker(self._context, self._ref, self._memory, inherited)
         except OSError as exc:
             raise EngineError(f"cannot start a worker process: {exc}") from None
         self._workers.append(worker)
         return worker
 
-    def submit(self, task_id: int, event: dict, timeout: float | None) -> None:
+    def submit(self, task_id: int, event: object, timeout: float | None) -> None:
+        self._send(self._choose(), (task_id, event, timeout))
+
+    def _choose(self) -> _Worker:
         healthy = [w for w in self._workers if not w.broken]
         if len(healthy) < self.slots:
-            worker = self._spawn()
-        else:
-            worker = min(healthy, key=lambda w: len(w.queue))
-        self._send(worker, (task_id, event, timeout))
+            return self._spawn()
+        worker = min(healthy, key=lambda w: len(w.queue))
+        if worker.process.is_alive():  # reaps it if it died idle (a cheap waitpid)
+            return worker
+        worker.broken = True  # poll() settles what it held; this task goes elsewhere
+        return self._choose()
 
-    def _send(self, worker: _Worker, task: tuple[int, dict, float | None]) -> None:
-        try:
-            if not worker.process.is_alive():  # reaps it if it died idle (a cheap waitpid)
-                raise BrokenPipeError
-            worker.conn.send(task[:2])
-        except (BrokenPipeError, OSError):
-            # It died; this task never reached it, so hand it on. What the dead worker held
-            # is settled by poll(), which sees its process sentinel.
-            worker.broken = True
-            self._send(self._spawn(), task)
-            return
+    def _send(self, worker: _Worker, task: tuple[int, object, float | None]) -> None:
+        data = frame(task[:2])
         if not worker.queue:
             worker.started = time.monotonic()
         worker.queue.append(task)
+        worker.push(data)
 
     def poll(self, wait: float) -> list[Completion]:
         for worker in [w for w in self._workers if w.broken and not w.queue]:
             self._retire(worker)
-        busy = [w for w in self._workers if w.queue]
-        if not busy:
-            time.sleep(min(wait, 0.05))
-            return []
-        deadlines = [w.deadline for w in busy if w.deadline is not None]
-        if deadlines:
-            wait = max(0.0, min(wait, min(deadlines) - time.monotonic()))
-        handles = {}
-        for worker in busy:
-            handles[worker.conn] = worker
-            handles[worker.process.sentinel] = worker
-        done: list[Completion] = []
-        ready = {handles[h] for h in wait_any(list(handles), timeout=wait)}
-        for worker in ready:
-            done.extend(self._collect(worker))
-        now = time.monotonic()
+        end = time.monotonic() + wait
+        while True:
+            busy = [w for w in self._workers if w.queue]
+            if not busy:
+                time.sleep(min(wait, 0.05))
+                return []
+            limit = min([end] + [d for d in (w.deadline for w in busy) if d is not None])
+            done: list[Completion] = []
+            for worker in _ready(busy, max(0.0, limit - time.monotonic())):
+                done.extend(self._collect(worker))
+            done.extend(self._expired())
+            if done or time.monotonic() >= end:
+                return done
+
+    def _expired(self) -> list[Completion]:
+        done, now = [], time.monotonic()
         for worker in list(self._workers):
             if worker.queue and worker.deadline is not None and now >= worker.deadline:
                 done.append(self._fail_head(worker, "TaskTimeout",
@@ -159,13 +286,13 @@ class LocalExecutor:
     def _collect(self, worker: _Worker) -> list[Completion]:
         done = []
         try:
-            while worker.queue and worker.conn.poll():
-                done.append(worker.conn.recv())
+            while worker.queue and worker.has_result():
+                done.append(worker.receive())
                 worker.queue.popleft()
                 worker.started = time.monotonic()  # the next one starts now
         except (EOFError, OSError):
             pass
-        if worker.process.is_alive() or not worker.queue:
+        if not worker.queue or worker.process.is_alive():
             return done
         worker.process.join(1)
         code = worker.process.exitcode
@@ -199,15 +326,36 @@ class LocalExecutor:
         self._workers.remove(worker)
 
     def close(self, cancel: bool = False) -> None:
-        for worker in list(self._workers):
-            if cancel and worker.queue:
+        """Stop every worker. An idle one is sent its stop and left to exit by itself (waiting
+        for it would cost every run a round trip; it is reaped later); one with tasks still
+        queued finishes them first, or with ``cancel`` is killed."""
+        _reap_stopped()
+        draining = []
+        for worker in self._workers:
+            if (cancel and worker.queue) or worker.broken:
                 worker.kill()
                 continue
-            try:
-                worker.conn.send(None)  # after its queued tasks: it finishes them, then exits
-            except OSError:
-                pass
+            worker.push(STOP)
+            if worker.queue or worker.outbox:
+                draining.append(worker)
+            else:  # it has read every task: the stop is in its pipe, before the end of file
+                worker.release()
+                _stopped.append(worker.process)
+        until = time.monotonic() + 5
+        while draining and time.monotonic() < until:
+            for worker in _ready(draining, min(0.1, max(0.0, until - time.monotonic()))):
+                worker.discard_results()  # so that it gets to read its stop
+            draining = [w for w in draining if w.process.is_alive()]
         for worker in self._workers:
-            worker.process.join(5)
-            worker.kill()
+            if not worker.closed:
+                worker.kill()
         self._workers = []
+
+
+#: Workers told to stop and left to exit by themselves; joined when the next pool closes
+#: (multiprocessing reaps any left at interpreter exit).
+_stopped: list = []
+
+
+def _reap_stopped() -> None:
+    _stopped[:] = [p for p in _stopped if p.is_alive()]  # is_alive reaps an exited one

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .. import bigint
 from ..errors import InvalidEvent, UsageError
@@ -45,7 +45,7 @@ class Chaos(Workload):
         sleep = event.get("sleep", 0)
         if isinstance(sleep, str):
             try:
-                sleep = float(sleep)
+                sleep = bigint.flag_float(sleep)  # ASCII, finite
             except ValueError:
                 raise UsageError(f"'sleep' must be a number of seconds, got {sleep!r}") from None
         if isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or not 0 <= sleep <= 3600:
@@ -61,7 +61,7 @@ class Chaos(Workload):
                 k in FAULTS and isinstance(v, list) and all(isinstance(i, int) for i in v)
                 for k, v in faults.items()):
             raise UsageError(f"'faults' must map some of {', '.join(FAULTS)} to index lists")
-        job = {"sleep": sleep, "faults": faults}
+        job: dict[str, Any] = {"sleep": sleep, "faults": faults}
         state_dir = params.string("state_dir")
         if state_dir:
             job["state_dir"] = state_dir

@@ -258,6 +258,7 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
         if size != obj["Size"]:
             raise IOError(f"{obj['Key']}: got {size} bytes, the listing said {obj['Size']}")
         match = _MD5_ETAG.match(obj.get("ETag", ""))
+        verified: bool | None
         if match and not match.group(2):
             verified = digest.hexdigest() == match.group(1)
         else:

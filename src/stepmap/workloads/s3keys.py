@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from itertools import groupby
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .. import bigint
 from ..errors import InvalidEvent, UsageError
@@ -37,7 +37,7 @@ METHODS = {
     "closed": maths.sum_closed,  # per batch: S(hi) - S(lo), O(log n) each; best for one big range
     "multinomial": maths.sum_multinomial,  # the original per-item triple loop (slow; cross-checks)
 }
-_RANGE = re.compile(r"^\s*(\d{1,9})\s*-\s*(\d{1,9})\s*$")
+_RANGE = re.compile(r"\s*([0-9]{1,9})\s*-\s*([0-9]{1,9})\s*")  # [0-9]: \d takes any script
 
 
 class S3Keys(Workload):
@@ -65,7 +65,7 @@ class S3Keys(Workload):
         method = params.string("method", default="auto")
         if method not in CHOICES:
             raise UsageError(f"unknown method {method!r}: expected {', '.join(CHOICES)}")
-        job: dict[str, object] = {"alphabet": alphabet, "counts": list(counts), "method": method}
+        job: dict[str, Any] = {"alphabet": alphabet, "counts": list(counts), "method": method}
         if "size" in event:
             job["size"] = hi
         count = hi - lo
@@ -119,7 +119,7 @@ def _lengths(params: Params) -> tuple[int, int]:
     if text is None:
         size = params.integer("size", default=1024, low=1, high=MAX_LENGTH)
         return 0, size
-    match = _RANGE.match(text)
+    match = _RANGE.fullmatch(text)
     if not match:
         raise UsageError(f"lengths must look like A-B (e.g. 1-1024), got {text[:40]!r}")
     lo, hi = int(match.group(1)), int(match.group(2))

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections import Counter
 from typing import Iterator
 
@@ -110,7 +109,7 @@ def _check_counts(counts) -> Counts:
         isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
     ):
         raise ValueError(f"counts must be 4 non-negative ints, got {counts!r}")
-    return counts  # type: ignore[return-value]
+    return counts
 
 
 # ------------------------------------------------------------------ alphabets
@@ -119,6 +118,7 @@ def _check_counts(counts) -> Counts:
 def assigned_counts() -> tuple[Counts, str]:
     """Counts of assigned, non-surrogate code points per UTF-8 length,
     from this Python's ``unicodedata``, and its Unicode version."""
+    import unicodedata  # here: only the 'assigned' alphabet needs it
     buckets = ((0, 0x80), (0x80, 0x800), (0x800, 0x10000), (0x10000, 0x110000))
     counts = []
     for start, stop in buckets:
@@ -145,13 +145,14 @@ def resolve_alphabet(spec: str) -> tuple[Counts, str]:
     if "," in spec:
         # [0-9] not \d: int() would also accept other scripts' digits.
         m = _EXPLICIT.fullmatch(spec)
-        given = tuple(int(g) for g in m.groups()) if m else ()
-        if not given or max(given) > MAX_EXPLICIT_COUNT:
+        explicit = tuple(int(g) for g in m.groups()) if m else ()
+        if len(explicit) != 4 or max(explicit) > MAX_EXPLICIT_COUNT:
             raise ValueError(
                 f"bad alphabet {spec!r}: expected {_CHOICES} with c1..c4 "
                 f"decimal integers from 0 to {MAX_EXPLICIT_COUNT}"
             )
-        return given, f"explicit {given}"  # type: ignore[return-value]
+        counts = (explicit[0], explicit[1], explicit[2], explicit[3])
+        return counts, f"explicit {counts}"
     raise ValueError(f"unknown alphabet {spec!r}: expected {_CHOICES}")
 
 

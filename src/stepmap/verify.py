@@ -1,0 +1,264 @@
+"""Proving that each result entry belongs to this run and this item, before it is counted.
+
+    worker    Checksum = sha256(Input text, Output text), added to the entry it returns
+              (task.execute, on every engine; on AWS the compute Lambda cannot add a field
+              to its ResultWriter entry, so its output travels sealed:
+              {"Output": result, "StepmapChecksum": sha256(canonical Input, canonical result)})
+    reduce    an entry counts only if (1) its checksum matches its Input and Output, and
+    (and resume)  (2) its Input is exactly the event this run's start emits at its
+              ItemPositions, rebuilt with the mapper's own builder (mapper.batches and the
+              worker's event_json), never a second encoder
+    verdict   an entry failing (1) or (2) is ignored, so its items count as missing (resume
+              recomputes them) and it is reported; two entries that pass but share an item
+              are an error naming both (no resume can fix that: a file must go)
+
+This catches a changed digit in an Output, changed ItemPositions, result files copied from
+another run (their Input carries that run's parameters) and truncated or edited entries.
+The checksum detects damage, not forgery: it is not keyed. Entries written by AWS carry no
+ItemPositions, so there only (1) and the item count apply.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
+
+from .errors import ResultsError
+from .job import JSON, is_compact_range, item_count
+from .results import RunStore, entry_input, entry_output
+
+CHECKSUM_KEY = "Checksum"
+SEAL_KEY = "StepmapChecksum"
+#: Result files read for verification are kept for the reduce up to this many bytes of JSON.
+CACHE_BYTES = 64 * 1024 * 1024
+
+
+def checksum(input_text: str, output_text: str) -> str:
+    """The checksum of one entry: its Input and Output texts (a NUL between them, which JSON
+    text never contains raw)."""
+    import hashlib  # here, not at import: ~15 ms of start-up for commands that verify nothing
+    digest = hashlib.sha256(input_text.encode("utf-8", "surrogatepass"))
+    digest.update(b"\0")
+    digest.update(output_text.encode("utf-8", "surrogatepass"))
+    return "sha256:" + digest.hexdigest()
+
+
+def canonical(value: JSON) -> str:
+    """One text per JSON value, whoever serialised it (Step Functions re-serialises the
+    inputs and outputs it writes, so AWS checksums are over this form)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def seal(event: JSON, output: JSON) -> dict:
+    """An AWS compute result with its checksum inside (the reduce step unwraps it)."""
+    return {"Output": output, SEAL_KEY: checksum(canonical(event), canonical(output))}
+
+
+def unseal(value: JSON) -> JSON:
+    """The result inside a sealed output; anything else unchanged."""
+    return value["Output"] if _is_sealed(value) else value
+
+
+def _is_sealed(value: JSON) -> bool:
+    return isinstance(value, dict) and set(value) == {"Output", SEAL_KEY}
+
+
+def output_value(entry: dict) -> JSON:
+    """The workload's result of a verified entry."""
+    value = entry_output(entry)
+    return value if CHECKSUM_KEY in entry else unseal(value)
+
+
+def integrity_problem(entry: dict) -> str | None:
+    """Why the entry's checksum does not prove its Input and Output, or None."""
+    text_in, text_out = entry.get("Input"), entry.get("Output")
+    if not isinstance(text_in, str) or not isinstance(text_out, str):
+        return "no Input or Output text"
+    if CHECKSUM_KEY in entry:
+        return None if entry[CHECKSUM_KEY] == checksum(text_in, text_out) else "checksum mismatch"
+    try:
+        value = json.loads(text_out)
+        if not _is_sealed(value):
+            return "no checksum"
+        return None if value[SEAL_KEY] == checksum(canonical(json.loads(text_in)),
+                                                   canonical(value["Output"])) \
+            else "checksum mismatch"
+    except (ValueError, RecursionError):
+        return "corrupt Input or Output"
+
+
+# ---------------------------------------------------------------- a run's results
+
+@dataclass(frozen=True)
+class Expected:
+    """What this run's start emits: its params and a way to stream its items again."""
+
+    params: dict
+    items: Callable[[], Iterable]
+
+
+@dataclass
+class _Span:
+    first: int
+    end: int
+    key: str
+    index: int
+    name: str
+    digest: bytes
+
+
+@dataclass
+class Verified:
+    """The SUCCEEDED entries that passed, what they cover, and what was ignored."""
+
+    accepted: set = field(default_factory=set)  # (file key, entry index)
+    spans: list = field(default_factory=list)  # (first, end) of accepted entries
+    items: int = 0
+    rejected: list = field(default_factory=list)  # "<file> <entry>: <reason>"
+    cache: dict = field(default_factory=dict)  # file key -> entries, while small
+
+    def outputs(self, store: RunStore, keys: Iterable[str]) -> Iterator[JSON]:
+        """Every accepted entry's result, file by file."""
+        for key in keys:
+            cached = self.cache.pop(key, None)
+            entries = cached if cached is not None else store.read_entries(key)
+            for index, entry in enumerate(entries):
+                if (key, index) in self.accepted:
+                    if cached is None and integrity_problem(entry):  # read again: recheck
+                        raise ResultsError(f"{_where(store, key)} changed while it was read")
+                    yield output_value(entry)
+
+    def note(self) -> str:
+        if not self.rejected:
+            return ""
+        return (f"{len(self.rejected)} result entr{'y' if len(self.rejected) == 1 else 'ies'} "
+                f"failed verification and count as missing (first: {self.rejected[0]})")
+
+
+def check_results(store: RunStore, keys: Iterable[str], expected: Expected | None,
+                  written: Mapping[str, bytes | None] | None = None) -> Verified:
+    """Verify every entry of the SUCCEEDED files ``keys`` (see the module docstring);
+    ResultsError if two verified entries share an item. ``written``: files this process
+    wrote in this attempt, by key, with the sha256 of their bytes; while those bytes are
+    unchanged their entries are the mapper's own (its positions, its workers' Inputs and
+    checksums), so they skip the rebuild of their Inputs, the serial part of verification."""
+    found, spans, own, cached = Verified(), [], [], 0
+    for key in keys:
+        data = store.storage.get(key) if (written or {}).get(key) else None
+        trusted = data is not None and _digest(data) == (written or {}).get(key)
+        entries = store.read_entries(key) if data is None else store.parse_entries(key, data)
+        size = sum(len(e.get("Input") or "") + len(e.get("Output") or "") for e in entries)
+        if cached + size <= CACHE_BYTES:
+            found.cache[key], cached = entries, cached + size
+        for index, entry in enumerate(entries):
+            if entry.get("Status") != "SUCCEEDED":
+                raise ResultsError(f"{_where(store, key)} is a SUCCEEDED file holding a "
+                                   f"{entry.get('Status')} entry")
+            name, span = str(entry.get("Name", "?")), entry.get("ItemPositions")
+            problem = None if trusted else integrity_problem(entry)
+            if problem is None and expected is not None and not _is_span(span):
+                problem = "no valid ItemPositions"
+            if problem is not None:
+                _reject(found, store, key, name, problem)
+            elif expected is None:  # written by AWS: no positions, count the Input's items
+                found.accepted.add((key, index))
+                found.items += item_count(entry_input(entry))
+            elif not _is_span(span):  # checked above; this tells the type checker so
+                _reject(found, store, key, name, "no valid ItemPositions")
+            elif trusted:
+                own.append(_Span(span[0], span[1], key, index, name, b""))
+            else:
+                spans.append(_Span(span[0], span[1], key, index, name, _digest(entry["Input"])))
+    if expected is not None:
+        _accept(found, store, own + _match_inputs(found, store, spans, expected))
+    return found
+
+
+def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],
+                  expected: Expected) -> list[_Span]:
+    """The spans whose entry's Input is this run's event at its positions."""
+    spans.sort(key=lambda s: (s.first, s.end))
+    items = expected.items()
+    if is_compact_range(items):  # sliced, never materialized: a range's entries are ranges
+        return [span for span in spans if _matches(found, store, span, expected,
+                                                   items[span.first:span.end])]
+    source = iter(items)
+    window: list = []  # the items at positions [base, base + len(window))
+    base = 0
+    good: list[_Span] = []
+    for span in spans:  # sorted by first position: the window only moves forward
+        if span.first > base:
+            dropped = min(span.first - base, len(window))
+            del window[:dropped]
+            base += dropped
+            if base < span.first:  # skip the items no entry needs
+                base += sum(1 for _ in itertools.islice(source, span.first - base))
+        group = []
+        if base == span.first:  # else the items ran out before this entry's first one
+            window.extend(itertools.islice(source, max(0, span.end - base - len(window))))
+            group = window[:span.end - base]
+        if _matches(found, store, span, expected, group):
+            good.append(span)
+    return good
+
+
+def _matches(found: Verified, store: RunStore, span: _Span, expected: Expected,
+             group: "list | range") -> bool:
+    """Is the span's Input the event of ``group``, the run's items at its positions?"""
+    if len(group) != span.end - span.first:
+        _reject(found, store, span.key, span.name, "positions beyond the run's items")
+    elif span.digest not in (_digest(text) for text in _expected_inputs(group, expected)):
+        _reject(found, store, span.key, span.name,
+                "its Input is not this run's event at its ItemPositions")
+    else:
+        return True
+    return False
+
+
+def _accept(found: Verified, store: RunStore, good: list[_Span]) -> None:
+    """Count the verified spans; two that share an item are an error no resume can fix."""
+    good.sort(key=lambda s: (s.first, s.end))
+    for before, after in zip(good, good[1:]):
+        if after.first < before.end:
+            raise ResultsError(
+                f"item {after.first} is in two result entries: {before.name} in "
+                f"{_where(store, before.key)} and {after.name} in {_where(store, after.key)}; "
+                "the results are inconsistent: delete the file that does not belong to this run")
+    for span in good:
+        found.accepted.add((span.key, span.index))
+        found.spans.append((span.first, span.end))
+        found.items += span.end - span.first
+
+
+def _expected_inputs(group: "list | range", expected: Expected) -> Iterator[str]:
+    """The Input texts a worker writes for these items: as one batch, and (for a single
+    item) also as an item event, built by the mapper's and the worker's own code."""
+    from .mapper import batches
+    from .task import event_json
+    sizes = [max(2, len(group))] + ([1] if len(group) == 1 else [])
+    for size in sizes:
+        for _, spec in batches(group, expected.params, size):
+            yield event_json(spec)[1]
+
+
+def _reject(found: Verified, store: RunStore, key: str, name: str, problem: str) -> None:
+    found.rejected.append(f"{_where(store, key)} {name}: {problem}")
+
+
+def _where(store: RunStore, key: str) -> str:
+    return store.storage.describe(key)
+
+
+def _digest(text: str | bytes) -> bytes:
+    import hashlib
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).digest()
+
+
+def _is_span(span: object) -> TypeGuard[list[int]]:
+    return (isinstance(span, list) and len(span) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in span)
+            and 0 <= span[0] < span[1])

@@ -1,0 +1,56 @@
+"""The storage interface, the same on a local directory and on S3 (a real S3 server: Ceph's
+RADOS Gateway, fixture s3_env): what the results store and the run lock use, and nothing
+the runner has to ask 'which kind are you?' for."""
+
+import uuid
+
+import pytest
+
+from stepmap.errors import RunLockedError
+from stepmap.results import RunStore
+from stepmap.runner import run_lock
+from stepmap.storage import LocalStorage, Storage, make_s3_client, parse_location
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    request.getfixturevalue("s3_env")
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    make_s3_client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/runs"
+
+
+def test_the_interface_behaves_alike(location):
+    storage, base = parse_location(location)
+    checked: Storage = storage  # the Protocol: each kind has every method
+    checked.ensure_writable()
+
+    def key(name):
+        return f"{base}/{name}" if base else name
+
+    for name in ("a/x.json", "a/.hidden", "b/y.json", "top.json"):
+        storage.put(key(name), name.encode())
+    assert storage.get(key("a/x.json")) == b"a/x.json"
+    assert storage.exists(key("b/y.json")) and not storage.exists(key("b/z.json"))
+    assert list(storage.list(key("a"))) == [key("a/x.json")]  # no dot-files
+    assert storage.list_dirs(base) == ["a", "b"]
+    storage.delete(key("a/x.json"))
+    assert not storage.exists(key("a/x.json"))
+    path = storage.local_path(key("top.json"))
+    if isinstance(storage, LocalStorage):
+        assert path is not None and path.read_bytes() == b"top.json"
+    else:
+        assert path is None
+
+
+def test_the_run_lock_excludes_a_second_holder(location):
+    store = RunStore.open(location, "locked")
+    store.storage.ensure_writable()
+    with run_lock(store):
+        with pytest.raises(RunLockedError, match="run locked is in use"):
+            with run_lock(RunStore.open(location, "locked")):
+                pass
+    with run_lock(store):  # released: free again
+        pass
