@@ -80,11 +80,13 @@ def from_decimal(text: str) -> int:
     return -value if text[:1] == "-" else value
 
 
-def is_decimal(text: str) -> bool:
-    """True for an optionally negative string of ASCII digits (what :func:`from_decimal`
-    parses), checked without converting it."""
+def check_decimal(text: str) -> str:
+    """``text`` if it is what :func:`from_decimal` parses (checked without converting it),
+    else NotDecimal: for a result kept as text."""
     body = text[1:] if text[:1] == "-" else text
-    return body.isascii() and body.isdigit()
+    if not body.isdigit() or not body.isascii():
+        raise NotDecimal(f"a result is not a decimal integer: {text[:40]!r}")
+    return text
 
 
 def _python_to_decimal(value: int) -> str:
