@@ -19,6 +19,9 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 sys.set_int_max_str_digits(0)
 
 REPO = Path(__file__).resolve().parents[1]
+# synthesized templates are cached by content (settings + package source), shared by every
+# test process of this checkout: the suite synthesizes a given stack once, not per run
+os.environ.setdefault("STEPMAP_TEMPLATE_CACHE", str(REPO / ".cache" / "stepmap-templates"))
 ASL_VALIDATOR = REPO / "node_modules" / ".bin" / "asl-validator"
 
 
@@ -49,18 +52,19 @@ class Synthesized:
     outdir: Path
 
     def asl(self, name: str, bucket: str = "stepmap-test-bucket") -> dict:
-        from stepmap.aws.stack import state_machine_definition
+        from stepmap.aws.asl import state_machine_definition
         return state_machine_definition(self.templates[name], bucket=bucket)
 
 
 def _configs():
-    from stepmap.aws.stack import StackConfig
+    from stepmap.aws.stack_config import StackConfig
     return {
         "stepmap": StackConfig(),
         "stepmap-batched": StackConfig(batch_size=16, tolerated_failure_percentage=5,
                                        tolerated_failure_count=2, memory_mb=2048,
                                        timeout_seconds=600, max_concurrency=50,
-                                       retain_bucket=True, runtime="python3.13"),
+                                       retain_bucket=True, runtime="python3.13", retries=5,
+                                       backoff_seconds=2.5),
     }
 
 
@@ -76,20 +80,27 @@ _SYNTHESIZED: list = []
 
 
 def _synthesize(tmp_path_factory) -> Synthesized:
+    """The session's stacks: from the content-keyed template cache when this very source
+    already synthesized them (cdk-nag passed then: only a passing synth is cached), else ONE
+    App holding both, cdk-nag attached, synthesized now."""
     import aws_cdk  # noqa: F401  (the 'aws' extra; missing, the tests must fail, not skip)
-    from stepmap.aws import emulator
+    from stepmap.aws import templates
     from stepmap.aws.stack import DEFAULT_STACK_NAME, StepmapStack, add_nag_checks, new_app
 
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app = new_app(outdir=str(outdir), builtin_cloud_formation_validation=False)
     configs = _configs()
-    stacks = {name: StepmapStack(app, name, config=config) for name, config in configs.items()}
-    add_nag_checks(app)
-    assembly = app.synth()  # raises ValidationFailed if cdk-nag has an unacknowledged finding
-    templates = {name: assembly.get_stack_by_name(name).template for name in stacks}
+    built = {name: templates.cached(config, name) for name, config in configs.items()}
+    app, stacks = None, {}
+    if any(template is None for template in built.values()):
+        app = new_app(outdir=str(outdir), builtin_cloud_formation_validation=False)
+        stacks = {name: StepmapStack(app, name, config=config) for name, config in configs.items()}
+        add_nag_checks(app)
+        assembly = app.synth()  # raises ValidationFailed if cdk-nag has an unacknowledged finding
+        built = {name: assembly.get_stack_by_name(name).template for name in stacks}
     for name, config in configs.items():  # the emulator and the CLI reuse these templates
-        emulator.remember_template(config, templates[name], DEFAULT_STACK_NAME)
-    return Synthesized(app, stacks, templates, configs, outdir)
+        templates.remember(config, built[name], name)
+        templates.remember(config, built[name], DEFAULT_STACK_NAME)
+    return Synthesized(app, stacks, built, configs, outdir)
 
 
 def run_asl_validator(path: Path) -> subprocess.CompletedProcess:

@@ -104,7 +104,7 @@ def test_a_long_item_list_goes_through_s3_and_the_item_reader(emulated, monkeypa
         (map_run,) = result["map_runs"]
         assert "/MapFromS3:" in map_run["mapRunArn"]
         (items_key,) = _objects(stack, "items/")
-        assert _read(stack, items_key) == list(range(40))
+        assert _read(stack, items_key) == [{"index": i, "position": i} for i in range(40)]
 
 
 def test_the_batched_stack_runs_without_its_batcher_and_says_so(emulated):
@@ -122,7 +122,7 @@ def test_adapt_for_moto_moves_batch_input_into_the_selector(synthesized):
     assert plain == synthesized.asl("stepmap") and notes == []
     adapted, notes = adapt_for_moto(synthesized.asl("stepmap-batched"))
     assert adapted["States"]["MapInline"]["ItemSelector"] == {
-        "index.$": "$$.Map.Item.Value", "params.$": "$.params"}
+        "index.$": "$$.Map.Item.Value", "position.$": "$$.Map.Item.Index", "params.$": "$.params"}
     assert notes == [NOTE_BATCHER, NOTE_TOLERANCE]
 
 

@@ -50,20 +50,15 @@ def test_start_returns_items_inline_with_params_and_count():
     json.dumps(out)  # a valid Lambda response
 
 
-def test_start_writes_a_long_item_list_to_s3(s3, monkeypatch):
-    monkeypatch.setattr(handlers, "RANGE_INLINE_ITEMS", 10**7)  # a list, not sub-ranges
+def test_start_writes_a_long_item_list_to_s3(s3):
     out = handlers.start({"size": 1_000_000}, None)
     assert out["items_in_s3"] is True and "items" not in out
     assert out["item_count"] == 1_000_000 and out["items_bucket"] == BUCKET
     assert out["items_key"].startswith("items/")
     assert len(json.dumps(out)) < 2048  # the state payload stays tiny
-    assert json.loads(_get(s3, out["items_key"])) == list(range(1_000_000))
-
-
-def test_start_emits_a_long_range_as_sub_ranges(s3):
-    out = handlers.start({"size": 1_000_000}, None)  # s3keys hints one batch for the range
-    assert out["items"] == [[0, 1_000_000]] and out["item_count"] == 1_000_000
-    assert out["params"][handlers.RANGES_PARAM] is True
+    # objects naming each item's position: the map's selector passes both to the child
+    assert json.loads(_get(s3, out["items_key"])) == [
+        {"index": i, "position": i} for i in range(1_000_000)]
 
 
 @pytest.mark.parametrize("event, message", [
@@ -122,11 +117,15 @@ def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypa
 
 # ---------------------------------------------------------------- reduce
 
-def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_output/run1"):
-    """Write results in the ResultWriter layout: entries with Input/Output JSON strings."""
+def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_output/run1",
+               positions=None):
+    """Write results in the ResultWriter layout: entries with Input/Output JSON strings, each
+    input naming its item's position (the index, unless ``positions`` maps it elsewhere)."""
+    positions = positions or {}
+
     def entry(index, status, output=None):
         e = {"Name": f"child-{index}", "ExecutionArn": f"arn:x:{index}", "Status": status,
-             "Input": json.dumps({"index": index, "params": PARAMS_1024}),
+             "Input": json.dumps(_child(index, positions)),
              "StartDate": "2026-01-01T00:00:00.000Z", "StopDate": "2026-01-01T00:00:01.000Z"}
         if status == "SUCCEEDED":
             e["Output"] = json.dumps(output)
@@ -149,10 +148,16 @@ def _write_run(client, outputs: dict, *, failed=(), pending=(), prefix="process_
         "Bucket": BUCKET, "Key": f"{prefix}/manifest.json"}}}
 
 
-def _outputs(indices):
-    # each output makes the JSON round trip a child execution's Output string makes
-    return {i: json.loads(json.dumps(handlers.compute({"index": i, "params": PARAMS_1024})))
-            for i in indices}
+def _child(index, positions=None):
+    """The child input the stack's selector builds: the item, its position, the params."""
+    return {"index": index, "position": (positions or {}).get(index, index),
+            "params": PARAMS_1024}
+
+
+def _outputs(indices, positions=None):
+    # each output makes the JSON round trip a child execution's Output string makes, and is
+    # sealed (verify.seal) over the very input _write_run records for it
+    return {i: json.loads(json.dumps(handlers.compute(_child(i, positions)))) for i in indices}
 
 
 def test_reduce_reads_the_result_writer_files_and_returns_the_exact_total(s3):
@@ -198,9 +203,10 @@ def test_reduce_reports_missing_or_corrupt_files(s3):
 
 def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeypatch):
     monkeypatch.setattr(handlers, "INLINE_OUTPUT_BYTES", 1000)
-    outputs = _outputs(range(600, 610))
+    outputs = _outputs(range(600, 610), positions={i: i - 600 for i in range(600, 610)})
     assert all(handlers.POINTER_KEY in o for o in outputs.values())
-    out = handlers.reduce({**_write_run(s3, outputs), "item_count": 10})
+    out = handlers.reduce({**_write_run(s3, outputs, positions={i: i - 600 for i in outputs}),
+                           "item_count": 10})
     assert out["total"] is None and out["items"] == 10
     stored = json.loads(_get(s3, out["total_s3"]["Key"]))
     assert stored == local_total({"lengths": "600-609"})
@@ -220,7 +226,7 @@ def test_reduce_ignores_entries_that_fail_their_checksum(s3, tamper):
     if tamper == "input":
         key = "process_output/run1/SUCCEEDED_0.json"
         entries = json.loads(_get(s3, key))
-        entries[2]["Input"] = json.dumps({"index": 3, "params": PARAMS_1024})
+        entries[2]["Input"] = json.dumps(_child(3, {3: 2}))
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
     with pytest.raises(IncompleteRunError, match="cover 3 of 4 items.*failed verification"):
         handlers.reduce({**event, "item_count": 4})
@@ -230,3 +236,77 @@ def test_reduce_refuses_a_pointer_outside_the_outputs_prefix(s3):
     bad = {0: {handlers.POINTER_KEY: {"Bucket": BUCKET, "Key": "items/secret.json"}}}
     with pytest.raises(ResultsError, match="points outside"):
         handlers.reduce({**_write_run(s3, bad), "item_count": 1})
+
+
+def test_reduce_refuses_an_item_twice_in_place_of_a_missing_one(s3):
+    """64 SUCCEEDED entries for 64 items, every checksum right, but position 0 twice and 63
+    missing: the count alone would pass (and give a wrong total); the positions do not."""
+    twice = {63: 0}
+    event = _write_run(s3, _outputs(range(64), twice), positions=twice)
+    with pytest.raises(ResultsError, match="item 0 is in two result entries"):
+        handlers.reduce({**event, "item_count": 64})
+    outside = {63: 64}  # an item outside the run
+    event = _write_run(s3, _outputs(range(64), outside), positions=outside)
+    with pytest.raises(ResultsError, match="outside the run"):
+        handlers.reduce({**event, "item_count": 64})
+
+
+def test_reduce_refuses_entries_that_name_no_position(s3):
+    """An entry whose (checksummed) Input names no position is not counted: its item is
+    missing, whatever the count."""
+    event = _write_run(s3, _outputs(range(2)))
+    key = "process_output/run1/SUCCEEDED_0.json"
+    entries = json.loads(_get(s3, key))
+    bare = {"index": 1, "params": PARAMS_1024}
+    entries[1].update(Input=json.dumps(bare), Output=json.dumps(handlers.compute(bare)))
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
+    with pytest.raises(IncompleteRunError, match="cover 1 of 2 items.*names no item position"):
+        handlers.reduce({**event, "item_count": 2})
+
+
+def test_reduce_adds_the_succeeded_results_of_previous_map_runs(s3):
+    """A resumed run: the first map run left items 3 and 5 FAILED, the second ran just those
+    (positions 3 and 5); the total is over both map runs, FAILED files of the first ignored."""
+    first = _write_run(s3, _outputs([i for i in range(8) if i not in (3, 5)]), failed=(3, 5),
+                       prefix="process_output/first")
+    second = _write_run(s3, _outputs([3, 5]), prefix="process_output/second")
+    previous = [first["results"]["ResultWriterDetails"]]
+    out = handlers.reduce({**second, "item_count": 8, "previous": previous})
+    assert out["total"] == local_total({"size": 8}) and out["items"] == 8
+    assert out["results"] == f"s3://{BUCKET}/process_output/second/"
+    with pytest.raises(IncompleteRunError, match="cover 2 of 8"):  # without them: missing
+        handlers.reduce({**second, "item_count": 8, "previous": []})
+    twice = [first["results"]["ResultWriterDetails"]] * 2  # the same map run counted twice
+    with pytest.raises(ResultsError, match="is in two result entries"):
+        handlers.reduce({**second, "item_count": 8, "previous": twice})
+    with pytest.raises(InvalidEvent, match="same bucket"):
+        handlers.reduce({**second, "item_count": 8, "previous": [
+            {"Bucket": "other-bucket", "Key": "process_output/first/manifest.json"}]})
+
+
+def test_start_takes_an_uploaded_item_list_and_previous_results(s3):
+    control = {"items": {"Bucket": BUCKET, "Key": "items/r1/resume-1.json"}, "item_count": 64,
+               "previous": [{"Bucket": BUCKET, "Key": "process_output/m1/manifest.json"}]}
+    out = handlers.start({"size": 64, "stepmap": control})
+    assert out["items_in_s3"] is True and out["items_key"] == "items/r1/resume-1.json"
+    assert out["item_count"] == 64 and out["previous"] == control["previous"]
+    assert out["params"] == s3keys.WORKLOAD.start({"size": 64}).params
+    for bad in ({"items": {"Bucket": "elsewhere", "Key": "items/x.json"}, "item_count": 1},
+                {"items": {"Bucket": BUCKET, "Key": "outputs/x.json"}, "item_count": 1},
+                {"items": {"Bucket": BUCKET, "Key": "items/x.json"}, "item_count": -1},
+                {"items": {"Bucket": BUCKET, "Key": "items/x.json"}, "item_count": 1,
+                 "previous": [{"Bucket": BUCKET, "Key": "items/manifest.json"}]}):
+        with pytest.raises(InvalidEvent):
+            handlers.start({"size": 64, "stepmap": bad})
+    assert handlers.start({"size": 4})["previous"] == []  # the reduce step reads $.previous
+
+
+def test_compute_drops_the_position_the_selector_adds():
+    """The workload never sees the position (the seal covers the whole child input)."""
+    from stepmap.verify import unseal
+    with_position = unseal(handlers.compute({"index": 7, "position": 3, "params": PARAMS_1024}))
+    assert with_position == unseal(handlers.compute({"index": 7, "params": PARAMS_1024}))
+    batch = {"Items": [{"index": 5, "position": 0}, {"index": 6, "position": 1}],
+             "BatchInput": {"params": PARAMS_1024}}
+    assert int(unseal(handlers.compute(batch))) == sum(
+        int(unseal(handlers.compute({"index": i, "params": PARAMS_1024}))) for i in (5, 6))

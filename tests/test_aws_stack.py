@@ -14,6 +14,7 @@ from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CD
 import aws_cdk  # noqa: E402,F401  (the aws extra: missing, fail rather than skip)
 from aws_cdk import assertions  # noqa: E402
 
+from stepmap.aws import asl, asset, stack_config  # noqa: E402
 from stepmap.aws import stack as stack_module  # noqa: E402
 from stepmap.errors import UsageError  # noqa: E402
 from stepmap.verify import unseal  # noqa: E402
@@ -25,7 +26,7 @@ def _template(synthesized, name="stepmap") -> assertions.Template:
 
 def _functions(template: dict) -> dict[str, dict]:
     return {p["Handler"].rsplit(".", 1)[-1]: p
-            for p in stack_module.stepmap_functions(template).values()}
+            for p in asl.stepmap_functions(template).values()}
 
 
 def test_three_functions_with_runtime_timeout_memory_and_workload_env(synthesized):
@@ -76,7 +77,14 @@ def test_distributed_map_reads_items_selects_params_and_writes_results(synthesiz
         m = states[name]
         assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
                                                          "ExecutionType": "STANDARD"}
-        assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value", "params.$": "$.params"}
+    assert states["MapInline"]["ItemSelector"] == {
+        "index.$": "$$.Map.Item.Value", "position.$": "$$.Map.Item.Index", "params.$": "$.params"}
+    # an item list in S3 holds {"index", "position"} objects (so a resume keeps positions)
+    assert states["MapFromS3"]["ItemSelector"] == {
+        "index.$": "$$.Map.Item.Value.index", "position.$": "$$.Map.Item.Value.position",
+        "params.$": "$.params"}
+    for name in ("MapInline", "MapFromS3"):
+        m = states[name]
         assert m["ResultWriter"] == {"Resource": "arn:aws:states:::s3:putObject", "Parameters": {
             "Bucket": "stepmap-test-bucket", "Prefix": "process_output"}}
         assert m["ResultPath"] == "$.results" and m["Next"] == "Reduce"
@@ -86,8 +94,8 @@ def test_distributed_map_reads_items_selects_params_and_writes_results(synthesiz
     assert states["MapFromS3"]["ItemReader"] == {
         "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
         "Parameters": {"Bucket": "stepmap-test-bucket", "Key.$": "$.items_key"}}
-    assert states["Reduce"]["Parameters"]["Payload"] == {"results.$": "$.results",
-                                                         "item_count.$": "$.item_count"}
+    assert states["Reduce"]["Parameters"]["Payload"] == {
+        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous"}
 
 
 def test_compute_retries_throttling_patiently_and_other_transient_errors(synthesized):
@@ -100,14 +108,25 @@ def test_compute_retries_throttling_patiently_and_other_transient_errors(synthes
         assert throttle["IntervalSeconds"] >= 1 and throttle["JitterStrategy"] == "FULL"
         transient = next(errors for errors in retry if "Lambda.ServiceException" in errors)
         assert {"Lambda.AWSLambdaException", "Lambda.SdkClientException"} <= set(transient)
-        # a workload's own exception is not retried (it would fail the same way again)
-        assert not any("States.ALL" in errors or "States.TaskFailed" in errors for errors in retry)
+        # then any error, a workload's own exception too, as the local engine retries it:
+        # last (the first matching retrier wins), deployed defaults 2 retries from 0.5 s,
+        # which Step Functions takes as 1 whole second
+        assert task["Retry"][-1] == {"ErrorEquals": ["States.ALL"], "MaxAttempts": 2,
+                                     "IntervalSeconds": 1, "BackoffRate": 2,
+                                     "MaxDelaySeconds": 30, "JitterStrategy": "FULL"}
+    batched = synthesized.asl("stepmap-batched")["States"]["MapInline"]["ItemProcessor"]
+    (task,) = batched["States"].values()
+    assert task["Retry"][-1]["MaxAttempts"] == 5 and task["Retry"][-1]["IntervalSeconds"] == 3
+    for name in ("Start", "Reduce"):  # not the start and reduce steps: they would fail again
+        retried = synthesized.asl("stepmap")["States"][name]["Retry"]
+        assert not any("States.ALL" in r["ErrorEquals"] for r in retried)
 
 
 def test_batcher_tolerance_and_concurrency_are_configurable(synthesized):
     m = synthesized.asl("stepmap-batched")["States"]["MapInline"]
     assert m["ItemBatcher"] == {"MaxItemsPerBatch": 16, "BatchInput": {"params.$": "$.params"}}
-    assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value"}  # params travel per batch
+    # params travel per batch
+    assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value", "position.$": "$$.Map.Item.Index"}
     assert (m["ToleratedFailurePercentage"], m["ToleratedFailureCount"]) == (5, 2)
     assert m["MaxConcurrency"] == 50
 
@@ -172,9 +191,10 @@ def test_cdk_nag_runs_and_flags_an_unacknowledged_resource(synthesized):
 
 
 def test_stack_config_refuses_bad_settings():
-    StackConfig = stack_module.StackConfig
+    StackConfig = stack_config.StackConfig
     for bad in ({"memory_mb": 64}, {"timeout_seconds": 901}, {"tolerated_failure_percentage": 101},
-                {"batch_size": -1}, {"runtime": "python2.7"}, {"max_concurrency": -1}):
+                {"batch_size": -1}, {"runtime": "python2.7"}, {"max_concurrency": -1},
+                {"retries": -1}, {"retries": 100}, {"backoff_seconds": -0.5}):
         with pytest.raises(UsageError):
             StackConfig(**bad)
     config = StackConfig(batch_size=7, workload="chaos")
@@ -186,7 +206,7 @@ def test_stack_config_refuses_bad_settings():
 def test_staged_asset_runs_pure_python_without_site_packages(tmp_path):
     """The Lambda asset is the copied package: import it with -S (no site-packages, so no
     gmpy2 and no venv) from the staged directory and run a compute step."""
-    staged = stack_module.stage_package("s3keys", root=tmp_path / "asset")
+    staged = asset.stage_package("s3keys", root=tmp_path / "asset")
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
     assert "stepmap/aws/handlers.py" in files and "stepmap/workloads/s3keys.py" in files
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
@@ -216,9 +236,10 @@ def test_cdk_cli_synthesizes_the_app_from_cdk_json(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     template = json.loads((tmp_path / "cdk.out" / "stepmap-cli.template.json").read_text())
-    asl = stack_module.state_machine_definition(template, bucket="b")
-    assert asl["States"]["MapInline"]["ItemBatcher"]["MaxItemsPerBatch"] == 3
-    assert asl["States"]["MapInline"]["ResultWriter"]["Parameters"]["Prefix"] == "process_output"
+    definition = asl.state_machine_definition(template, bucket="b")
+    assert definition["States"]["MapInline"]["ItemBatcher"]["MaxItemsPerBatch"] == 3
+    assert definition["States"]["MapInline"]["ResultWriter"]["Parameters"]["Prefix"] == \
+        "process_output"
 
 
 def test_deploy_and_destroy_drive_the_cdk_cli(tmp_path, monkeypatch, capsys):
@@ -239,7 +260,8 @@ if "--outputs-file" in argv:
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("STEPMAP_CDK", str(fake))
-    assert main(["deploy", "--yes", "--batch-size", "5", "--memory", "2048"]) == 0
+    assert main(["deploy", "--yes", "--batch-size", "5", "--memory", "2048", "--retries", "4",
+                 "--backoff", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "arn:aws:states:eu-west-1:1:stateMachine:sm" in out and "the-bucket" in out
     assert main(["destroy", "--yes"]) == 0
@@ -249,6 +271,9 @@ if "--outputs-file" in argv:
     assert app.endswith("-m stepmap.aws.app")
     context = json.loads(deploy[deploy.index("--context") + 1].split("=", 1)[1])
     assert (context["batch_size"], context["memory_mb"]) == (5, 2048)
+    assert (context["retries"], context["backoff_seconds"]) == (4, 1.5)
+    assert main(["deploy", "--retries", "-1"]) == 2  # validated before the CDK CLI runs
+    assert "--retries must be between 0 and 99" in capsys.readouterr().err
     assert deploy[deploy.index("--require-approval") + 1] == "never" and "--force" in destroy
     monkeypatch.setenv("STEPMAP_CDK", str(tmp_path / "missing"))
     monkeypatch.setattr("stepmap.aws.commands.REPO_ROOT", tmp_path)
@@ -263,11 +288,11 @@ def test_a_user_workload_module_is_shipped_with_the_package(tmp_path, monkeypatc
     (source / "my_job.py").write_text("from stepmap.workloads.chaos import Chaos\n"
                                       "WORKLOAD = Chaos()\n")
     monkeypatch.syspath_prepend(str(source))
-    staged = stack_module.stage_package("my_job:WORKLOAD", root=tmp_path / "asset")
+    staged = asset.stage_package("my_job:WORKLOAD", root=tmp_path / "asset")
     assert (staged / "my_job.py").read_text() == (source / "my_job.py").read_text()
     assert (staged / "stepmap" / "aws" / "handlers.py").exists()
     with pytest.raises(UsageError, match="cannot import workload module"):
-        stack_module.stage_package("no_such_module_here:W", root=tmp_path / "other")
+        asset.stage_package("no_such_module_here:W", root=tmp_path / "other")
 
 
 # ---------------------------------------------------------------- EFS + S3 listing ItemReader
@@ -297,7 +322,7 @@ def efs_synthesized(tmp_path_factory):
 def _build_efs_stack(outdir):
     from aws_fixtures import Synthesized
     app = stack_module.new_app(outdir=str(outdir), builtin_cloud_formation_validation=False)
-    config = stack_module.StackConfig(workload="s3copy", source_bucket=SOURCE_BUCKET,
+    config = stack_config.StackConfig(workload="s3copy", source_bucket=SOURCE_BUCKET,
                                       source_prefix=SOURCE_PREFIX, **EFS)
     stack = stack_module.StepmapStack(app, EFS_NAME, config=config)
     stack_module.add_nag_checks(app)
@@ -385,12 +410,13 @@ def test_item_source_map_lists_the_source_prefix_with_an_s3_item_reader(efs_synt
     assert "ItemsPath" not in m
     assert m["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
                                                      "ExecutionType": "STANDARD"}
-    assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value", "params.$": "$.params"}
+    assert m["ItemSelector"] == {"index.$": "$$.Map.Item.Value", "position.$": "$$.Map.Item.Index",
+                                 "params.$": "$.params"}
     assert m["ResultWriter"]["Parameters"] == {"Bucket": "stepmap-test-bucket",
                                                "Prefix": "process_output"}
     assert m["ResultPath"] == "$.results" and m["Next"] == "Reduce"
-    assert states["Reduce"]["Parameters"]["Payload"] == {"results.$": "$.results",
-                                                         "item_count.$": "$.item_count"}
+    assert states["Reduce"]["Parameters"]["Payload"] == {
+        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous"}
     env = _functions(efs_synthesized.templates[EFS_NAME])["start"]["Environment"]["Variables"]
     assert env["STEPMAP_ITEM_SOURCE"] == f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"
     assert env["STEPMAP_WORKLOAD"] == "s3copy"
@@ -417,7 +443,7 @@ def test_item_source_iam_is_read_only_and_no_statement_has_a_wildcard(efs_synthe
 
 
 def test_efs_and_item_source_settings_are_validated():
-    StackConfig = stack_module.StackConfig
+    StackConfig = stack_config.StackConfig
     full = {**EFS, "workload": "s3copy", "source_bucket": SOURCE_BUCKET,
             "source_prefix": SOURCE_PREFIX}
     config = StackConfig(**full)
@@ -450,11 +476,11 @@ def test_efs_and_item_source_settings_are_validated():
     with pytest.raises(UsageError, match="needs a source bucket"):
         StackConfig(workload="s3copy", source_prefix="x/")
     assert StackConfig(workload="my_mod:W", source_bucket="b-1").item_source == "s3://b-1/"
-    assert stack_module.parse_item_source("s3://b-1/a/b/") == ("b-1", "a/b/")
-    assert stack_module.parse_item_source("s3://b-1") == ("b-1", "")
+    assert stack_config.parse_item_source("s3://b-1/a/b/") == ("b-1", "a/b/")
+    assert stack_config.parse_item_source("s3://b-1") == ("b-1", "")
     for bad in ("b-1/x", "s3:///x", "https://b-1/x"):
         with pytest.raises(UsageError, match="--item-source"):
-            stack_module.parse_item_source(bad)
+            stack_config.parse_item_source(bad)
 
 
 def test_a_partial_efs_option_set_is_refused_with_one_line(tmp_path, capsys):
@@ -536,7 +562,7 @@ def test_a_listing_item_with_etag_reaches_s3copy_as_etag_and_reduce_trusts_the_m
     params = handlers.start({"dest": str(dest)})["params"]
     listed = {"Key": key, "Size": len(body), "Etag": etag, "LastModified": 1767225600,
               "StorageClass": "STANDARD"}  # the ItemReader's item, as AWS documents it
-    child = {"index": listed, "params": params}
+    child = {"index": listed, "position": 0, "params": params}
     event = handlers.compute_event(child)
     assert event["index"]["ETag"] == etag and "Etag" not in event["index"]
     batch = handlers.compute_event({"Items": [{"index": listed}], "BatchInput": {"params": params}})

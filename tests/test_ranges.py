@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
 from published import is_published_total
 from stepmap import runner
 from stepmap.errors import InvalidEvent
@@ -157,38 +156,3 @@ def test_a_big_range_runs_in_bounded_memory(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 10**8 * (10**8 - 1) // 2
-
-
-# ------------------------------------------------------------------ AWS: sub-range map items
-
-def test_aws_children_of_sub_ranges_are_range_events():
-    from stepmap.aws import handlers
-    params = {"k": 1, handlers.RANGES_PARAM: True}
-    one = handlers.compute_event({"index": [5, 9], "params": params})
-    assert one == {"Items": {"Range": [5, 9]}, "BatchInput": {"k": 1}}
-    joined = handlers.compute_event({"Items": [{"index": [0, 5]}, {"index": [5, 9]}],
-                                     "BatchInput": {"params": params}})
-    assert joined == {"Items": {"Range": [0, 9]}, "BatchInput": {"k": 1}}
-    apart = handlers.compute_event({"Items": [{"index": [0, 2]}, {"index": [5, 6]}],
-                                    "BatchInput": {"params": params}})
-    assert [item["index"] for item in event_items(apart)] == [0, 1, 5]
-    assert item_count(joined) == 9 and item_count(apart) == 3
-    with pytest.raises(InvalidEvent, match="sub-ranged"):
-        handlers.compute_event({"index": 7, "params": params})
-
-
-def test_aws_emulated_run_of_sub_ranges_counts_every_item(synthesized, monkeypatch):
-    """The real state machine (moto's interpreter) with the real handlers: a range cut into
-    sub-ranges gives the published total, and reduce counts items, not ranges."""
-    from stepmap.aws import handlers
-    from stepmap.aws.emulator import EmulatedStack
-    monkeypatch.setattr(handlers, "RANGE_INLINE_ITEMS", 10)
-    monkeypatch.setattr(handlers, "RANGE_MAP_ITEMS", 7)
-    for run_input, children in (({"size": 1024}, 1), ({"size": 1024, "method": "jump"}, 7)):
-        with EmulatedStack(synthesized.configs["stepmap"],
-                           template=synthesized.templates["stepmap"]) as stack:
-            result = stack.run(run_input)
-            assert result["status"] == "SUCCEEDED", result
-            assert is_published_total(result["output"]["total"])
-            assert result["output"]["items"] == 1024
-            assert stack.lambdas.invocations["compute"] == children

@@ -142,8 +142,9 @@ def print_report(args: Any, report: RunReport) -> int:
     if not complete:
         print(f"stepmap: error: run {report.run_id} is {report.status.lower()}: "
               f"{report.succeeded:,} of {report.items:,} items succeeded, {report.failed:,} "
-              f"failed, {report.pending:,} pending, so there is no total. {report.reason}. "
-              f"Finish it with: stepmap resume {report.run_id}", file=sys.stderr)
+              f"failed, {report.pending:,} pending, so there is no total. {report.reason}."
+              + (f" Finish it with: stepmap resume {report.run_id}" if report.resumable
+                 else ""), file=sys.stderr)
         return EXIT_INTERRUPTED if report.by_user else EXIT_INCOMPLETE
     return 0
 

@@ -119,14 +119,12 @@ POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(MapPolicy))
 #: its stack for each run from the fields it lists.
 POLICY_APPLIES: dict[str, tuple[str, ...]] = {
     "local": POLICY_FIELDS, "dask": POLICY_FIELDS, "aws": (),
-    "aws-emulated": ("batch_size", "max_concurrency", "tolerate_percent", "tolerate_count")}
+    "aws-emulated": ("batch_size", "max_concurrency", "tolerate_percent", "tolerate_count",
+                     "retries", "backoff_seconds")}
 #: Engine-option fields an engine's options type has but which cannot apply there.
 OPTIONS_REFUSED = {"aws-emulated": ("stack_name", "state_machine", "region")}
 #: Other settings that cannot apply to an engine, with where they are set instead.
-TOP_REFUSED = {"aws": {"items_from": "the deployed stack's item source (stepmap deploy "
-                                     "--item-source)"},
-               "aws-emulated": {"items_from": "the stack's item source; aws-emulated reads "
-                                              "the start step's items"}}
+TOP_REFUSED: dict[str, dict[str, str]] = {}  # (aws engines upload --items-from's items)
 #: Short names a flat keyword factory accepts (what the CLI's flags are called).
 ALIASES = {"backoff": "backoff_seconds", "tolerate": "tolerate_percent",
            "memory_limit": "memory_limit_mb"}

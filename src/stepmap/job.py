@@ -40,9 +40,6 @@ MAX_INPUT_DEPTH = 32
 ITEM_KEY = "index"
 #: The key, under "Items", of a range batch's [first, end) item values.
 RANGE_KEY = "Range"
-#: A job parameter marking item values that are [first, end] sub-ranges: the AWS start step
-#: emits a long range so (see aws/handlers.py), and the entries AWS writes are counted so.
-SUB_RANGES_PARAM = "__stepmap_ranges__"
 
 
 @dataclass(frozen=True)
@@ -243,9 +240,6 @@ def _range_of(items: Mapping) -> range:
 
 def item_count(event: JSON) -> int:
     """How many items an event (as recorded in a result's Input) stands for."""
-    bounds = _sub_ranges(event)
-    if bounds is not None:
-        return sum(b[1] - b[0] if _is_pair(b) else 1 for b in bounds)
     if isinstance(event, Mapping) and isinstance(event.get("Items"), list):
         return len(event["Items"])
     if isinstance(event, Mapping) and isinstance(event.get("Items"), Mapping):
@@ -254,27 +248,6 @@ def item_count(event: JSON) -> int:
         except InvalidEvent:
             return 1
     return 1
-
-
-def _sub_ranges(event: JSON) -> list | None:
-    """The [first, end] item values of an event whose params carry SUB_RANGES_PARAM (as AWS
-    records a child's input: params flat or wrapped in "params"), else None."""
-    if not isinstance(event, Mapping):
-        return None
-    batched = "Items" in event
-    shared = event.get("BatchInput") if batched else event
-    if isinstance(shared, Mapping) and isinstance(shared.get("params"), Mapping):
-        shared = shared["params"]
-    items = event["Items"] if batched else [event]
-    if not isinstance(shared, Mapping) or shared.get(SUB_RANGES_PARAM) is not True \
-            or not isinstance(items, list):
-        return None
-    return [item.get(ITEM_KEY) if isinstance(item, Mapping) else None for item in items]
-
-
-def _is_pair(bounds: object) -> TypeGuard[list[int]]:
-    return (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)
-            and bounds[0] < bounds[1])
 
 
 def loads_input(text: str | bytes, what: str = "--input") -> dict:

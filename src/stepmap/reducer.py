@@ -27,10 +27,12 @@ class Reduction:
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
                manifest: dict | None = None, expected: Expected | None = None,
-               written: Mapping[str, bytes | None] | None = None) -> Reduction:
-    """``expected``: this run's start, to prove each entry's Input (AWS entries carry no
-    positions, so the AWS reduce passes None and relies on checksums and the item count);
-    ``written``: the files this process just wrote (see verify.check_results)."""
+               written: Mapping[str, bytes | None] | None = None,
+               positions_required: bool = False) -> Reduction:
+    """``expected``: this run's start, to prove each entry's Input (the AWS reduce passes
+    None: its entries' checksums and the positions in their Inputs prove them);
+    ``written``: the files this process just wrote; ``positions_required``: refuse entries
+    that name no item position (see verify.check_results)."""
     manifest = manifest if manifest is not None else store.read_manifest()
     missing = _unfinished(store, manifest)
     if missing:
@@ -43,7 +45,8 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
             failed=failed, pending=pending, missing=[d for _, _, d in missing][:20],
             run_id=store.run_id)
     keys = RunStore.manifest_keys(manifest, "SUCCEEDED")
-    verified = check_results(store, keys, expected, written)
+    verified = check_results(store, keys, expected, written,
+                             positions_required=positions_required)
     _check_coverage(verified, expected_items, store.run_id)
     total = workload.reduce(verified.outputs(store, keys))
     return Reduction(total, verified.items, verified.rejected)
@@ -80,3 +83,5 @@ def _check_coverage(verified: Verified, expected: int | None, run_id: str) -> No
     if verified.items > expected:  # only possible without positions (AWS): duplicates
         raise ResultsError(f"results count {verified.items} items but the run has {expected}: "
                            "some result files are duplicated or foreign; no total reported")
+    if any(first < 0 or end > expected for first, end in verified.spans):
+        raise ResultsError("results files cover item positions outside the run; corrupt run")

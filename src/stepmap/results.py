@@ -308,6 +308,12 @@ class RunStore:
         return ResultFile(key, status, number, hashlib.sha256(data).digest())
 
     def read_entries(self, key: str) -> list[dict]:
+        """The entries of a result file: a key of this store, or an ``s3://bucket/key`` URL
+        (a manifest in a local run directory may list an AWS run's ResultWriter files where
+        they are, in the bucket, rather than copies)."""
+        if key.startswith("s3://"):
+            storage, inner = parse_location(key)
+            return RunStore(storage, "").read_entries(inner)
         return self.parse_entries(key, self.storage.get(key))
 
     def parse_entries(self, key: str, data: bytes) -> list[dict]:

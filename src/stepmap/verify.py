@@ -15,7 +15,9 @@
 This catches a changed digit in an Output, changed ItemPositions, result files copied from
 another run (their Input carries that run's parameters) and truncated or edited entries.
 The checksum detects damage, not forgery: it is not keyed. Entries written by AWS carry no
-ItemPositions, so there only (1) and the item count apply.
+ItemPositions: there (1) applies, and each item's ``position`` in the child Input (the
+stack's ItemSelector puts it there) proves exactly-once coverage, so a result set holding
+one item twice and missing another is refused although its count is right.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from .job import JSON, is_compact_range, item_count
 from .results import RunStore, entry_input, entry_output
 
 CHECKSUM_KEY = "Checksum"
+#: an item's position in a child Input written by stepmap's state machine
+#: (stepmap.aws.names.POSITION_KEY; this module does not import the AWS package)
+POSITION_KEY = "position"
 SEAL_KEY = "StepmapChecksum"
 #: Result files read for verification are kept for the reduce up to this many bytes of JSON.
 CACHE_BYTES = 64 * 1024 * 1024
@@ -138,13 +143,18 @@ class Verified:
 
 
 def check_results(store: RunStore, keys: Iterable[str], expected: Expected | None,
-                  written: Mapping[str, bytes | None] | None = None) -> Verified:
+                  written: Mapping[str, bytes | None] | None = None, *,
+                  positions_required: bool = False) -> Verified:
     """Verify every entry of the SUCCEEDED files ``keys`` (see the module docstring);
     ResultsError if two verified entries share an item. ``written``: files this process
     wrote in this attempt, by key, with the sha256 of their bytes; while those bytes are
     unchanged their entries are the mapper's own (its positions, its workers' Inputs and
-    checksums), so they skip the rebuild of their Inputs, the serial part of verification."""
-    found, spans, own, cached = Verified(), [], [], 0
+    checksums), so they skip the rebuild of their Inputs, the serial part of verification.
+    ``positions_required`` (the AWS reduce): an entry whose Input names no positions is
+    rejected rather than counted."""
+    found, cached = Verified(), 0
+    spans: list[_Span] = []
+    own: list[_Span] = []
     for key in keys:
         data = store.storage.get(key) if (written or {}).get(key) else None
         trusted = data is not None and _digest(data) == (written or {}).get(key)
@@ -162,9 +172,8 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
                 problem = "no valid ItemPositions"
             if problem is not None:
                 _reject(found, store, key, name, problem)
-            elif expected is None:  # written by AWS: no positions, count the Input's items
-                found.accepted.add((key, index))
-                found.items += item_count(entry_input(entry))
+            elif expected is None:  # written by AWS: positions from the child Input
+                _add_aws_entry(found, store, own, key, index, entry, positions_required)
             elif not _is_span(span):  # checked above; this tells the type checker so
                 _reject(found, store, key, name, "no valid ItemPositions")
             elif trusted:
@@ -173,7 +182,53 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
                 spans.append(_Span(span[0], span[1], key, index, name, _digest(entry["Input"])))
     if expected is not None:
         _accept(found, store, own + _match_inputs(found, store, spans, expected))
+    elif own:
+        _accept(found, store, own)
     return found
+
+
+def _add_aws_entry(found: Verified, store: RunStore, own: list[_Span], key: str, index: int,
+                   entry: dict, positions_required: bool) -> None:
+    name = str(entry.get("Name", "?"))
+    try:
+        spans = entry_positions(entry)
+    except ResultsError as exc:
+        _reject(found, store, key, name, str(exc))
+        return
+    if spans is not None:
+        own.extend(_Span(first, end, key, index, name, b"") for first, end in spans)
+    elif positions_required:
+        _reject(found, store, key, name, "its Input names no item position")
+    else:  # no positions (results of an older stack): count the Input's items
+        found.accepted.add((key, index))
+        found.items += item_count(entry_input(entry))
+
+
+def entry_positions(entry: dict) -> list[tuple[int, int]] | None:
+    """The [first, end) item positions a result entry covers: its ``ItemPositions``
+    (stepmap's engines), or each item's ``position`` in its Input (stepmap's state
+    machine); None when it names neither."""
+    span = entry.get("ItemPositions")
+    if _is_span(span):
+        return [(span[0], span[1])]
+    if "ItemPositions" in entry:
+        raise ResultsError("corrupt ItemPositions")
+    found = input_positions(entry_input(entry))
+    return None if found is None else [(p, p + 1) for p in found]
+
+
+def input_positions(event: JSON) -> list[int] | None:
+    """The ``position`` of each item of a child Input (one item, or an ItemBatcher batch),
+    or None when the Input names none."""
+    items = event.get("Items") if isinstance(event, dict) else None
+    listed = items if isinstance(items, list) else [event]
+    found = [item.get(POSITION_KEY) if isinstance(item, dict) else None for item in listed]
+    if not found or any(p is None for p in found):
+        return None
+    positions = [p for p in found if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
+    if len(positions) != len(found):
+        raise ResultsError("an item position in the Input is not a non-negative integer")
+    return positions
 
 
 def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],

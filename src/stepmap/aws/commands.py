@@ -17,7 +17,7 @@ from ..bigint import flag_float, flag_int
 from ..errors import EngineError, UsageError
 from ..extras import require
 
-from . import DEFAULT_STACK
+from .names import DEFAULT_BACKOFF_SECONDS, DEFAULT_RETRIES, DEFAULT_STACK
 #: The repository root (src/stepmap/aws/commands.py -> ../../..), home of the pinned CDK CLI.
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CDK_ENV = "STEPMAP_CDK"
@@ -63,6 +63,13 @@ def _stack_options(parser) -> None:
                        help="ToleratedFailureCount of the map run (0)")
     group.add_argument("--batch-size", type=flag_int, default=0, metavar="N",
                        help="ItemBatcher MaxItemsPerBatch (0 = no batcher, one item per child)")
+    group.add_argument("--retries", type=flag_int, default=DEFAULT_RETRIES, metavar="N",
+                       help="retries of a failed compute call, the workload's own exceptions "
+                       f"too ({DEFAULT_RETRIES}, as the local engine)")
+    group.add_argument("--backoff", type=flag_float, default=DEFAULT_BACKOFF_SECONDS,
+                       metavar="SECONDS", help="first retry delay, doubling each retry, full "
+                       f"jitter ({DEFAULT_BACKOFF_SECONDS}; Step Functions takes whole seconds, "
+                       "so it is deployed rounded up, at least 1)")
     group.add_argument("--retain-bucket", action="store_true",
                        help="keep the results bucket when the stack is destroyed")
     group.add_argument("--runtime", default=None, metavar="python3.X",
@@ -90,8 +97,8 @@ def _stack_options(parser) -> None:
 
 
 def _config(args):
-    from .stack import (DEFAULT_EFS_MOUNT_PATH, LATEST_RUNTIME, StackConfig,
-                        parse_item_source)
+    from .stack_config import (DEFAULT_EFS_MOUNT_PATH, LATEST_RUNTIME, StackConfig,
+                               parse_item_source)
     source_bucket, source_prefix = (parse_item_source(args.item_source) if args.item_source
                                     else ("", ""))
     subnets = tuple(s.strip() for s in args.subnets.split(",") if s.strip())
@@ -99,6 +106,7 @@ def _config(args):
                        timeout_seconds=args.timeout, max_concurrency=args.max_concurrency,
                        tolerated_failure_percentage=args.tolerate,
                        tolerated_failure_count=args.tolerate_count, batch_size=args.batch_size,
+                       retries=args.retries, backoff_seconds=args.backoff,
                        retain_bucket=args.retain_bucket, runtime=args.runtime or LATEST_RUNTIME,
                        efs_file_system_id=args.efs_file_system,
                        efs_access_point_id=args.efs_access_point,
@@ -118,6 +126,7 @@ def _quiet_jsii() -> None:
 def cmd_synth(args, extra: list[str]) -> int:
     require("aws_cdk", "aws", "stepmap synth")
     from . import stack as stack_module
+    from .asl import state_machine_definition
 
     config = _config(args)
     out = Path(args.out)
@@ -127,7 +136,7 @@ def cmd_synth(args, extra: list[str]) -> int:
     except RuntimeError as exc:  # jsii: cdk-nag findings, bad props
         raise EngineError(f"synth failed: {str(exc).splitlines()[0]} (see {out}/"
                           "validation-report.json for cdk-nag findings)") from None
-    asl = stack_module.state_machine_definition(template, bucket="stepmap-results-bucket")
+    asl = state_machine_definition(template, bucket="stepmap-results-bucket")
     asl_path = out / f"{args.stack_name}.asl.json"
     asl_path.write_text(json.dumps(asl, indent=2) + "\n", encoding="utf-8")
     print(f"template: {out / (args.stack_name + '.template.json')}")
@@ -193,7 +202,7 @@ def cmd_deploy(args, extra: list[str]) -> int:
 
 def cmd_destroy(args, extra: list[str]) -> int:
     require("aws_cdk", "aws", "stepmap destroy")
-    from .stack import StackConfig
+    from .stack_config import StackConfig
 
     with tempfile.TemporaryDirectory(prefix="stepmap-cdk-") as outdir:
         command = _cdk_command("destroy", args, StackConfig().to_context(),

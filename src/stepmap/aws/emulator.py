@@ -37,11 +37,13 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timezone
 
 from ..errors import EngineError
-from . import stack as stack_module
-from .stack import DEFAULT_STACK_NAME, StackConfig
+from . import asl
+from .stack_config import StackConfig
+from .templates import template_for
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -69,26 +71,6 @@ class InjectedFault(RuntimeError):
 
 
 # ---------------------------------------------------------------- definition
-
-_TEMPLATES: dict[tuple[StackConfig, str], dict] = {}
-_TEMPLATES_LOCK = threading.Lock()
-
-
-def template_for(config: StackConfig, stack_name: str = DEFAULT_STACK_NAME) -> dict:
-    """The synthesized template for a config, synthesized once per process (jsii is slow)."""
-    with _TEMPLATES_LOCK:
-        if (config, stack_name) not in _TEMPLATES:
-            _TEMPLATES[config, stack_name] = stack_module.synth_template(config,
-                                                                          stack_name=stack_name)
-        return _TEMPLATES[config, stack_name]
-
-
-def remember_template(config: StackConfig, template: dict,
-                      stack_name: str = DEFAULT_STACK_NAME) -> None:
-    """Reuse a template synthesized elsewhere (e.g. a test session's single App)."""
-    with _TEMPLATES_LOCK:
-        _TEMPLATES[config, stack_name] = template
-
 
 def adapt_for_moto(definition: dict) -> tuple[dict, list[str]]:
     """Rewrite the parts of a definition moto cannot parse; return it with the notes saying
@@ -193,10 +175,10 @@ def functions_from_template(template: dict, *, region: str = REGION,
                             account: str = ACCOUNT) -> dict[str, tuple[str, object]]:
     """ARN -> (short name, handler callable) for every stepmap function in the template."""
     out = {}
-    for logical_id, props in stack_module.stepmap_functions(template).items():
+    for logical_id, props in asl.stepmap_functions(template).items():
         module_name, _, attribute = props["Handler"].rpartition(".")
         handler = getattr(importlib.import_module(module_name), attribute)
-        arn = stack_module.placeholder_function_arn(logical_id, region=region, account=account)
+        arn = asl.placeholder_function_arn(logical_id, region=region, account=account)
         out[arn] = (attribute, handler)
     return out
 
@@ -204,7 +186,7 @@ def functions_from_template(template: dict, *, region: str = REGION,
 def function_environment(template: dict, bucket: str) -> dict[str, str]:
     """The functions' environment variables, references resolved (all three share them)."""
     env = {}
-    for props in stack_module.stepmap_functions(template).values():
+    for props in asl.stepmap_functions(template).values():
         for key, value in props.get("Environment", {}).get("Variables", {}).items():
             env[key] = bucket if isinstance(value, dict) and "Ref" in value else str(value)
     return env
@@ -391,7 +373,8 @@ class EmulatedStack:
         self.bucket = BUCKET
         self.notes: list[str] = []
         self._saved_env: dict[str, str | None] = {}
-        self._mock = self._hooks = None
+        self._mock: Any = None
+        self._hooks: InterpreterHooks | None = None
         # moto logs every failed state at ERROR with a page-long repr; the execution history
         # and the result files carry the same facts
         self._logger = logging.getLogger("moto.stepfunctions.parser")
@@ -413,8 +396,9 @@ class EmulatedStack:
         from moto import mock_aws
 
         template = self.template or template_for(self.config)
-        definition = stack_module.state_machine_definition(
+        definition = asl.state_machine_definition(
             template, bucket=self.bucket, region=self.region, account=ACCOUNT)
+        self.synthesized = definition  # as AWS would run it: the policy the run records
         self.definition, self.notes = adapt_for_moto(definition)
         self._set_env({**function_environment(template, self.bucket),
                        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or self.region})

@@ -4,8 +4,15 @@
                                (with an item source: {"params", "item_count": null, ...})
     compute(child input)    -> {"Output": the workload's JSON result (big ints as decimal
                                 strings), "StepmapChecksum": ...} (verify.seal)
-    reduce({"results": <ResultWriter details>, "item_count": N | null})
+    reduce({"results": <ResultWriter details>, "item_count": N | null,
+            "previous": [<earlier map runs' ResultWriter details>]})
                             -> {"total", "items", "results"}
+
+Every child input carries its item's ``position`` in the run; the reduce step refuses a
+result set in which a position is missing or appears twice (reducer.py), so a duplicated
+ResultWriter entry can never be counted in place of a missing one. An execution input may
+hold a ``"stepmap"`` object (the driver's): an item list it uploaded, the run's item count,
+and, for a resumed run, the earlier map runs whose SUCCEEDED results the reduce step adds.
 
 The workload is fixed at deploy time by ``STEPMAP_WORKLOAD``: an execution's input picks
 parameters, never code. Errors are typed: a malformed event raises InvalidEvent, an
@@ -20,12 +27,6 @@ listed item SUCCEEDED, none FAILED or PENDING). Each child's item is Step Functi
 entry, ``{"Key", "Size", "Etag", "LastModified", "StorageClass"}``; compute renames ``Etag``
 to ``ETag``, the spelling of the ListObjectsV2 API and of stepmap's own listing.
 
-A start step whose items are a ``range`` of more than RANGE_INLINE_ITEMS (about what fits the
-start's inline payload) emits sub-ranges instead: each map item is ``[first, end]`` (the values first..end-1), and the
-params carry ``RANGES_PARAM`` so compute turns a child's input back into the job contract's
-range event (a batch of consecutive sub-ranges becomes one range) and reduce counts each
-entry's items from its sub-ranges (job.item_count); ``item_count`` stays the number of items.
-
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
 to S3 with a pointer in its place, and a large total is written next to the ResultWriter
@@ -35,41 +36,28 @@ manifest with its location returned instead.
 from __future__ import annotations
 
 import json
-import math
 import os
 import posixpath
 import uuid
 from typing import Any, Mapping
 
 from ..errors import InvalidEvent, ResultsError, UsageError
-from ..job import ITEM_KEY, RANGE_KEY, SUB_RANGES_PARAM, event_items, is_compact_range
+from ..job import ITEM_KEY, event_items
 from ..reducer import reduce_run
 from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
 from ..verify import seal
 from ..workloads import resolve
+from . import names
+from .names import CONTROL_KEY, POSITION_KEY, RESULTS_PREFIX
 
-WORKLOAD_ENV = "STEPMAP_WORKLOAD"
-BUCKET_ENV = "STEPMAP_BUCKET"
-ITEM_SOURCE_ENV = "STEPMAP_ITEM_SOURCE"  # stack.py sets it with --item-source
-DEFAULT_WORKLOAD = "s3keys"
-ITEMS_PREFIX = "items"
-OUTPUTS_PREFIX = "outputs"
-
-#: Start output above this goes to S3: the state limit is 256 KiB, and the map state's
-#: output (the start output plus $.results) must fit too.
-INLINE_START_BYTES = 200 * 1024
-#: A child execution's output (and the reduce output) is also capped at 256 KiB.
-INLINE_OUTPUT_BYTES = 200 * 1024
-#: The key of an offloaded output's pointer; no workload result looks like this.
-POINTER_KEY = "__stepmap_s3__"
-#: The params key marking map items that are [first, end] sub-ranges (see the docstring).
-RANGES_PARAM = SUB_RANGES_PARAM
-#: A range longer than this is cut into sub-ranges (its ints are ~8 bytes of JSON each).
-RANGE_INLINE_ITEMS = 25_000
-#: A long range is cut into about this many sub-ranges (unless the workload's batch hint
-#: asks for longer ones): few map items, each still a fair share of the work.
-RANGE_MAP_ITEMS = 1000
+# the names the stack sets and the driver uses (handlers.X stays patchable in tests)
+WORKLOAD_ENV, BUCKET_ENV, ITEM_SOURCE_ENV = names.WORKLOAD_ENV, names.BUCKET_ENV, names.ITEM_SOURCE_ENV
+DEFAULT_WORKLOAD = names.DEFAULT_WORKLOAD
+ITEMS_PREFIX, OUTPUTS_PREFIX = names.ITEMS_PREFIX, names.OUTPUTS_PREFIX
+INLINE_START_BYTES = names.INLINE_START_BYTES
+INLINE_OUTPUT_BYTES = names.INLINE_OUTPUT_BYTES
+POINTER_KEY = names.POINTER_KEY
 
 
 def workload():
@@ -96,36 +84,75 @@ def _dumps(value: Any) -> str:
 def start(event: Any, context: Any = None) -> dict:
     if not isinstance(event, Mapping):
         raise InvalidEvent("the run input must be a JSON object, e.g. {\"size\": 1024}")
+    event = dict(event)
+    control = event.pop(CONTROL_KEY, None)
     item_source = os.environ.get(ITEM_SOURCE_ENV)
     if item_source:
-        return _start_listed(dict(event), item_source)
-    try:
-        started = workload().start(dict(event))
-        params, items, count = _map_items(started)
-    except InvalidEvent:
-        raise
-    except UsageError as exc:  # the execution fails with a typed error and this message
-        raise InvalidEvent(f"bad run input: {exc}") from None
-    out = {"params": params, "item_count": count, "summary": started.summary}
+        if control is not None:
+            raise InvalidEvent(f"this stack lists its items from {item_source}: an execution "
+                               f"cannot bring its own item list ({CONTROL_KEY!r})")
+        return _start_listed(event, item_source)
+    started = _started(workload(), event)
+    if control is not None:
+        return _start_given(started, control)
+    items = list(started.items)
+    out = {"params": started.params, "item_count": len(items), "summary": started.summary,
+           "previous": []}
     items_json = _dumps(items)
     if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:
         return {**out, "items": items, "items_in_s3": False}
     bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
-    S3Storage(bucket).put(key, items_json.encode("utf-8"))
+    S3Storage(bucket).put(key, positioned_items(items))
     return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
 
 
-def _map_items(started) -> tuple[dict, list, int]:
-    """(params, map items, item count): a long range as [first, end] sub-ranges, else every
-    item (listed inline, or in S3 when long)."""
-    values = started.items
-    if not is_compact_range(values) or len(values) <= RANGE_INLINE_ITEMS:
-        items = list(values)
-        return started.params, items, len(items)
-    step = max(started.batch_hint or 1, math.ceil(len(values) / RANGE_MAP_ITEMS))
-    ranges = [[values[i], values[min(i + step, len(values)) - 1] + 1]
-              for i in range(0, len(values), step)]
-    return {**started.params, RANGES_PARAM: True}, ranges, len(values)
+def positioned_items(items, positions=None) -> bytes:
+    """An item list for the MapFromS3 state: a JSON array of ``{"index": item, "position":
+    p}`` (positions 0, 1, ... unless given), as the driver also uploads them."""
+    positions = range(len(items)) if positions is None else positions
+    return _dumps([{ITEM_KEY: item, POSITION_KEY: p}
+                   for item, p in zip(items, positions, strict=True)]).encode("utf-8")
+
+
+def _started(w, event: dict):
+    try:
+        return w.start(event)
+    except InvalidEvent:
+        raise
+    except UsageError as exc:  # the execution fails with a typed error and this message
+        raise InvalidEvent(f"bad run input: {exc}") from None
+
+
+def _start_given(started, control: Any) -> dict:
+    """The driver uploaded the item list (``--items-from``, or the unfinished items of a
+    resumed run) and names it, the run's item count and earlier map runs' results."""
+    if not isinstance(control, Mapping) or not isinstance(control.get("items"), Mapping):
+        raise InvalidEvent(f"{CONTROL_KEY!r} must be an object naming the items: "
+                           '{"items": {"Bucket", "Key"}, "item_count", "previous"}')
+    bucket, key = _own_object(control["items"], ITEMS_PREFIX, "items")
+    count = control.get("item_count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise InvalidEvent(f"{CONTROL_KEY}.item_count must be a non-negative integer")
+    previous = control.get("previous", [])
+    if not isinstance(previous, list):
+        raise InvalidEvent(f"{CONTROL_KEY}.previous must be a list of ResultWriter details")
+    for details in previous:
+        _own_object(details, RESULTS_PREFIX, "previous")
+    return {"params": started.params, "item_count": count, "summary": started.summary,
+            "items_in_s3": True, "items_bucket": bucket, "items_key": key,
+            "previous": [dict(d) for d in previous]}
+
+
+def _own_object(where: Any, prefix: str, what: str) -> tuple[str, str]:
+    """{"Bucket", "Key"} of an object in this stack's bucket under ``prefix/``: an
+    execution's input may not make a function read another bucket or prefix."""
+    bucket = where.get("Bucket") if isinstance(where, Mapping) else None
+    key = where.get("Key") if isinstance(where, Mapping) else None
+    if bucket != _bucket() or not isinstance(key, str) or not key.startswith(prefix + "/") \
+            or ".." in key.split("/"):
+        raise InvalidEvent(f"{CONTROL_KEY}.{what} must name an object under "
+                           f"s3://{_bucket()}/{prefix}/")
+    return bucket, key
 
 
 def _start_listed(event: dict, item_source: str) -> dict:
@@ -139,14 +166,9 @@ def _start_listed(event: dict, item_source: str) -> dict:
             raise InvalidEvent(f"this stack lists its items from {item_source} (deployed with "
                                f"--item-source); the run input's source {str(given)[:200]!r} "
                                "must be the same, or left out")
-    try:
-        started = w.start(event)
-    except InvalidEvent:
-        raise
-    except UsageError as exc:
-        raise InvalidEvent(f"bad run input: {exc}") from None
+    started = _started(w, event)
     return {"params": started.params, "item_count": None, "summary": started.summary,
-            "item_source": item_source}
+            "item_source": item_source, "previous": []}
 
 
 # ---------------------------------------------------------------- compute
@@ -185,34 +207,18 @@ def compute_event(event: Any) -> dict:
         job_event = {"Items": items, "BatchInput": shared}
     else:
         job_event = _unwrap(event)
-    job_event = _from_sub_ranges(job_event)
     event_items(job_event)  # validates the shape; raises InvalidEvent with the reason
     return job_event
 
 
-def _from_sub_ranges(job_event: dict) -> dict:
-    """A child of a sub-ranged start (RANGES_PARAM in its params) as a range event: its
-    [first, end] items, consecutive as the ItemBatcher takes them, joined into one range."""
-    single = "Items" not in job_event
-    shared: Any = job_event if single else job_event.get("BatchInput")
-    if not isinstance(shared, Mapping) or RANGES_PARAM not in shared:
-        return job_event
-    params = {k: v for k, v in shared.items() if k not in (RANGES_PARAM, ITEM_KEY)}
-    items: Any = [job_event] if single else job_event["Items"]
-    bounds: list[Any] = [item.get(ITEM_KEY) if isinstance(item, Mapping) else None
-                         for item in (items if isinstance(items, list) else [None])]
-    if not all(isinstance(b, list) and len(b) == 2 and all(type(v) is int for v in b)
-               for b in bounds) or not bounds:
-        raise InvalidEvent("a sub-ranged map item must be [first, end] (two integers)")
-    if any(before[1] != after[0] for before, after in zip(bounds, bounds[1:])):
-        values = [v for first, end in bounds for v in range(first, end)]
-        return {"Items": [{ITEM_KEY: v} for v in values], "BatchInput": params}
-    return {"Items": {RANGE_KEY: [bounds[0][0], bounds[-1][1]]}, "BatchInput": params}
-
-
 def _unwrap(item: Mapping) -> dict:
-    if set(item) == {ITEM_KEY, "params"}:
+    keys = set(item)
+    if ITEM_KEY in keys and POSITION_KEY in keys and keys <= {ITEM_KEY, POSITION_KEY, "params"}:
+        keys.discard(POSITION_KEY)  # the stack's selector: the position is the reducer's
+    if keys == {ITEM_KEY, "params"}:
         item = {**_params(item["params"]), ITEM_KEY: item[ITEM_KEY]}
+    elif keys == {ITEM_KEY}:
+        item = {ITEM_KEY: item[ITEM_KEY]}
     else:
         item = dict(item)
     if ITEM_KEY in item:
@@ -238,10 +244,12 @@ def _params(params: Any) -> dict:
 # ---------------------------------------------------------------- reduce
 
 def reduce(event: Any, context: Any = None) -> dict:
-    bucket, manifest_key, expected = _reduce_event(event)
+    bucket, manifest_key, expected, previous = _reduce_event(event)
     prefix = posixpath.dirname(manifest_key)
     store = _PointerResolvingStore(S3Storage(bucket), prefix)
-    reduction = reduce_run(store, workload(), expected_items=expected)
+    manifest = combined_manifest(store, manifest_key, previous)
+    reduction = reduce_run(store, workload(), expected_items=expected, manifest=manifest,
+                           positions_required=True)
     location = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
     out = {"total": reduction.total, "items": reduction.items, "results": location}
     text = _dumps(reduction.total)
@@ -252,7 +260,23 @@ def reduce(event: Any, context: Any = None) -> dict:
     return out
 
 
-def _reduce_event(event: Any) -> tuple[str, str, int | None]:
+def combined_manifest(store: RunStore, manifest_key: str, previous: list[str]) -> dict:
+    """This map run's manifest, plus the SUCCEEDED files of the earlier map runs of a
+    resumed run (their FAILED and PENDING items are the ones this map run re-ran)."""
+    manifest = _manifest_at(store, manifest_key)
+    files = {status: list(RunStore.manifest_keys(manifest, status))
+             for status in ("SUCCEEDED", "FAILED", "PENDING")}
+    for key in previous:
+        files["SUCCEEDED"][:0] = RunStore.manifest_keys(_manifest_at(store, key), "SUCCEEDED")
+    return {**manifest, "ResultFiles": {status: [{"Key": k} for k in keys]
+                                        for status, keys in files.items()}}
+
+
+def _manifest_at(store: RunStore, key: str) -> dict:
+    return RunStore(store.storage, posixpath.dirname(key)).read_manifest()
+
+
+def _reduce_event(event: Any) -> tuple[str, str, int | None, list[str]]:
     if not isinstance(event, Mapping):
         raise InvalidEvent("the reduce event must be a JSON object with 'results' and "
                            "'item_count'")
@@ -261,11 +285,7 @@ def _reduce_event(event: Any) -> tuple[str, str, int | None]:
     if not isinstance(details, Mapping):
         raise InvalidEvent("the reduce event needs results.ResultWriterDetails (the Distributed "
                            "Map's ResultWriter output at $.results)")
-    bucket, key = details.get("Bucket"), details.get("Key")
-    if not (isinstance(bucket, str) and bucket and isinstance(key, str)
-            and posixpath.basename(key) == MANIFEST and ".." not in key.split("/")):
-        raise InvalidEvent("ResultWriterDetails must name a Bucket and the Key of a "
-                           f"{MANIFEST}")
+    bucket, key = _manifest_location(details)
     if "item_count" not in event:
         raise InvalidEvent("the reduce event needs 'item_count' (null when the map listed the "
                            "items itself)")
@@ -277,7 +297,26 @@ def _reduce_event(event: Any) -> tuple[str, str, int | None]:
                                  or expected < 0):
         raise InvalidEvent(f"'item_count' must be a non-negative integer or null, got "
                            f"{expected!r:.40}")
-    return bucket, key, expected
+    previous = event.get("previous") or []
+    if not isinstance(previous, list):
+        raise InvalidEvent("'previous' must be a list of earlier ResultWriter details")
+    keys = []
+    for earlier in previous:
+        other_bucket, other_key = _manifest_location(earlier)
+        if other_bucket != bucket:
+            raise InvalidEvent("'previous' results must be in the same bucket as 'results'")
+        keys.append(other_key)
+    return bucket, key, expected, keys
+
+
+def _manifest_location(details: Any) -> tuple[str, str]:
+    bucket = details.get("Bucket") if isinstance(details, Mapping) else None
+    key = details.get("Key") if isinstance(details, Mapping) else None
+    if not (isinstance(bucket, str) and bucket and isinstance(key, str)
+            and posixpath.basename(key) == MANIFEST and ".." not in key.split("/")):
+        raise InvalidEvent("ResultWriterDetails must name a Bucket and the Key of a "
+                           f"{MANIFEST}")
+    return bucket, key
 
 
 class _PointerResolvingStore(RunStore):

@@ -18,10 +18,20 @@ child's input/output with ResultWriterV2 under ``process_output/`` in the result
 puts the writer's details at ``$.results``; the reduce Lambda reads them back from S3 and
 refuses to produce a total unless every item succeeded.
 
-The child event is ``{"index": <item>, "params": <the start step's params>}`` (or, with an
-ItemBatcher, ``{"Items": [{"index": ...}], "BatchInput": {"params": ...}}``): JSONPath cannot
-spread an object whose keys are only known at run time into the selector, so the compute
-handler unwraps ``params`` into the job contract's flat event (see handlers.py).
+The child event is ``{"index": <item>, "position": <its place in the item stream>,
+"params": <the start step's params>}`` (or, with an ItemBatcher, ``{"Items": [{"index": ...,
+"position": ...}], "BatchInput": {"params": ...}}``): JSONPath cannot spread an object whose
+keys are only known at run time into the selector, so the compute handler unwraps
+``params`` into the job contract's flat event (see handlers.py). The position is
+``$$.Map.Item.Index`` for the inline and listing maps; an item list in S3 holds
+``{"index", "position"}`` objects (so that a resume can run a subset of the items under their
+original positions), and the reduce step checks every position is covered exactly once.
+
+The compute task retries Lambda's throttling and service errors, and then ANY error
+(States.ALL: a workload's own exception too) ``retries`` times from ``backoff_seconds`` with
+BackoffRate 2 and full jitter, as the local engine retries a failed call. The reduce step
+gets ``$.previous``: earlier map runs' ResultWriter details, when a resume runs only the
+items those left unfinished (see driver.py).
 
 Everything here is plain aws-cdk-lib v2; cdk-nag (v3, a policy-validation plugin) checks it
 with AwsSolutions, and every finding it would raise is acknowledged below with a reason.
@@ -29,15 +39,7 @@ with AwsSolutions, and every finding it would raise is acknowledged below with a
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import os
-import re
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 # jsii prints a page-wide banner about Node 20's end of life on every start; not actionable
 # for a stepmap user, so silence it (before aws_cdk starts the jsii runtime)
@@ -54,155 +56,18 @@ from aws_cdk import aws_stepfunctions as sfn  # noqa: E402
 from aws_cdk import aws_stepfunctions_tasks as tasks  # noqa: E402
 from constructs import Construct  # noqa: E402
 
-from ..errors import UsageError  # noqa: E402
-from ..workloads import is_builtin  # noqa: E402
+from .asset import COMPLETE_MARKER, stage_package  # noqa: E402
+from .names import (CONTEXT_KEY, DEFAULT_STACK, ITEM_SOURCE_ENV, ITEMS_PREFIX,  # noqa: E402
+                    OUTPUTS_PREFIX, POSITION_KEY, RESULTS_PREFIX, BACKOFF_RATE)
+from .stack_config import LATEST_RUNTIME, StackConfig  # noqa: E402
 
 #: Without this flag ``result_writer_v2`` renders nothing at all (no error, no writer).
 RESULT_WRITER_V2_FLAG = "@aws-cdk/aws-stepfunctions:useDistributedMapResultWriterV2"
-CONTEXT_KEY = "stepmap"
-DEFAULT_STACK_NAME = "stepmap"
-RESULTS_PREFIX = "process_output"
-ITEMS_PREFIX = "items"
-ITEM_SOURCE_ENV = "STEPMAP_ITEM_SOURCE"  # handlers.py reads it (same name)
-OUTPUTS_PREFIX = "outputs"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/stepmap, wherever it is installed
-COMPLETE_MARKER = ".stepmap-staged"
+DEFAULT_STACK_NAME = DEFAULT_STACK
 RUNTIMES = {"python3.12": lambda_.Runtime.PYTHON_3_12, "python3.13": lambda_.Runtime.PYTHON_3_13,
             "python3.14": lambda_.Runtime.PYTHON_3_14}
-LATEST_RUNTIME = "python3.14"  # what cdk-nag's AwsSolutions-L1 calls current
-DEFAULT_EFS_MOUNT_PATH = "/mnt/efs"
-#: Lambda's own rule for FileSystemConfigs.LocalMountPath (CDK checks the same at synth)
-MOUNT_PATH = re.compile(r"^/mnt/[a-zA-Z0-9\-_.]{1,155}$")
-#: resource IDs, checked by their prefix so that swapped options fail here, not in CloudFormation
-_IDS = {"efs_file_system_id": ("--efs-file-system", "fs-"),
-        "efs_access_point_id": ("--efs-access-point", "fsap-"),
-        "vpc_id": ("--vpc", "vpc-"), "security_group_id": ("--security-group", "sg-")}
-_ID = re.compile(r"^[a-z]+-([0-9a-f]{8}|[0-9a-f]{17})$")  # AWS: 8 or 17 hex digits
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-#: built-in workloads whose items are S3 listing entries ({"Key", "Size", "ETag", ...})
-LISTING_WORKLOADS = frozenset({"s3copy"})
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    """Deploy-time settings. The workload is fixed here: an execution's input chooses
-    parameters, never code."""
-
-    workload: str = "s3keys"
-    memory_mb: int = 4096
-    timeout_seconds: int = 900
-    max_concurrency: int = 1000
-    tolerated_failure_percentage: float = 0.0
-    tolerated_failure_count: int = 0
-    batch_size: int = 0  # ItemBatcher MaxItemsPerBatch; 0 = one item per child execution
-    retain_bucket: bool = False
-    runtime: str = LATEST_RUNTIME
-    # EFS: mount an existing access point into the start and compute functions, which then
-    # run in an existing VPC (private subnets, a security group that reaches the mount
-    # targets on 2049). All five IDs together, or none.
-    efs_file_system_id: str = ""
-    efs_access_point_id: str = ""
-    efs_mount_path: str = DEFAULT_EFS_MOUNT_PATH
-    vpc_id: str = ""
-    subnet_ids: tuple[str, ...] = ()
-    security_group_id: str = ""
-    # the Distributed Map lists s3://source_bucket/source_prefix itself (S3ObjectsItemReader)
-    source_bucket: str = ""
-    source_prefix: str = ""
-
-    def __post_init__(self):
-        subnets = self.subnet_ids
-        if isinstance(subnets, str):  # "subnet-a,subnet-b" (e.g. from cdk -c)
-            subnets = [s.strip() for s in subnets.split(",") if s.strip()]
-        _need(isinstance(subnets, (list, tuple)) and all(isinstance(s, str) for s in subnets),
-              "--subnets must be a comma-separated list of subnet IDs")
-        object.__setattr__(self, "subnet_ids", tuple(subnets))  # hashable, like every field
-        _need(128 <= self.memory_mb <= 10240, "--memory must be between 128 and 10240 MB")
-        _need(1 <= self.timeout_seconds <= 900, "--timeout must be 1-900 seconds (Lambda's limit)")
-        _need(0 <= self.max_concurrency <= 10000, "--max-concurrency must be 0-10000 (0 = AWS max)")
-        _need(0 <= self.tolerated_failure_percentage <= 100, "--tolerate must be 0-100 percent")
-        _need(self.tolerated_failure_count >= 0, "--tolerate-count must not be negative")
-        _need(0 <= self.batch_size <= 100_000_000, "--batch-size must not be negative")
-        _need(self.runtime in RUNTIMES, f"--runtime must be one of {', '.join(RUNTIMES)}")
-        _need(bool(self.workload), "--workload must name a workload")
-        for name in ("efs_file_system_id", "efs_access_point_id", "efs_mount_path", "vpc_id",
-                     "security_group_id", "source_bucket", "source_prefix"):
-            _need(isinstance(getattr(self, name), str), f"stack setting {name} must be a string")
-        self._check_efs()
-        self._check_item_source()
-
-    @property
-    def efs(self) -> bool:
-        return bool(self.efs_file_system_id)
-
-    @property
-    def item_source(self) -> str:
-        """``s3://bucket/prefix`` the map lists, or "" without an item source."""
-        return f"s3://{self.source_bucket}/{self.source_prefix}" if self.source_bucket else ""
-
-    def _check_efs(self) -> None:
-        given = {"--efs-file-system": self.efs_file_system_id,
-                 "--efs-access-point": self.efs_access_point_id, "--vpc": self.vpc_id,
-                 "--subnets": self.subnet_ids, "--security-group": self.security_group_id}
-        missing = [flag for flag, value in given.items() if not value]
-        if len(missing) != len(given):
-            _need(not missing, f"{', '.join(given)} go together: missing {', '.join(missing)}")
-        else:
-            _need(self.efs_mount_path == DEFAULT_EFS_MOUNT_PATH,
-                  "--efs-mount-path needs --efs-file-system (and the other EFS options)")
-            return
-        for name, (flag, prefix) in _IDS.items():
-            value = getattr(self, name)
-            _need(value.startswith(prefix) and bool(_ID.fullmatch(value)),
-                  f"{flag} must be an ID like {prefix}0123456789abcdef0 (8 or 17 hex digits), "
-                  f"got {value[:60]!r}")
-        for subnet in self.subnet_ids:
-            _need(subnet.startswith("subnet-") and bool(_ID.fullmatch(subnet)),
-                  "--subnets must be subnet IDs like subnet-0123456789abcdef0, got "
-                  f"{subnet[:60]!r}")
-        _need(len(set(self.subnet_ids)) == len(self.subnet_ids), "--subnets lists a subnet twice")
-        _need(len(self.subnet_ids) <= 16, "--subnets: Lambda takes at most 16 subnets")
-        _need(bool(MOUNT_PATH.fullmatch(self.efs_mount_path)),
-              "--efs-mount-path must be /mnt/NAME (one level: letters, digits, '-', '_', '.'), "
-              f"got {self.efs_mount_path[:60]!r}")
-
-    def _check_item_source(self) -> None:
-        if not self.source_bucket:
-            _need(not self.source_prefix, "a source prefix needs a source bucket (--item-source)")
-            return
-        _need(bool(_BUCKET_NAME.fullmatch(self.source_bucket)) and ".." not in self.source_bucket,
-              f"--item-source: {self.source_bucket[:70]!r} is not an S3 bucket name")
-        _need(len(self.source_prefix.encode("utf-8")) <= 1024,
-              "--item-source: the prefix is longer than an S3 key may be")
-        _need(not is_builtin(self.workload) or self.workload in LISTING_WORKLOADS,
-              f"--item-source gives each child an S3 listing entry ({{\"Key\", \"Size\", "
-              f"\"Etag\", ...}}); workload {self.workload} does not take those (use "
-              f"{', '.join(sorted(LISTING_WORKLOADS))} or a module:attribute workload)")
-
-    def to_context(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_context(cls, value) -> "StackConfig":
-        data = json.loads(value) if isinstance(value, str) else dict(value or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        _need(not unknown, f"unknown stack settings: {', '.join(unknown)}")
-        return cls(**data)
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise UsageError(message)
-
-
-def parse_item_source(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix/`` -> (bucket, prefix); the prefix may be empty (whole bucket)."""
-    _need(isinstance(url, str) and url.startswith("s3://"),
-          f"--item-source must be an s3://bucket/prefix URL, got {str(url)[:70]!r}")
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    _need(bool(bucket), "--item-source must name a bucket: s3://bucket/prefix")
-    return bucket, prefix
+__all__ = ["CONTEXT_KEY", "DEFAULT_STACK_NAME", "StackConfig", "StepmapStack", "build",
+           "new_app", "add_nag_checks", "synth_template"]
 
 
 def new_app(**app_options) -> cdk.App:
@@ -334,17 +199,18 @@ class StepmapStack(cdk.Stack):
         # know it): the reduce step then trusts the ResultWriter manifest (reducer.py)
         reduce = self._invoke("Reduce", self.reduce_fn, sfn.TaskInput.from_object({
             "results": sfn.JsonPath.object_at("$.results"),
-            "item_count": sfn.JsonPath.number_at("$.item_count")}))
+            "item_count": sfn.JsonPath.number_at("$.item_count"),
+            "previous": sfn.JsonPath.list_at("$.previous")}))
         if self.source is not None:
             # no start-step listing and no 256 KiB limit: ListObjectsV2 by Step Functions
-            map_listing = self._map("MapFromListing", item_reader=sfn.S3ObjectsItemReader(
+            map_listing = self._map("MapFromListing", ITEM_INDEXED, item_reader=sfn.S3ObjectsItemReader(
                 bucket=self.source, prefix=self.config.source_prefix or None))
             self.map_labels = ["MapFromListing"]
             map_listing.next(reduce)
             chain = sfn.Chain.start(start).next(map_listing)
         else:
-            map_inline = self._map("MapInline", items_path="$.items")
-            map_s3 = self._map("MapFromS3", item_reader=sfn.S3JsonItemReader(
+            map_inline = self._map("MapInline", ITEM_INDEXED, items_path="$.items")
+            map_s3 = self._map("MapFromS3", ITEM_POSITIONED, item_reader=sfn.S3JsonItemReader(
                 bucket=self.bucket, key=sfn.JsonPath.string_at("$.items_key")))
             self.map_labels = ["MapInline", "MapFromS3"]
             choice = sfn.Choice(self, "ItemsInS3?", comment="the start step put a long item "
@@ -365,14 +231,16 @@ class StepmapStack(cdk.Stack):
         add_lambda_retries(task)
         return task
 
-    def _map(self, name: str, **source) -> sfn.DistributedMap:
+    def _map(self, name: str, item_paths: tuple[str, str], **source) -> sfn.DistributedMap:
         cfg = self.config
         options = {}
         if cfg.tolerated_failure_percentage:
             options["tolerated_failure_percentage"] = cfg.tolerated_failure_percentage
         if cfg.tolerated_failure_count:
             options["tolerated_failure_count"] = cfg.tolerated_failure_count
-        selector = {"index": sfn.JsonPath.string_at("$$.Map.Item.Value")}
+        value_path, position_path = item_paths
+        selector = {"index": sfn.JsonPath.string_at(value_path),
+                    POSITION_KEY: sfn.JsonPath.number_at(position_path)}
         if cfg.batch_size:
             # parameters travel once per batch, not once per item
             # (a literal "params.$": a JsonPath token inside BatchInput does not render)
@@ -387,6 +255,7 @@ class StepmapStack(cdk.Stack):
             result_path="$.results", label=name, **source, **options)
         compute = self._invoke(f"Compute{name[3:]}", self.compute_fn,
                                sfn.TaskInput.from_json_path_at("$"))
+        add_workload_retry(compute, cfg)
         # Mode DISTRIBUTED and ExecutionType STANDARD are rendered from the DistributedMap
         # itself (map_execution_type); a ProcessorConfig here would only draw a CDK warning
         dmap.item_processor(compute)
@@ -475,10 +344,15 @@ def _acknowledge(scope, rule: str, reason: str) -> None:
     cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
 
 
+#: (item value, item position) JSONPaths of a map's child: a plain item and its map index,
+#: or a ``{"index", "position"}`` object of an item list in S3
+ITEM_INDEXED = ("$$.Map.Item.Value", "$$.Map.Item.Index")
+ITEM_POSITIONED = ("$$.Map.Item.Value.index", f"$$.Map.Item.Value.{POSITION_KEY}")
+
+
 def add_lambda_retries(task: sfn.TaskStateBase) -> None:
     """Throttling is expected when thousands of children start at once: retry it patiently.
-    Other transient Lambda service errors get a shorter retry. A workload's own exception is
-    not retried here (it would fail the same way): it becomes a FAILED result."""
+    Other transient Lambda service errors get a shorter retry."""
     task.add_retry(errors=["Lambda.TooManyRequestsException"], interval=cdk.Duration.seconds(1),
                    max_attempts=10, backoff_rate=2, max_delay=cdk.Duration.seconds(60),
                    jitter_strategy=sfn.JitterType.FULL)
@@ -488,55 +362,16 @@ def add_lambda_retries(task: sfn.TaskStateBase) -> None:
                    jitter_strategy=sfn.JitterType.FULL)
 
 
-# ---------------------------------------------------------------- rendering
-
-PLACEHOLDER_ACCOUNT = "123456789012"
-PLACEHOLDER_REGION = "us-east-1"
-
-
-def state_machine_definition(template: dict, *, bucket: str, function_arn=None,
-                             region: str = PLACEHOLDER_REGION,
-                             account: str = PLACEHOLDER_ACCOUNT) -> dict:
-    """The ASL of the template's state machine with its CloudFormation references filled in
-    (function ARNs, bucket name, partition...), for validators and the offline emulator."""
-    resources = template["Resources"]
-    machine = next(r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine")
-    function_arn = function_arn or (lambda logical_id: placeholder_function_arn(
-        logical_id, region=region, account=account))
-
-    def value(node):
-        if isinstance(node, str):
-            return node
-        if isinstance(node, dict) and "Fn::Join" in node:
-            separator, parts = node["Fn::Join"]
-            return separator.join(value(p) for p in parts)
-        if isinstance(node, dict) and "Ref" in node:
-            ref = node["Ref"]
-            pseudo = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": account,
-                      "AWS::URLSuffix": "amazonaws.com"}
-            if ref in pseudo:
-                return pseudo[ref]
-            if resources.get(ref, {}).get("Type") == "AWS::S3::Bucket":
-                return bucket
-        if isinstance(node, dict) and "Fn::GetAtt" in node:
-            logical_id, attribute = node["Fn::GetAtt"]
-            if attribute == "Arn" and resources[logical_id]["Type"] == "AWS::Lambda::Function":
-                return function_arn(logical_id)
-        raise ValueError(f"cannot render {json.dumps(node)[:120]} in the state machine definition")
-
-    return json.loads(value(machine["Properties"]["DefinitionString"]))
-
-
-def placeholder_function_arn(logical_id: str, *, region: str = PLACEHOLDER_REGION,
-                             account: str = PLACEHOLDER_ACCOUNT) -> str:
-    return f"arn:aws:lambda:{region}:{account}:function:stepmap-{logical_id}"
-
-
-def stepmap_functions(template: dict) -> dict[str, dict]:
-    """Logical id -> properties of every stepmap Lambda function in the template."""
-    return {logical_id: resource["Properties"] for logical_id, resource
-            in template["Resources"].items() if resource["Type"] == "AWS::Lambda::Function"
-            and str(resource["Properties"].get("Handler", "")).startswith("stepmap.aws.handlers.")}
+def add_workload_retry(task: sfn.TaskStateBase, config: StackConfig) -> None:
+    """Any other error, a workload's own exception included, is retried as the local engine
+    retries a failed call: ``retries`` times, from ``backoff_seconds`` (in whole seconds, at
+    least 1: Step Functions' unit), doubling, full jitter, capped at 30 s. It comes last:
+    Step Functions uses the first retrier whose ErrorEquals matches."""
+    if config.retries:
+        task.add_retry(errors=["States.ALL"], max_attempts=config.retries,
+                       interval=cdk.Duration.seconds(config.retry_interval_seconds),
+                       backoff_rate=BACKOFF_RATE, max_delay=cdk.Duration.seconds(30),
+                       jitter_strategy=sfn.JitterType.FULL)
 
 
 def synth_template(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME,
@@ -544,67 +379,6 @@ def synth_template(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME,
     """Synthesize one stack (and run cdk-nag over it) and return its CloudFormation template."""
     app, _ = build(config, stack_name=stack_name, nag=nag, outdir=outdir)
     return app.synth().get_stack_by_name(stack_name).template
-
-
-# ---------------------------------------------------------------- code asset
-
-def stage_package(workload: str, root: Path | None = None) -> Path:
-    """Copy the stepmap package (and a user workload's top-level module) into a directory
-    that becomes the Lambda code: no Docker, no pip. Pure Python; gmpy2 is optional."""
-    sources = [PACKAGE_DIR]
-    if not is_builtin(workload) and _workload_source(workload) not in sources:
-        sources.append(_workload_source(workload))
-    digest = hashlib.sha256()
-    for source in sources:
-        for path in sorted(_files(source)):
-            digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
-            digest.update(path.read_bytes())
-    root = root or Path(tempfile.gettempdir()) / f"stepmap-lambda-{digest.hexdigest()[:16]}"
-    if (root / COMPLETE_MARKER).exists():
-        return root
-    # build next to it and rename into place, so concurrent synths never see half a copy
-    root.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    building.chmod(0o755)  # mkdtemp's 0700 would travel into the Lambda zip
-    for source in sources:
-        target = building / source.name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", "*.egg-info"))
-        else:
-            shutil.copy2(source, target)
-    (building / COMPLETE_MARKER).touch()
-    shutil.rmtree(root, ignore_errors=True)  # a leftover without its marker
-    try:
-        building.rename(root)
-    except OSError:  # another process finished first: use its copy
-        shutil.rmtree(building, ignore_errors=True)
-    return root
-
-
-def _files(source: Path):
-    if source.is_file():
-        yield source
-        return
-    for path in source.rglob("*"):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            yield path
-
-
-def _workload_source(ref: str) -> Path:
-    """The file or package directory holding a 'module:attr' workload, to ship with it."""
-    module_name = ref.partition(":")[0]
-    top = module_name.split(".")[0]
-    if top == "stepmap":
-        return PACKAGE_DIR
-    try:
-        module = importlib.import_module(top)
-    except ImportError as exc:
-        raise UsageError(f"cannot import workload module {top!r} to package it: {exc}") from None
-    path = Path(getattr(module, "__file__", "") or "")
-    if not path.name:
-        raise UsageError(f"workload module {top!r} has no source file to package")
-    return path.parent if path.name == "__init__.py" else path
 
 
 def build(config: StackConfig, *, stack_name: str = DEFAULT_STACK_NAME, nag: bool = True,

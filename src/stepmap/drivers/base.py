@@ -46,6 +46,7 @@ class RunReport:
     recomputed: int = 0
     rejected: list[str] = field(default_factory=list)  # entries that failed verification
     by_user: bool = False  # INTERRUPTED by Ctrl-C (exit 130), not by a lost engine (exit 1)
+    resumable: bool = True  # False: a resume would fail the same way (the CLI gives no hint)
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,

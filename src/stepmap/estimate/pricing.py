@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# above these a start output's item list goes to S3, and a compute output is offloaded to S3
+# (one PUT, one GET): the handlers' own limits, from aws/names.py (which imports no CDK)
+from ..aws.names import INLINE_OUTPUT_BYTES, INLINE_START_BYTES
+
 
 #: us-east-1 on-demand list prices (first pricing tier) as published on aws.amazon.com/lambda/,
 #: /step-functions/ and /s3/pricing, checked on the date below. The one place to update them.
@@ -33,9 +37,6 @@ PARENT_TRANSITIONS = 4
 #: Per STANDARD child execution: one transition for starting it (Distributed Map bills each
 #: child it starts) plus one for its only state, the Compute task.
 CHILD_TRANSITIONS = 2
-#: Above this a start output's item list goes to S3 (mirrors aws.handlers.INLINE_START_BYTES).
-INLINE_START_BYTES = 200 * 1024
-INLINE_OUTPUT_BYTES = 200 * 1024  # larger compute outputs are offloaded to S3 (one PUT, one GET)
 RESULT_FILE_BYTES = 5 * 1024**3  # assumed size of one ResultWriter file (one PUT each)
 RESULT_ENTRY_BYTES = 450  # ResultWriter metadata per child entry (ARN, name, dates, status)
 MAX_BATCH_INPUT_BYTES = 256 * 1024  # a child execution's input, like any state's, is capped
