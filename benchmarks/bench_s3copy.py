@@ -1,18 +1,32 @@
-"""s3copy throughput against the local S3 server (Ceph RGW, tools/s3server), with a plain
-sequential boto3 download loop of the same objects as the baseline, in the same run.
+"""s3copy throughput against the local S3 server (Ceph RGW, tools/s3server), against boto3's
+TransferManager (16 threads, no verification, no fsync) downloading the same objects, each
+copier a fresh process, interleaved, in the same run.
 
-    .venv/bin/python benchmarks/bench_s3copy.py [--small 400] [--large 4]
+    .venv/bin/python benchmarks/bench_s3copy.py [--small 200] [--large 4] [--repeat 3]
+    .venv/bin/python benchmarks/bench_s3copy.py --before /tmp/old/src   # also an older s3copy
+
+Default data: 200 objects of 1 MiB and 4 of 64 MiB uploaded in 8 MiB parts (478 MB). stepmap
+verifies every object (MD5 / multipart ETag) and fsyncs every file; the TransferManager does
+neither. Peak memory is the largest sum of resident set sizes over the copier process and its
+descendants (sampled every 20 ms).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -21,69 +35,114 @@ from support.s3server_fixture import s3_env, start_s3_server  # noqa: E402
 
 MiB = 1 << 20
 
+TRANSFER_MANAGER = """
+import sys
+from pathlib import Path
+from boto3.s3.transfer import TransferConfig
+from s3transfer.manager import TransferManager
+sys.path.insert(0, {src!r})
+from stepmap.storage import make_s3_client
+client = make_s3_client(connections=16)
+dest = Path(sys.argv[1])
+keys = []
+for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix="data/"):
+    keys += [obj["Key"] for obj in page.get("Contents", [])]
+with TransferManager(client, TransferConfig(max_concurrency=16)) as manager:
+    for key in keys:
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        manager.download("bench", key, str(target))
+"""
+
+
+def measure(cmd: list[str], env: dict) -> tuple[float, int, str]:
+    peak, stop = [0], threading.Event()
+    began = time.perf_counter()
+    proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def sample():
+        while not stop.is_set():
+            try:
+                tree = [proc] + proc.children(recursive=True)
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+            except psutil.NoSuchProcess:
+                pass
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - began
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:5]} failed: {err.decode()[-800:]}")
+    return seconds, peak[0], out.decode()
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--small", type=int, default=400, help="objects of 256 KiB")
-    parser.add_argument("--large", type=int, default=4, help="objects of 24 MiB (multipart)")
+    parser.add_argument("--small", type=int, default=200, help="objects of 1 MiB")
+    parser.add_argument("--large", type=int, default=4, help="objects of 64 MiB (8 MiB parts)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--before", help="another stepmap src directory to measure too (e.g. "
+                        "`git archive OLD src | tar -x -C /tmp/old`)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3copy-"))
     server = start_s3_server(work / "s3")
     try:
+        env = {**os.environ, **s3_env(server), "PYTHONPATH": str(ROOT / "src")}
         os.environ.update(s3_env(server))
-        from stepmap import runner
+        sys.path.insert(0, str(ROOT / "src"))
+        from boto3.s3.transfer import TransferConfig
         from stepmap.storage import make_s3_client
         client = make_s3_client()
         client.create_bucket(Bucket="bench")
-        payload_small, payload_large = os.urandom(256 * 1024), os.urandom(24 * MiB)
+        small, large = os.urandom(MiB), os.urandom(64 * MiB)
         for i in range(args.small):
-            client.put_object(Bucket="bench", Key=f"data/small/{i:05d}", Body=payload_small)
-        from boto3.s3.transfer import TransferConfig
-        import io
+            client.put_object(Bucket="bench", Key=f"data/small/{i:05d}", Body=small)
         for i in range(args.large):
-            client.upload_fileobj(io.BytesIO(payload_large), "bench", f"data/large/{i:02d}",
+            client.upload_fileobj(io.BytesIO(large), "bench", f"data/large/{i:02d}",
                                   Config=TransferConfig(multipart_chunksize=8 * MiB))
-        total_bytes = args.small * len(payload_small) + args.large * len(payload_large)
+        total = args.small * len(small) + args.large * len(large)
         objects = args.small + args.large
-
-        def baseline():
-            dest = work / "baseline"
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench",
-                                                                        Prefix="data/"):
-                for obj in page.get("Contents", []):
-                    target = dest / obj["Key"]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    body = client.get_object(Bucket="bench", Key=obj["Key"])["Body"]
-                    with open(target, "wb") as handle:
-                        for chunk in body.iter_chunks(MiB):
-                            handle.write(chunk)
-
-        def stepmap(workers, dest=None, expect="copied"):
-            def go():
-                report = runner.run("s3copy", {"source": "s3://bench/data/",
-                                               "dest": str(work / (dest or f"copy{workers}"))},
-                                    runner.RunOptions(engine_options={"workers": workers},
-                                                      runs=str(work / "runs")))
-                assert report.status == "SUCCEEDED" and report.total[expect] == objects
-            return go
-
-        rows = []
-        for name, fn in [("sequential boto3 download loop (baseline)", baseline),
-                         ("stepmap s3copy, local engine, 2 workers", stepmap(2)),
-                         ("stepmap s3copy, local engine, 4 workers", stepmap(4)),
-                         ("stepmap s3copy again, everything already there (skips)",
-                          stepmap(4, "copy4", "skipped"))]:
-            began = time.perf_counter()
-            fn()
-            rows.append((name, time.perf_counter() - began))
-        base = rows[0][1]
-        print(f"{objects} objects, {total_bytes / MiB:.0f} MiB "
-              f"({args.small} × 256 KiB, {args.large} × 24 MiB multipart)\n")
-        print("| copier | seconds | MB/s | objects/s | vs baseline |")
+        copiers = {
+            "boto3 TransferManager, 16 threads (baseline; no verification, no fsync)":
+                lambda dest: [sys.executable, "-c", TRANSFER_MANAGER.format(src=str(ROOT / "src")),
+                              str(dest)],
+            "stepmap s3copy (defaults: local engine, all cores; verified, fsynced)":
+                lambda dest: [sys.executable, "-m", "stepmap", "run", "s3copy", "--source",
+                              "s3://bench/data/", "--dest", str(dest), "--quiet", "--results",
+                              str(work / "runs")],
+        }
+        stepmap_run = copiers["stepmap s3copy (defaults: local engine, all cores; verified, fsynced)"]
+        if args.before:
+            copiers[f"stepmap s3copy from {args.before}"] = lambda dest: ["env", f"PYTHONPATH="
+                                                                         f"{args.before}",
+                                                                         *stepmap_run(dest)]
+        measured: dict[str, list] = {name: [] for name in copiers}
+        for attempt in range(args.repeat):  # interleaved: both see the same load
+            for name, command in copiers.items():
+                dest = work / f"dest-{attempt}"
+                seconds, peak, out = measure(command(dest), env)
+                measured[name].append((seconds, peak))
+                copied = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+                assert copied == total, f"{name}: {copied} of {total} bytes"
+                if name.startswith("stepmap"):  # every object copied and verified
+                    summary = json.loads(out)
+                    assert (summary["copied"], summary["unverified"]) == (objects, 0), summary
+                shutil.rmtree(dest)
+        print(f"{objects} objects, {total / 1e6:.0f} MB ({args.small} × 1 MiB, {args.large} × "
+              f"64 MiB multipart); {os.cpu_count()} cores shared with the S3 server; load "
+              f"{os.getloadavg()[0]:.1f}; medians of {args.repeat}, interleaved\n")
+        print("| copier | seconds | MB/s | peak memory | vs baseline |")
         print("|---|---:|---:|---:|---:|")
-        for name, seconds in rows:
-            print(f"| {name} | {seconds:.2f} | {total_bytes / 1e6 / seconds:.1f} | "
-                  f"{objects / seconds:.0f} | {base / seconds:.2f}× |")
+        base = statistics.median(s for s, _ in next(iter(measured.values())))
+        for name, rows in measured.items():
+            seconds = statistics.median(s for s, _ in rows)
+            peak = max(p for _, p in rows)
+            print(f"| {name} | {seconds:.2f} | {total / 1e6 / seconds:.0f} | "
+                  f"{peak / MiB:.0f} MiB | {base / seconds:.2f}× |")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+TESTS = str(Path(__file__).resolve().parent)  # so workers import support_workloads, as pytest does
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -37,7 +38,7 @@ class DaskTestCluster:
         self.n_workers = n_workers
         self._dir = Path(tempfile.mkdtemp(prefix="stepmap-dask-"))
         self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+            [SRC, TESTS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
             DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(allowed_failures))
         self._logs = []
         self.scheduler: subprocess.Popen | None = None

@@ -21,6 +21,33 @@ class Echo(Workload):
         return [text for output in outputs for text in output]
 
 
+#: What a hostile workload error looks like; the dashboard must show it as text.
+HOSTILE_TEXT = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+class Hostile(Workload):
+    """Items are strings holding markup; item 1 fails with markup in its error message."""
+
+    name = "hostile"
+
+    def start(self, event):
+        count = int(event.get("items", 3))
+        return Start(params={}, items=[f"{HOSTILE_TEXT} #{i}" for i in range(count)],
+                     count=count)
+
+    def compute(self, event):
+        for item in event_items(event):
+            if item["index"].endswith("#1"):
+                raise RuntimeError(f"bad item {item['index']}")
+        return len(event_items(event))
+
+    def reduce(self, outputs):
+        return sum(outputs)
+
+
+HOSTILE = Hostile()
+
+
 class Limits(Workload):
     """Each item reports the memory limits its worker process runs under (the address-space
     rlimit, a Dask worker's memory limit), in MB; item ``flaky`` fails on its first attempt
@@ -76,6 +103,45 @@ class NotDecimal(Workload):
     def reduce(self, outputs):
         from stepmap.workloads import resolve
         return resolve("s3keys").reduce(outputs)
+
+
+class Span(Workload):
+    """Items first..n-1 as a range; each compute call returns the sum of its items' values,
+    taken from the batch's range in O(1) (never item by item). With ``state_dir`` each call
+    leaves a file naming the values it computed, and the call holding ``flaky`` fails the
+    first time (to leave a run with a gap for resume)."""
+
+    name = "span"
+
+    def start(self, event):
+        first, n = event.get("first", 0), event["n"]
+        params = {"state_dir": event.get("state_dir", ""), "flaky": event.get("flaky", -1)}
+        return Start(params=params, items=range(first, n), count=n - first)
+
+    def compute(self, event):
+        from pathlib import Path
+        from stepmap.job import event_range
+
+        values = event_range(event)
+        items = event_items(event)
+        if values is None:
+            values = [item["index"] for item in items]
+        shared = items[0]
+        if shared["state_dir"]:
+            state = Path(shared["state_dir"])
+            if shared["flaky"] in values and not (state / "failed-once").exists():
+                (state / "failed-once").touch()
+                raise RuntimeError(f"value {shared['flaky']} fails once")
+            (state / f"done-{values[0]}-{values[-1] + 1}").touch()
+        if isinstance(values, range):
+            return str((values.start + values.stop - 1) * len(values) // 2)
+        return str(sum(values))
+
+    def reduce(self, outputs):
+        return str(sum(int(output) for output in outputs))
+
+
+SPAN = Span()
 
 
 def flaky_square(item):

@@ -10,6 +10,7 @@ import pytest
 
 from published import is_published_total, sum_of_squares
 from stepmap import runner
+from stepmap.job import event_items
 from stepmap.mapper import MapPolicy
 from stepmap.results import RunStore
 
@@ -60,7 +61,9 @@ def test_results_are_in_resultwriter_layout(engine, runs):
     assert len(succeeded) == 5
     for entry in succeeded:
         batch = json.loads(entry["Input"])  # Input and Output are JSON *strings*
-        assert [item["index"] for item in batch["Items"]] == list(range(*entry["ItemPositions"]))
+        assert batch["Items"] == {"Range": entry["ItemPositions"]}  # s3keys' items: a range
+        assert [item["index"] for item in event_items(batch)] == \
+            list(range(*entry["ItemPositions"]))
         assert batch["BatchInput"]["counts"] == [128, 1863, 42451, 78341]
         assert isinstance(json.loads(entry["Output"]), str)
         assert entry["Status"] == "SUCCEEDED" and entry["Attempts"] == 1
@@ -74,7 +77,7 @@ def test_single_items_get_the_item_selector_shape(engine, runs):
     inputs = sorted((json.loads(e["Input"]) for e in entries(runs, report, "SUCCEEDED")),
                     key=lambda event: event["index"])
     assert inputs[2] == {"index": 2, "size": 3, "alphabet": "article",
-                         "counts": [128, 1863, 42451, 78341], "method": "jump"}
+                         "counts": [128, 1863, 42451, 78341], "method": "auto"}
 
 
 def test_failing_item_is_retried_then_recorded_and_no_total(engine, runs):

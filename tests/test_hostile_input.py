@@ -31,7 +31,7 @@ CLI_CASES = {
     "size without value": ["--size"],
     "reversed range": ["--lengths", "10-2"],
     "malformed range": ["--lengths", "1..9"],
-    "range too big": ["--lengths", "1-99999999"],
+    "range too big": ["--lengths", "1-100000000"],
     "size and lengths": ["--size", "4", "--lengths", "1-3"],
     "unknown alphabet": ["--alphabet", "klingon"],
     "short explicit alphabet": ["--alphabet", "1,2,3"],

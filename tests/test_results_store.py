@@ -150,10 +150,14 @@ def test_batches_split_around_skipped_positions():
     from stepmap.mapper import Intervals, batches
     done = Intervals([(2, 4), (7, 8), (9, 30)])
     assert done.gaps(0, 12) == [(0, 2), (4, 7), (8, 9)]
-    events = [(span, spec.build()) for span, spec in batches(range(12), {"p": 1}, 3, skip=done)]
+    events = [(span, spec.build()) for span, spec in
+              batches(list(range(12)), {"p": 1}, 3, skip=done)]
     assert [span for span, _ in events] == [(0, 2), (4, 6), (6, 7), (8, 9)]
     assert [item["index"] for item in events[1][1]["Items"]] == [4, 5]
     assert events[2][1]["Items"] == [{"index": 6}] and events[2][1]["BatchInput"] == {"p": 1}
+    ranged = [(span, spec.build()) for span, spec in batches(range(12), {"p": 1}, 3, skip=done)]
+    assert [span for span, _ in ranged] == [span for span, _ in events]
+    assert ranged[1][1] == {"Items": {"Range": [4, 6]}, "BatchInput": {"p": 1}}
     singles = list(batches(range(5), {"p": 2}, 1))
     assert [span for span, _ in singles] == [(i, i + 1) for i in range(5)]
     assert singles[3][1].build() == {"index": 3, "p": 2}  # an item event, as ItemSelector

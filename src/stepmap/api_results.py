@@ -136,10 +136,10 @@ class Timeline:
 
     @classmethod
     def load(cls, runs: str, run_id: str) -> "Timeline":
-        from .report import load_entries, summarize, timeline_figure, title_of
+        from .report import load_entries, summarize, timeline_figure, title_for
         record, entries, _ = load_entries(runs, run_id)
         summary, tasks = summarize(run_id, entries)
-        return cls(timeline_figure(summary, tasks, title_of(run_id, record, summary)), summary)
+        return cls(timeline_figure(summary, tasks, title_for(summary, record)), summary)
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()

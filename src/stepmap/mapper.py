@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
 from .errors import ConfigError, EngineLost
-from .job import JSON, EventSpec, built
+from .job import JSON, EventSpec, built, is_compact_range
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
 #: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
@@ -95,12 +95,14 @@ def _check(ok: bool, field_name: str, problem: str) -> None:
         raise ConfigError(field_name, problem)
 
 
-def auto_batch_size(count: int | None, slots: int) -> int:
+def auto_batch_size(count: int | None, slots: int, *, compact: bool = False) -> int:
     """About four tasks per worker, as multiprocessing.Pool.map chunks: enough to balance the
-    load, few enough that per-task overhead stays small (capped, to bound one task's event)."""
+    load, few enough that per-task overhead stays small (capped, to bound one task's event,
+    unless the items travel as a range: its event has the same size whatever its length)."""
     if not count:
         return 100
-    return max(1, min(AUTO_BATCH_MAX, math.ceil(count / (slots * 4))))
+    tasks = math.ceil(count / (slots * 4))
+    return max(1, tasks if compact else min(AUTO_BATCH_MAX, tasks))
 
 
 class Intervals:
@@ -148,7 +150,11 @@ def batches(items: Iterable[JSON], params: dict, size: int,
     """Consecutive item positions grouped into events; a batch never spans a skipped item.
 
     Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
-    path for millions of tiny items), then split around any skipped positions."""
+    path for millions of tiny items), then split around any skipped positions. A ``range``
+    of step 1 is sliced instead: its batches are sub-ranges, never materialized."""
+    if is_compact_range(items):
+        yield from _range_batches(items, params, size, skip)
+        return
     source = iter(items)
     first = 0
     while True:
@@ -159,6 +165,14 @@ def batches(items: Iterable[JSON], params: dict, size: int,
                            [(first, first + len(chunk))]):
             yield _event(start, chunk[start - first:end - first], params, size)
         first += len(chunk)
+
+
+def _range_batches(items: range, params: dict, size: int,
+                   skip: Intervals | None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
+    for first in range(0, len(items), size):
+        end = min(first + size, len(items))
+        for start, stop in (skip.gaps(first, end) if skip else [(first, end)]):
+            yield (start, stop), EventSpec(items[start:stop], params, batched=size != 1)
 
 
 def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], EventSpec]:
@@ -195,6 +209,8 @@ class MapOutcome:
 
 
 def _json(event) -> str:
+    if isinstance(event, EventSpec):
+        return event.input_json()
     return json.dumps(built(event), separators=(",", ":"))
 
 

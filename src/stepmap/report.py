@@ -20,6 +20,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .cli_common import runs_location
 from .errors import UsageError
@@ -167,15 +168,17 @@ def _unit(seconds: float) -> tuple[float, str]:
     return (1000.0, "ms") if seconds < 2 else (1.0, "s") if seconds < 300 else (1 / 60, "min")
 
 
-def draw(path: Path, summary: Summary, tasks: list[Task], title: str) -> None:
+def draw(path: Path | BinaryIO, summary: Summary, tasks: list[Task], title: str) -> None:
+    """The report's figure, as a PNG file or into a binary stream (the dashboard serves it)."""
     fig = timeline_figure(summary, tasks, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def timeline_figure(summary: Summary, tasks: list[Task], title: str):
     """The picture as a matplotlib Figure, built without pyplot (so no GUI backend and no
-    global figure list: it is saved to a file, or shown inline by a notebook)."""
+    global figure list: it is saved to a file or a stream, or shown inline by a notebook)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
@@ -269,9 +272,8 @@ def cmd_report(args, extra: list[str]) -> int:
     out = Path(args.out) if args.out else default_png(store, args.run_id)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {str(out)[:80]!r}")
-    title = title_of(args.run_id, record, summary)
     try:
-        draw(out, summary, tasks, title)
+        draw(out, summary, tasks, title_for(summary, record))
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     if args.json:
@@ -282,12 +284,12 @@ def cmd_report(args, extra: list[str]) -> int:
     return 0
 
 
-def title_of(run_id: str, record: dict, summary: Summary) -> str:
-    return (f"run {run_id} ({record.get('workload', '?')} on "
+def title_for(summary: Summary, record: dict) -> str:
+    """The figure's title: which run, and the headline numbers."""
+    return (f"run {summary.run_id} ({record.get('workload', '?')} on "
             f"{record.get('engine', '?')}): {summary.tasks:,} tasks on {summary.workers:,} "
             f"{'lane' if summary.packed_lanes else 'worker'}{'s' * (summary.workers != 1)}, "
-            f"wall {_secs(summary.wall_seconds)}, "
-            f"busy {summary.busy_percent:.1f} %")
+            f"wall {_secs(summary.wall_seconds)}, busy {summary.busy_percent:.1f} %")
 
 
 def format_summary(s: Summary, record: dict, png) -> str:

@@ -274,14 +274,17 @@ class S3Storage:
         return f"s3://{self.bucket}/{key}"
 
 
-def make_s3_client():
+def make_s3_client(*, connections: int = 10):
+    """A boto3 S3 client; ``connections`` sizes its pool for callers that use it from that
+    many threads at once (boto3's default is 10)."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
     from botocore.exceptions import BotoCoreError
-    config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"})
+    config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"},
+                    max_pool_connections=connections)
     # A session of its own: boto3's default session caches the credentials it first resolved,
     # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.
     try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
 
 from .errors import ResultsError
-from .job import JSON, item_count
+from .job import JSON, is_compact_range, item_count
 from .results import RunStore, entry_input, entry_output
 
 CHECKSUM_KEY = "Checksum"
@@ -235,7 +235,11 @@ def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],
                   expected: Expected) -> list[_Span]:
     """The spans whose entry's Input is this run's event at its positions."""
     spans.sort(key=lambda s: (s.first, s.end))
-    source = iter(expected.items())
+    items = expected.items()
+    if is_compact_range(items):  # sliced, never materialized: a range's entries are ranges
+        return [span for span in spans if _matches(found, store, span, expected,
+                                                   items[span.first:span.end])]
+    source = iter(items)
     window: list = []  # the items at positions [base, base + len(window))
     base = 0
     good: list[_Span] = []
@@ -250,14 +254,22 @@ def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],
         if base == span.first:  # else the items ran out before this entry's first one
             window.extend(itertools.islice(source, max(0, span.end - base - len(window))))
             group = window[:span.end - base]
-        if len(group) != span.end - span.first:
-            _reject(found, store, span.key, span.name, "positions beyond the run's items")
-        elif span.digest not in (_digest(text) for text in _expected_inputs(group, expected)):
-            _reject(found, store, span.key, span.name,
-                    "its Input is not this run's event at its ItemPositions")
-        else:
+        if _matches(found, store, span, expected, group):
             good.append(span)
     return good
+
+
+def _matches(found: Verified, store: RunStore, span: _Span, expected: Expected,
+             group: "list | range") -> bool:
+    """Is the span's Input the event of ``group``, the run's items at its positions?"""
+    if len(group) != span.end - span.first:
+        _reject(found, store, span.key, span.name, "positions beyond the run's items")
+    elif span.digest not in (_digest(text) for text in _expected_inputs(group, expected)):
+        _reject(found, store, span.key, span.name,
+                "its Input is not this run's event at its ItemPositions")
+    else:
+        return True
+    return False
 
 
 def _accept(found: Verified, store: RunStore, good: list[_Span]) -> None:
@@ -275,7 +287,7 @@ def _accept(found: Verified, store: RunStore, good: list[_Span]) -> None:
         found.items += span.end - span.first
 
 
-def _expected_inputs(group: list, expected: Expected) -> Iterator[str]:
+def _expected_inputs(group: "list | range", expected: Expected) -> Iterator[str]:
     """The Input texts a worker writes for these items: as one batch, and (for a single
     item) also as an item event, built by the mapper's and the worker's own code."""
     from .mapper import batches

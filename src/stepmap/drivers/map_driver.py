@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 from ..config import RunConfig
 from ..engines import Executor, get_engine
 from ..errors import IncompleteRunError, StepmapError
-from ..job import JSON, Start
+from ..job import JSON, Start, is_compact_range
 from ..mapper import Intervals, MapOutcome, auto_batch_size, batches, run_map
 from ..reducer import reduce_run
 from ..results import Attempt, RunRecord, RunStore, ResultSink
@@ -85,8 +85,8 @@ def _closing_on_error(executor: Executor) -> Iterator[None]:
 def _execute(job: RunJob, executor: Executor, done: Intervals,
              progress: ProgressFn | None) -> RunReport:
     store, record, config, start = job.store, job.record, job.config, job.start
-    size = config.policy.batch_size or start.batch_hint or auto_batch_size(start.count,
-                                                                           executor.slots)
+    size = config.policy.batch_size or start.batch_hint or auto_batch_size(
+        start.count, executor.slots, compact=is_compact_range(start.items))
     sink = ResultSink(store)
     if record.items_from and store.storage.local_path(store.key(ITEMS_SNAPSHOT)) is not None:
         start = replace(start, items=_snapshot(store, record, start.items))

@@ -7,12 +7,19 @@ relative to the prefix. Per object, compute:
 * refuses a key that would escape ``dest`` (``..``, absolute, NUL): reported, never written;
 * skips it when an identical file is already there (same size and, where the ETag is an MD5
   digest, the same single- or multi-part MD5) -- so re-runs and resumes are idempotent;
-* otherwise streams it (1 MiB at a time; no object is held in memory) into a hidden temporary
-  file beside the target, verifies the size and the ETag -- the MD5 of a single-part upload,
-  or the MD5 of part MD5s of a multipart one, its part size from HeadObject PartNumber=1 or,
-  where a server ignores that, from the part sizes common clients use (an object whose
-  layout cannot be reproduced is size-checked only and counted as "unverified") -- then
-  fsyncs and renames it into place: a partial file never appears under the final name.
+* otherwise streams it (256 KiB at a time; no object is held in memory) into a hidden
+  temporary file beside the target, verifies the size and the ETag -- the MD5 of a
+  single-part upload, or the MD5 of part MD5s of a multipart one, its part size from
+  HeadObject PartNumber=1 or, where a server ignores that, from the part sizes common clients
+  use (an object whose layout cannot be reproduced is size-checked only and counted as
+  "unverified") -- then fsyncs and renames it into place: a partial file never appears under
+  the final name.
+
+Throughput: a batch's objects are copied by OBJECT_THREADS threads at once, and a multipart
+object of at least PARALLEL_MIN_BYTES is fetched as parallel ranged GETs, one per part
+(RANGE_THREADS per process), each written at its offset while its part's MD5 is computed from
+the bytes as they stream: the ETag is checked without reading the file back (only a layout
+that is not the first guess is re-read to try the others).
 
 A transient S3 error raises, so the engine retries the batch; files already copied are then
 skipped. reduce reports files and bytes copied, skipped and refused.
@@ -24,6 +31,8 @@ import functools
 import hashlib
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -32,8 +41,14 @@ from ..job import Param, Params, Start, Workload, event_items
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 MiB = 1 << 20
-_CHUNK = MiB
+_CHUNK = 256 * 1024
 PARTIAL = ".stepmap-part-"
+#: Objects of one batch copied at once (S3 GETs wait on the network far more than on a CPU).
+OBJECT_THREADS = 8
+#: Ranged GETs at once per process, for the parts of big multipart objects.
+RANGE_THREADS = 8
+#: A multipart object at least this big is fetched part by part, in parallel.
+PARALLEL_MIN_BYTES = 16 * MiB
 
 
 class S3Copy(Workload):
@@ -64,26 +79,25 @@ class S3Copy(Workload):
                      summary=f"copy s3://{bucket}/{prefix} -> {root}")
 
     def compute(self, event: dict) -> dict:
+        items = [_unpack(item) for item in event_items(event)]  # bad input fails up front
+        _client()  # made once, before the threads share it
         stats = _empty_stats()
-        for item in event_items(event):
-            obj, bucket, prefix, dest = _unpack(item)
-            target = safe_target(dest, prefix, obj["Key"])
-            if target is None:
+        if len(items) == 1:
+            outcomes = [_copy_one(*items[0])]
+        else:
+            with ThreadPoolExecutor(min(OBJECT_THREADS, len(items))) as pool:
+                outcomes = list(pool.map(lambda item: _copy_one(*item), items))
+        for outcome, key, size in outcomes:  # an exception above fails the whole batch
+            if outcome == "refused":
                 stats["refused"] += 1
-                stats["refused_keys"].append(obj["Key"])
-                continue
-            if obj["Key"].endswith("/") and obj["Size"] == 0:
-                target.mkdir(parents=True, exist_ok=True)  # a "folder" marker object
+                stats["refused_keys"].append(key)
+            elif outcome == "skipped":
                 stats["skipped"] += 1
-                continue
-            if _identical(target, obj, bucket):
-                stats["skipped"] += 1
-                stats["skipped_bytes"] += obj["Size"]
-                continue
-            if not _download(bucket, obj, target):
-                stats["unverified"] += 1
-            stats["copied"] += 1
-            stats["copied_bytes"] += obj["Size"]
+                stats["skipped_bytes"] += size
+            else:
+                stats["copied"] += 1
+                stats["copied_bytes"] += size
+                stats["unverified"] += outcome == "unverified"
         return stats
 
     def reduce(self, outputs: Iterable) -> dict:
@@ -99,6 +113,20 @@ class S3Copy(Workload):
 def _empty_stats() -> dict:
     return {"copied": 0, "copied_bytes": 0, "skipped": 0, "skipped_bytes": 0,
             "unverified": 0, "refused": 0, "refused_keys": []}
+
+
+def _copy_one(obj: dict, bucket: str, prefix: str, dest: Path) -> tuple[str, str, int]:
+    """Copy one object: (refused | skipped | copied | unverified, key, bytes)."""
+    target = safe_target(dest, prefix, obj["Key"])
+    if target is None:
+        return "refused", obj["Key"], 0
+    if obj["Key"].endswith("/") and obj["Size"] == 0:
+        target.mkdir(parents=True, exist_ok=True)  # a "folder" marker object
+        return "skipped", obj["Key"], 0
+    if _identical(target, obj, bucket):
+        return "skipped", obj["Key"], obj["Size"]
+    verified = _download(bucket, obj, target)
+    return ("copied" if verified else "unverified"), obj["Key"], obj["Size"]
 
 
 def _unpack(item: dict):
@@ -129,7 +157,20 @@ def safe_target(dest: Path, prefix: str, key: str) -> Path | None:
 @functools.cache
 def _client():
     from ..storage import make_s3_client
-    return make_s3_client()
+    return make_s3_client(connections=OBJECT_THREADS + RANGE_THREADS)
+
+
+_POOL_LOCK = threading.Lock()
+_range_pool: ThreadPoolExecutor | None = None
+
+
+def _ranges() -> ThreadPoolExecutor:
+    """The process's pool for ranged GETs (its own: object threads wait on it)."""
+    global _range_pool
+    with _POOL_LOCK:
+        if _range_pool is None:
+            _range_pool = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="s3copy-range")
+        return _range_pool
 
 
 def _identical(target: Path, obj: dict, bucket: str) -> bool:
@@ -197,7 +238,14 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
     # One fixed temporary name per target: an interrupted earlier attempt's partial file is
     # simply overwritten (a key is only ever processed by one task at a time).
     partial = target.parent / f".{target.name}{PARTIAL}"
+    match = _MD5_ETAG.match(obj.get("ETag", ""))
+    parts = int(match.group(2) or 0) if match else 0
     try:
+        if parts > 1 and obj["Size"] >= PARALLEL_MIN_BYTES:
+            in_parts = _download_parts(bucket, obj, partial, parts)
+            if in_parts is not _SEQUENTIAL:
+                os.replace(partial, target)
+                return in_parts is True
         size, digest = 0, hashlib.md5(usedforsecurity=False)
         with open(partial, "wb") as handle:
             body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
@@ -221,6 +269,52 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
         return verified is True
     finally:
         partial.unlink(missing_ok=True)
+
+
+_SEQUENTIAL = object()  # _download_parts: no usable part layout, stream it in one GET
+
+
+def _download_parts(bucket: str, obj: dict, partial: Path, parts: int):
+    """Fetch a multipart object's parts as parallel ranged GETs into ``partial`` (fsynced);
+    True/None (verified or not) like _checksum, an IOError on a mismatch, or _SEQUENTIAL."""
+    size, key = obj["Size"], obj["Key"]
+    exact, guesses = _part_sizes(bucket, key, size, parts)
+    part_size = exact or next((g for g in guesses if g and -(-size // g) == parts), None)
+    if part_size is None:
+        return _SEQUENTIAL
+    bounds = [(start, min(size, start + part_size)) for start in range(0, size, part_size)]
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        digests = list(_ranges().map(lambda b: _fetch_range(bucket, key, fd, *b), bounds))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    expected = obj["ETag"].strip('"')
+    if f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}" \
+            == expected:
+        return True
+    if exact:
+        raise IOError(f"{key}: checksum mismatch with ETag {obj['ETag']}")
+    others = [g for g in guesses if g != part_size]  # the first guess was wrong: re-read
+    if any(_file_etag(partial, g, parts) == expected for g in others):
+        return True
+    return None
+
+
+def _fetch_range(bucket: str, key: str, fd: int, start: int, end: int) -> bytes:
+    """GET bytes [start, end) into the file at their offset; the MD5 of exactly those bytes."""
+    body = _client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+    digest, offset = hashlib.md5(usedforsecurity=False), start
+    for chunk in body.iter_chunks(_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        digest.update(chunk)
+    if offset != end:
+        raise IOError(f"{key}: range {start}-{end - 1} gave {offset - start} bytes")
+    return digest.digest()
 
 
 WORKLOAD = S3Copy()

@@ -46,11 +46,11 @@ plain ``int``.  Every public function returns plain Python ``int``.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 import re
 from collections import Counter
 from typing import Iterator
+
+from .. import bigint
 
 Counts = tuple[int, int, int, int]
 
@@ -63,9 +63,8 @@ ALPHABETS: dict[str, Counts] = {
 
 MAX_EXPLICIT_COUNT = 10**7
 
-# Read once at import so worker processes and the parent agree for a run.
-_FORCE_PYTHON = os.environ.get("STEPMAP_BIGINT", "").strip().lower() == "python"
-BACKEND = "python" if _FORCE_PYTHON or importlib.util.find_spec("gmpy2") is None else "gmpy2"
+# One switch for the whole package (stepmap.bigint reads STEPMAP_BIGINT once at import).
+BACKEND = bigint.BACKEND
 #: Below this many lengths the numbers are small (< ~10k digits): CPython's ints are as fast
 #: and importing gmpy2 (about 25 ms) would dominate a small job's start-up.
 GMP_THRESHOLD = 4096

@@ -1,0 +1,158 @@
+"""A range stays a range: a start step's ``range`` travels, is batched, stored and counted as
+sub-ranges, never item by item, on every map engine; workloads read it as before."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from published import is_published_total
+from stepmap import runner
+from stepmap.errors import InvalidEvent
+from stepmap.job import (EventSpec, RangeItems, batch_event, event_items, event_range,
+                         item_count)
+from stepmap.mapper import Intervals, MapPolicy, batches
+from stepmap.results import RunStore
+from stepmap.workloads import s3keys_math as maths
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+TESTS = str(Path(__file__).resolve().parent)
+ENGINES = {"local": lambda request: {"workers": 2},
+           "dask": lambda request: {"scheduler": request.getfixturevalue("dask_cluster").address}}
+
+
+@pytest.fixture(params=list(ENGINES))
+def engine(request):
+    return request.param, ENGINES[request.param](request)
+
+
+def run(engine, runs, workload, run_input, **policy):
+    name, options = engine
+    policy.setdefault("backoff_seconds", 0.01)
+    return runner.run(workload, run_input, runner.RunOptions(
+        engine=name, engine_options=options, policy=MapPolicy(**policy), runs=runs))
+
+
+def succeeded(runs, report):
+    store = RunStore.open(runs, report.run_id)
+    return list(store.iter_entries(RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")))
+
+
+# ------------------------------------------------------------------ the event form
+
+def test_a_range_batch_is_compact_and_reads_as_the_same_item_dicts():
+    params = {"a": 1, "b": [2]}
+    compact = batch_event(range(5, 9), params)
+    assert compact == {"Items": {"Range": [5, 9]}, "BatchInput": params}
+    listed = batch_event([5, 6, 7, 8], params)
+    assert list(event_items(compact)) == event_items(listed) == \
+        [{"a": 1, "b": [2], "index": v} for v in range(5, 9)]
+    items = event_items(json.loads(json.dumps(compact)))
+    assert isinstance(items, RangeItems) and len(items) == 4
+    assert items[-1] == {"a": 1, "b": [2], "index": 8}
+    assert list(items[1:3]) == [{"a": 1, "b": [2], "index": 6}, {"a": 1, "b": [2], "index": 7}]
+    assert event_range(compact) == range(5, 9) and event_range(listed) is None
+    assert item_count(compact) == 4 and item_count(listed) == 4
+
+
+def test_a_huge_range_is_never_materialized():
+    event = batch_event(range(10**15), {"k": 0})
+    items = event_items(event)
+    assert len(items) == item_count(event) == 10**15
+    assert items[10**15 - 1] == {"k": 0, "index": 10**15 - 1}
+    spec = EventSpec(range(3, 10**12), {"k": 0}, batched=True)
+    assert spec.input_json() == '{"Items":{"Range":[3,1000000000000]},"BatchInput":{"k":0}}'
+    assert json.loads(spec.input_json()) == spec.build()
+
+
+@pytest.mark.parametrize("bad", [{"Range": [3, 3]}, {"Range": [4, 2]}, {"Range": [1]},
+                                 {"Range": [0, 2.5]}, {"Range": [True, 4]}, {"Range": "0-4"},
+                                 {"Range": [0, 4], "extra": 1}, {}])
+def test_malformed_ranges_are_refused(bad):
+    with pytest.raises(InvalidEvent, match="Range"):
+        event_items({"Items": bad, "BatchInput": {}})
+
+
+def test_batches_of_a_range_are_sub_ranges_around_the_skipped_positions():
+    done = Intervals([(2, 5), (9, 12)])
+    out = [(positions, spec.values) for positions, spec in
+           batches(range(100, 114), {}, 6, skip=done)]
+    assert out == [((0, 2), range(100, 102)), ((5, 6), range(105, 106)),
+                   ((6, 9), range(106, 109)), ((12, 14), range(112, 114))]
+    assert all(spec.batched for _, spec in batches(range(10**12), {}, 10**11))
+
+
+# ------------------------------------------------------------------ through the engines
+
+@pytest.mark.parametrize("batch_size", [None, 1, 100, 1000])
+def test_published_total_through_range_batches(engine, runs, batch_size):
+    report = run(engine, runs, "s3keys", {"size": 1024}, batch_size=batch_size)
+    assert report.status == "SUCCEEDED" and is_published_total(report.total)
+    entries = succeeded(runs, report)
+    if batch_size != 1:
+        assert all(json.loads(e["Input"])["Items"] == {"Range": e["ItemPositions"]}
+                   for e in entries)
+
+
+@pytest.mark.parametrize("method", ["auto", "jump", "closed"])
+def test_range_batches_agree_with_the_multinomial_formula(engine, runs, method):
+    report = run(engine, runs, "s3keys", {"lengths": "3-60", "method": method}, batch_size=7)
+    counts = maths.ALPHABETS["article"]
+    assert int(report.total) == sum(maths.f_multinomial(n, counts) for n in range(3, 61))
+    assert report.items == 58
+
+
+def _results_bytes(runs, report) -> int:
+    return sum(p.stat().st_size for p in (Path(runs) / report.run_id).glob("*_*.json"))
+
+
+def test_results_size_does_not_grow_with_the_range(engine, runs):
+    small = run(engine, runs, "support_workloads:SPAN", {"n": 10**4})
+    big = run(engine, runs, "support_workloads:SPAN", {"n": 10**6})
+    assert big.status == "SUCCEEDED", big.reason
+    assert int(big.total) == 10**6 * (10**6 - 1) // 2 and big.items == 10**6
+    assert len(succeeded(runs, small)) == len(succeeded(runs, big))
+    # a few more digits in each entry's numbers, never a byte per item
+    assert _results_bytes(runs, big) - _results_bytes(runs, small) < 40 * len(succeeded(runs, big))
+
+
+def test_resume_of_a_range_recomputes_only_the_gap(engine, runs, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    first = run(engine, runs, "support_workloads:SPAN",
+                {"n": 10**6, "state_dir": str(state), "flaky": 654_321},
+                batch_size=100_000, retries=0, tolerate_percent=50)
+    assert first.status == "INCOMPLETE" and (first.failed, first.succeeded) == (100_000, 900_000)
+    before = {p.name for p in state.glob("done-*")}
+    name, options = engine
+    second = runner.resume(first.run_id, runner.RunOptions(engine=name, engine_options=options,
+                                                           runs=runs),
+                           workload_ref="support_workloads:SPAN")
+    assert second.status == "SUCCEEDED" and int(second.total) == 10**6 * (10**6 - 1) // 2
+    assert second.recomputed == 100_000
+    new = sorted(tuple(map(int, name.split("-")[1:])) for name in
+                 {p.name for p in state.glob("done-*")} - before)
+    assert new[0][0] == 600_000 and new[-1][1] == 700_000  # the gap, and nothing else
+    assert all(end == start for (_, end), (start, _) in zip(new, new[1:]))
+
+
+def test_a_big_range_runs_in_bounded_memory(tmp_path):
+    """10^8 items in batches of 10^7 under a 512 MiB address-space limit (one batch as a
+    list of item dicts and its Input text would take gigabytes)."""
+    limit = 512 * 1024 * 1024
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "stepmap", "run", "support_workloads:SPAN", "--input",
+         json.dumps({"n": 10**8}), "--batch-size", str(10**7), "--workers", "1", "--quiet",
+         "--results", str(tmp_path / "runs")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS])}, preexec_fn=cap,
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 10**8 * (10**8 - 1) // 2
