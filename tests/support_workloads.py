@@ -21,6 +21,33 @@ class Echo(Workload):
         return [text for output in outputs for text in output]
 
 
+#: What a hostile workload error looks like; the dashboard must show it as text.
+HOSTILE_TEXT = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+class Hostile(Workload):
+    """Items are strings holding markup; item 1 fails with markup in its error message."""
+
+    name = "hostile"
+
+    def start(self, event):
+        count = int(event.get("items", 3))
+        return Start(params={}, items=[f"{HOSTILE_TEXT} #{i}" for i in range(count)],
+                     count=count)
+
+    def compute(self, event):
+        for item in event_items(event):
+            if item["index"].endswith("#1"):
+                raise RuntimeError(f"bad item {item['index']}")
+        return len(event_items(event))
+
+    def reduce(self, outputs):
+        return sum(outputs)
+
+
+HOSTILE = Hostile()
+
+
 class Limits(Workload):
     """Each item reports the memory limits its worker process runs under (the address-space
     rlimit, a Dask worker's memory limit), in MB; item ``flaky`` fails on its first attempt

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the run did not complete (no total), 2 bad input, 130 inte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -46,6 +47,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                           "s3://bucket/prefix/ listing, instead of the start step's")
     run.add_argument("--items-format", choices=ITEM_FORMATS,
                      help="the format of --items-from (default: from its name)")
+    run.add_argument("--dashboard", action="store_true",
+                     help="serve this run's live dashboard while it runs (prints its URL)")
     _engine_options(run)
     _aws_run_options(run)
     _output_options(run)
@@ -87,7 +90,8 @@ def _aws_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: Modules that add their own subcommands; each imports its heavy dependencies only when run.
-COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report")
+COMMAND_MODULES = ("stepmap.aws.commands", "stepmap.estimate", "stepmap.report",
+                   "stepmap.dashboard.server", "stepmap.selftest.command")
 
 
 def _register_optional_commands(sub) -> None:
@@ -158,8 +162,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     _check_start_method_env(args)
     config = RunConfig.build(engine=args.engine or "local", runs=runs_location(args.results),
                              **_typed_settings(args))
-    return _run_and_print(args, lambda progress, on_start, notify: runner.run(
-        args.workload, run_input, config, progress=progress, on_start=on_start, notify=notify))
+    dashboard: Any = contextlib.nullcontext()
+    if args.dashboard:  # the same view as `stepmap dashboard`, for this run, beside it
+        from .dashboard.server import RunDashboard
+        config, dashboard = RunDashboard.for_run(config, args.workload)
+    with dashboard:
+        return _run_and_print(args, lambda progress, on_start, notify: runner.run(
+            args.workload, run_input, config, progress=progress, on_start=on_start,
+            notify=notify))
 
 
 def cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:

@@ -20,6 +20,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .cli_common import runs_location
 from .errors import UsageError
@@ -167,7 +168,8 @@ def _unit(seconds: float) -> tuple[float, str]:
     return (1000.0, "ms") if seconds < 2 else (1.0, "s") if seconds < 300 else (1 / 60, "min")
 
 
-def draw(path: Path, summary: Summary, tasks: list[Task], title: str) -> None:
+def draw(path: Path | BinaryIO, summary: Summary, tasks: list[Task], title: str) -> None:
+    """The report's figure, as a PNG file or into a binary stream (the dashboard serves it)."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display needed
     from matplotlib import pyplot as plt
@@ -222,9 +224,12 @@ def draw(path: Path, summary: Summary, tasks: list[Task], title: str) -> None:
     hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _kind(task: Task, slow: set) -> str:
@@ -265,13 +270,8 @@ def cmd_report(args, extra: list[str]) -> int:
     out = Path(args.out) if args.out else default_png(store, args.run_id)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {str(out)[:80]!r}")
-    title = (f"run {args.run_id} ({record.get('workload', '?')} on "
-             f"{record.get('engine', '?')}): {summary.tasks:,} tasks on {summary.workers:,} "
-             f"{'lane' if summary.packed_lanes else 'worker'}{'s' * (summary.workers != 1)}, "
-             f"wall {_secs(summary.wall_seconds)}, "
-             f"busy {summary.busy_percent:.1f} %")
     try:
-        draw(out, summary, tasks, title)
+        draw(out, summary, tasks, title_for(summary, record))
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     if args.json:
@@ -280,6 +280,14 @@ def cmd_report(args, extra: list[str]) -> int:
         return 0
     print(format_summary(summary, record, out))
     return 0
+
+
+def title_for(summary: Summary, record: dict) -> str:
+    """The figure's title: which run, and the headline numbers."""
+    return (f"run {summary.run_id} ({record.get('workload', '?')} on "
+            f"{record.get('engine', '?')}): {summary.tasks:,} tasks on {summary.workers:,} "
+            f"{'lane' if summary.packed_lanes else 'worker'}{'s' * (summary.workers != 1)}, "
+            f"wall {_secs(summary.wall_seconds)}, busy {summary.busy_percent:.1f} %")
 
 
 def format_summary(s: Summary, record: dict, png) -> str:

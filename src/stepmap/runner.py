@@ -65,7 +65,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
             on_start(start, run_id)
         job = RunJob(store, record, workload_ref, start, config, began,
                      notify or (lambda line: None))
-        return driver.run(job, progress)
+        return driver.run(job, recorded_progress(job, progress))
 
 
 def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | None = None,
@@ -101,7 +101,31 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
         start = resolve(record.workload).start(record.input)
         job = RunJob(store, record, record.workload, start, config, began,
                      notify or (lambda line: None))
-        return driver.resume(job, progress)
+        return driver.resume(job, recorded_progress(job, progress))
+
+
+#: A remote run's progress is copied into its record at most this often, so that another
+#: process (stepmap dashboard) sees an aws-emulated run move (a local or Dask run's result
+#: files show it already; a real AWS run's map run is described by the dashboard itself).
+PROGRESS_RECORD_SECONDS = 2.0
+
+
+def recorded_progress(job: RunJob, progress: ProgressFn | None) -> ProgressFn | None:
+    """``progress``, plus, for the remote engines, the counts in run.json as ``progress``."""
+    if job.config.engine not in REMOTE_ENGINES:
+        return progress
+    last = [0.0]
+
+    def update(done: int, failed: int) -> None:
+        if progress is not None:
+            progress(done, failed)
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_RECORD_SECONDS:
+            last[0] = now
+            job.record.extra["progress"] = {"done": done, "failed": failed, "at": time.time()}
+            job.store.write_run(job.record)
+
+    return update
 
 
 def _require_s3_client(*locations: str | None) -> None:

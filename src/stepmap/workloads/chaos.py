@@ -8,6 +8,10 @@ to the item indices that suffer it:
     kill    the worker SIGKILLs itself            hang   the step sleeps for an hour
     oom     the step allocates memory until it fails (use with --memory-limit)
     flaky   raises on the first attempt only (needs state_dir)
+    stubborn  raises on its first 3 attempts (needs state_dir): with the default 2 retries
+            a run fails it, and a resume heals it
+    gated   waits (up to an hour) until a file named ``open`` exists in state_dir: holds a
+            run in progress for as long as a test or a demo needs
 
 ``sleep`` adds a delay per item; with ``state_dir`` every computation leaves a marker file
 (``done-<index>-<pid>-<n>``), which lets tests prove what was (not) recomputed.
@@ -25,7 +29,9 @@ from .. import bigint
 from ..errors import InvalidEvent, UsageError
 from ..job import Param, Params, Start, Workload, event_items
 
-FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky")
+FAULTS = ("raise", "exit", "kill", "hang", "oom", "flaky", "stubborn", "gated")
+#: attempts a "stubborn" item fails: one whole run with the default 2 retries
+STUBBORN_ATTEMPTS = 3
 
 
 class Chaos(Workload):
@@ -85,6 +91,8 @@ class Chaos(Workload):
 def _misbehave(index: int, item: dict) -> None:
     faults = item.get("faults") or {}
     state = Path(item["state_dir"]) if item.get("state_dir") else None
+    if state is not None:  # e.g. under a Lambda function's /tmp, new in each environment
+        state.mkdir(parents=True, exist_ok=True)
     if item.get("sleep"):
         time.sleep(float(item["sleep"]))
     if index in faults.get("flaky", []):
@@ -92,6 +100,16 @@ def _misbehave(index: int, item: dict) -> None:
         if marker is not None and not marker.exists():
             marker.touch()
             raise RuntimeError(f"flaky item {index} fails on its first attempt")
+    if index in faults.get("stubborn", []) and state is not None:
+        tried = len(list(state.glob(f"stubborn-{index}-*")))
+        if tried < STUBBORN_ATTEMPTS:
+            (state / f"stubborn-{index}-{tried}-{os.getpid()}-{time.monotonic_ns()}").touch()
+            raise RuntimeError(f"stubborn item {index} fails attempt {tried + 1} of "
+                               f"{STUBBORN_ATTEMPTS}")
+    if index in faults.get("gated", []) and state is not None:
+        deadline = time.monotonic() + 3600
+        while not (state / "open").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     if index in faults.get("raise", []):
         raise RuntimeError(f"item {index} was told to raise")
     if index in faults.get("exit", []):
