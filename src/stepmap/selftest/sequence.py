@@ -85,7 +85,7 @@ class Selftest:
                    ("INCOMPLETE", CHAOS_ITEMS - 1, 1, 0),
                    f"expected INCOMPLETE with {CHAOS_ITEMS - 1} succeeded (the flaky item "
                    f"retried) and 1 failed (the stubborn item), got {_counts(first)}")
-            check.detail = f"run {run_id}: {first.reason[:80]}"
+            check.detail = f"run {run_id}: {_cut(first.reason, 110)}"
         if first is None or self.checklist.checks[-1].status != "passed":
             self.checklist.skip(f"chaos resume on {engine}", "needs the chaos run")
             return None
@@ -141,3 +141,7 @@ def _counts(report: RunReport) -> str:
     return (f"{report.status} with {report.succeeded} succeeded, {report.failed} failed, "
             f"{report.pending} pending of {report.items}"
             + (f" ({report.reason[:120]})" if report.reason else ""))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"

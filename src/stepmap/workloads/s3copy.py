@@ -242,10 +242,10 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
     parts = int(match.group(2) or 0) if match else 0
     try:
         if parts > 1 and obj["Size"] >= PARALLEL_MIN_BYTES:
-            ranged = _download_parts(bucket, obj, partial, parts)
-            if ranged is not _SEQUENTIAL:
+            in_parts = _download_parts(bucket, obj, partial, parts)
+            if in_parts is not _SEQUENTIAL:
                 os.replace(partial, target)
-                return ranged is True
+                return in_parts is True
         size, digest = 0, hashlib.md5(usedforsecurity=False)
         with open(partial, "wb") as handle:
             body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
