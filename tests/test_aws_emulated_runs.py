@@ -143,3 +143,25 @@ def test_an_interrupted_emulated_run_is_resumable(cli, tmp_path, synthesized):
     code, out, err = cli("resume", "cut", "--results", runs)
     assert code == 0, err
     assert out.splitlines()[-1] == local_total({"size": 16})
+
+
+def test_foreign_result_files_are_recomputed_not_summed_on_aws(cli, tmp_path, synthesized):
+    """An --alphabet scalar run's SUCCEEDED file in place of an article run's (every seal
+    valid, the same positions): the reduce Lambda proves each entry's Input against this
+    run's start, so a resume recomputes those items, gives the exact article total and
+    names the foreign entries."""
+    runs = str(tmp_path / "runs")
+    for run_id, extra in (("article", []), ("scalar", ["--alphabet", "scalar"])):
+        code, _, err = cli("run", "s3keys", "--size", "64", "--engine", "aws-emulated",
+                           "--results", runs, "--run-id", run_id, *extra)
+        assert code == 0, err
+    mine = sorted(Path(runs, "article").glob("SUCCEEDED_*.json"))
+    assert mine
+    for path in mine:
+        path.write_bytes((Path(runs, "scalar") / path.name).read_bytes())
+    code, out, err = cli("resume", "article", "--results", runs)
+    assert code == 0, err
+    assert out.splitlines()[-1] == local_total({"size": 64})
+    assert local_total({"size": 64}) != local_total({"size": 64, "alphabet": "scalar"})
+    assert "ignored 64 result entries that failed verification" in err
+    assert "its Input is not this run's item and params at its position" in err

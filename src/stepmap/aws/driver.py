@@ -83,7 +83,7 @@ class StepFunctionsDriver:
 
     def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         record = job.record
-        if record.status == "SUCCEEDED":
+        if record.status == "SUCCEEDED" and _all_proven(job):
             return RunReport.from_record(record)
         if record.engine == "aws":
             with aws_errors():
@@ -287,6 +287,17 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
     state.save(record)
     store.write_run(record)
     return _follow(store, record, state, target, progress, already=done.total())
+
+
+def _all_proven(job: RunJob) -> bool:
+    """Do the results kept with a finished run still prove every item (verify.py)? Else a
+    resume recomputes the items of the entries that are foreign or edited, as locally."""
+    record = job.record
+    if record.items is None:  # the stack's own listing: nothing to rebuild them from
+        return True
+    with aws_errors():
+        done = fetch.done_positions(job.store, _expected(job, AwsState.of(record)))
+    return done.total() >= record.items
 
 
 def _expected(job: RunJob, state: AwsState) -> Expected:

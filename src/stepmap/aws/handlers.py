@@ -7,7 +7,7 @@
     reduce({"results": <ResultWriter details>, "item_count": N | null,
             "previous": [<earlier map runs' ResultWriter details>],
             "execution_input": <the run input, $$.Execution.Input>})
-                            -> {"total", "items", "results"}
+                            -> {"total", "items", "results"[, "rejected", "rejected_count"]}
 
 Every child input carries its item's ``position`` in the run; the reduce step refuses a
 result set in which a position is missing or appears twice (reducer.py), so a duplicated
@@ -62,6 +62,8 @@ ITEMS_PREFIX, OUTPUTS_PREFIX = names.ITEMS_PREFIX, names.OUTPUTS_PREFIX
 INLINE_START_BYTES = names.INLINE_START_BYTES
 INLINE_OUTPUT_BYTES = names.INLINE_OUTPUT_BYTES
 POINTER_KEY = names.POINTER_KEY
+#: the reduce output names at most this many entries that failed verification
+REJECTED_LISTED = 100
 
 
 def workload():
@@ -257,6 +259,11 @@ def reduce(event: Any, context: Any = None) -> dict:
                            positions_required=True)
     location = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
     out = {"total": reduction.total, "items": reduction.items, "results": location}
+    if reduction.rejected:  # counted as missing (then recomputed by a resume): say which
+        print(f"stepmap reduce: ignored {len(reduction.rejected)} result entries that failed "
+              f"verification: {'; '.join(reduction.rejected[:REJECTED_LISTED])}")
+        out.update(rejected=[r[:300] for r in reduction.rejected[:REJECTED_LISTED]],
+                   rejected_count=len(reduction.rejected))
     text = _dumps(reduction.total)
     if len(text) > INLINE_OUTPUT_BYTES:
         key = f"{prefix}/total.json" if prefix else "total.json"
