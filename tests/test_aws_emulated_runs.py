@@ -165,3 +165,24 @@ def test_foreign_result_files_are_recomputed_not_summed_on_aws(cli, tmp_path, sy
     assert local_total({"size": 64}) != local_total({"size": 64, "alphabet": "scalar"})
     assert "ignored 64 result entries that failed verification" in err
     assert "its Input is not this run's item and params at its position" in err
+
+
+def test_an_items_from_run_is_proven_against_its_own_list_on_aws(cli, tmp_path, synthesized):
+    """--items-from: the entries of a run over another list (same positions, valid seals)
+    are recomputed on resume; the run's own list (re-uploaded as the execution's origin) is
+    what the reduce Lambda proves every entry against."""
+    runs = str(tmp_path / "runs")
+    lists = {"mine": [5, 700, 3, 1024, 64], "other": [6, 701, 4, 1023, 65]}
+    for run_id, lengths in lists.items():
+        source = tmp_path / f"{run_id}.json"
+        source.write_text(json.dumps(lengths))
+        code, _, err = cli("run", "s3keys", "--items-from", str(source), "--engine",
+                           "aws-emulated", "--results", runs, "--run-id", run_id)
+        assert code == 0, err
+    for path in sorted(Path(runs, "mine").glob("SUCCEEDED_*.json")):
+        path.write_bytes((Path(runs, "other") / path.name).read_bytes())
+    code, out, err = cli("resume", "mine", "--results", runs)
+    assert code == 0, err
+    assert out.splitlines()[-1] == str(sum(int(local_total({"lengths": f"{n}-{n}"}))
+                                           for n in lists["mine"]))
+    assert "ignored 5 result entries that failed verification" in err
