@@ -143,3 +143,46 @@ def test_an_interrupted_emulated_run_is_resumable(cli, tmp_path, synthesized):
     code, out, err = cli("resume", "cut", "--results", runs)
     assert code == 0, err
     assert out.splitlines()[-1] == local_total({"size": 16})
+
+
+def test_foreign_result_files_are_recomputed_not_summed_on_aws(cli, tmp_path, synthesized):
+    """An --alphabet scalar run's SUCCEEDED file in place of an article run's (every seal
+    valid, the same positions): the reduce Lambda proves each entry's Input against this
+    run's start, so a resume recomputes those items, gives the exact article total and
+    names the foreign entries."""
+    runs = str(tmp_path / "runs")
+    for run_id, extra in (("article", []), ("scalar", ["--alphabet", "scalar"])):
+        code, _, err = cli("run", "s3keys", "--size", "64", "--engine", "aws-emulated",
+                           "--results", runs, "--run-id", run_id, *extra)
+        assert code == 0, err
+    mine = sorted(Path(runs, "article").glob("SUCCEEDED_*.json"))
+    assert mine
+    for path in mine:
+        path.write_bytes((Path(runs, "scalar") / path.name).read_bytes())
+    code, out, err = cli("resume", "article", "--results", runs)
+    assert code == 0, err
+    assert out.splitlines()[-1] == local_total({"size": 64})
+    assert local_total({"size": 64}) != local_total({"size": 64, "alphabet": "scalar"})
+    assert "ignored 64 result entries that failed verification" in err
+    assert "its Input is not this run's item and params at its position" in err
+
+
+def test_an_items_from_run_is_proven_against_its_own_list_on_aws(cli, tmp_path, synthesized):
+    """--items-from: the entries of a run over another list (same positions, valid seals)
+    are recomputed on resume; the run's own list (re-uploaded as the execution's origin) is
+    what the reduce Lambda proves every entry against."""
+    runs = str(tmp_path / "runs")
+    lists = {"mine": [5, 700, 3, 1024, 64], "other": [6, 701, 4, 1023, 65]}
+    for run_id, lengths in lists.items():
+        source = tmp_path / f"{run_id}.json"
+        source.write_text(json.dumps(lengths))
+        code, _, err = cli("run", "s3keys", "--items-from", str(source), "--engine",
+                           "aws-emulated", "--results", runs, "--run-id", run_id)
+        assert code == 0, err
+    for path in sorted(Path(runs, "mine").glob("SUCCEEDED_*.json")):
+        path.write_bytes((Path(runs, "other") / path.name).read_bytes())
+    code, out, err = cli("resume", "mine", "--results", runs)
+    assert code == 0, err
+    assert out.splitlines()[-1] == str(sum(int(local_total({"lengths": f"{n}-{n}"}))
+                                           for n in lists["mine"]))
+    assert "ignored 5 result entries that failed verification" in err

@@ -310,3 +310,111 @@ def test_compute_drops_the_position_the_selector_adds():
              "BatchInput": {"params": PARAMS_1024}}
     assert int(unseal(handlers.compute(batch))) == sum(
         int(unseal(handlers.compute({"index": i, "params": PARAMS_1024}))) for i in (5, 6))
+
+
+# ---------------------------------------------------------------- entries of this run only
+
+def _run_of(client, run_input: dict, prefix: str, *, batch: int = 0):
+    """A complete map run of s3keys over ``run_input`` as the stack writes it: each child's
+    Input is the selector's (one item, or an ItemBatcher batch), its Output sealed."""
+    started = s3keys.WORKLOAD.start(run_input)
+    items = list(started.items)
+    if batch:
+        children = [{"Items": [{"index": items[p], "position": p}
+                               for p in range(first, min(first + batch, len(items)))],
+                     "BatchInput": {"params": started.params}}
+                    for first in range(0, len(items), batch)]
+    else:
+        children = [{"index": v, "position": p, "params": started.params}
+                    for p, v in enumerate(items)]
+    entries = [{"Name": f"child-{n}", "Status": "SUCCEEDED", "Input": json.dumps(child),
+                "Output": json.dumps(handlers.compute(child))}
+               for n, child in enumerate(children)]
+    body = json.dumps(entries).encode()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/SUCCEEDED_0.json", Body=body)
+    files = {"SUCCEEDED": [{"Key": f"{prefix}/SUCCEEDED_0.json", "Size": len(body)}],
+             "FAILED": [], "PENDING": []}
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json",
+                      Body=json.dumps({"DestinationBucket": BUCKET, "ResultFiles": files}))
+    return {"results": {"ResultWriterDetails": {"Bucket": BUCKET,
+                                                "Key": f"{prefix}/manifest.json"}},
+            "item_count": len(items), "execution_input": run_input}
+
+
+def _swap_entries(client, event, other, names):
+    """Put ``other`` run's entries of these names in place of ``event``'s."""
+    mine = event["results"]["ResultWriterDetails"]["Key"].replace("manifest", "SUCCEEDED_0")
+    theirs = json.loads(_get(client, other["results"]["ResultWriterDetails"]["Key"].replace(
+        "manifest", "SUCCEEDED_0")))
+    entries = json.loads(_get(client, mine))
+    for n, entry in enumerate(entries):
+        if entry["Name"] in names:
+            entries[n] = next(e for e in theirs if e["Name"] == entry["Name"])
+    client.put_object(Bucket=BUCKET, Key=mine, Body=json.dumps(entries).encode())
+
+
+@pytest.mark.parametrize("batch", [0, 8])
+def test_reduce_gives_the_exact_total_of_a_run_proven_entry_by_entry(s3, batch):
+    event = _run_of(s3, {"size": 64}, "process_output/article", batch=batch)
+    out = handlers.reduce(event)
+    assert out["total"] == local_total({"size": 64}) and out["items"] == 64
+
+
+@pytest.mark.parametrize("batch", [0, 8])
+def test_reduce_does_not_sum_entries_of_a_run_with_other_params(s3, batch):
+    """An --alphabet scalar run's entries (valid seals, the same positions) in place of the
+    article run's: not this run's params, so their items are missing and named."""
+    event = _run_of(s3, {"size": 64}, "process_output/article", batch=batch)
+    other = _run_of(s3, {"size": 64, "alphabet": "scalar"}, "process_output/scalar",
+                    batch=batch)
+    _swap_entries(s3, event, other, {"child-1", "child-3"})
+    lost = 2 * (batch or 1)
+    with pytest.raises(IncompleteRunError, match=rf"cover {64 - lost} of 64 items \(2 result "
+                       r"entries failed.*child-1: its Input is not this run's item and params"):
+        handlers.reduce(event)
+
+
+def test_reduce_does_not_sum_an_entry_whose_item_was_edited_and_resealed(s3):
+    """A forger who knows the checksum scheme: position 5's Input names item 6 and its
+    Output is item 6's result, sealed afresh. The seal holds; the item is not what this
+    run's start emits at position 5, so it is not counted."""
+    event = _run_of(s3, {"size": 64}, "process_output/article")
+    key = "process_output/article/SUCCEEDED_0.json"
+    entries = json.loads(_get(s3, key))
+    forged = {"index": 6, "position": 5, "params": s3keys.WORKLOAD.start({"size": 64}).params}
+    entries[5].update(Input=json.dumps(forged), Output=json.dumps(handlers.compute(forged)))
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
+    with pytest.raises(IncompleteRunError, match="cover 63 of 64 items.*child-5: its Input is "
+                       "not this run's item"):
+        handlers.reduce(event)
+
+
+def test_reduce_proves_an_items_from_run_against_its_uploaded_list(s3):
+    """--items-from: the driver names the uploaded list as the run's ``origin``; entries are
+    proven against its items, also in a resume whose list holds only some positions."""
+    lengths = [100, 7, 3000, 42]
+    s3.put_object(Bucket=BUCKET, Key="items/r/items.json",
+                  Body=handlers.positioned_items(lengths))
+    params = s3keys.WORKLOAD.start({"size": 1}).params
+    children = [{"index": v, "position": p, "params": params} for p, v in enumerate(lengths)]
+    children[2]["index"] = 3001  # not the uploaded item at position 2
+    entries = [{"Name": f"child-{p}", "Status": "SUCCEEDED", "Input": json.dumps(c),
+                "Output": json.dumps(handlers.compute(c))} for p, c in enumerate(children)]
+    s3.put_object(Bucket=BUCKET, Key="process_output/m/SUCCEEDED_0.json",
+                  Body=json.dumps(entries).encode())
+    s3.put_object(Bucket=BUCKET, Key="process_output/m/manifest.json", Body=json.dumps(
+        {"ResultFiles": {"SUCCEEDED": [{"Key": "process_output/m/SUCCEEDED_0.json"}]}}))
+    where = {"Bucket": BUCKET, "Key": "items/r/items.json"}
+    event = {"results": {"ResultWriterDetails": {"Bucket": BUCKET,
+                                                 "Key": "process_output/m/manifest.json"}},
+             "item_count": 4, "execution_input": {"size": 1, "stepmap": {
+                 "items": where, "item_count": 4, "previous": [], "origin": where}}}
+    with pytest.raises(IncompleteRunError, match="cover 3 of 4 items.*child-2: its Input"):
+        handlers.reduce(event)
+    entries[2]["Input"] = json.dumps({**children[2], "index": 3000})
+    entries[2]["Output"] = json.dumps(handlers.compute(json.loads(entries[2]["Input"])))
+    s3.put_object(Bucket=BUCKET, Key="process_output/m/SUCCEEDED_0.json",
+                  Body=json.dumps(entries).encode())
+    w = s3keys.WORKLOAD
+    assert handlers.reduce(event)["total"] == w.reduce(
+        w.compute(item_event(v, params)) for v in lengths)

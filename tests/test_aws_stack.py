@@ -95,7 +95,8 @@ def test_distributed_map_reads_items_selects_params_and_writes_results(synthesiz
         "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
         "Parameters": {"Bucket": "stepmap-test-bucket", "Key.$": "$.items_key"}}
     assert states["Reduce"]["Parameters"]["Payload"] == {
-        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous"}
+        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous",
+        "execution_input.$": "$$.Execution.Input"}  # the reduce re-runs start on it
 
 
 def test_compute_retries_throttling_patiently_and_other_transient_errors(synthesized):
@@ -416,7 +417,8 @@ def test_item_source_map_lists_the_source_prefix_with_an_s3_item_reader(efs_synt
                                                "Prefix": "process_output"}
     assert m["ResultPath"] == "$.results" and m["Next"] == "Reduce"
     assert states["Reduce"]["Parameters"]["Payload"] == {
-        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous"}
+        "results.$": "$.results", "item_count.$": "$.item_count", "previous.$": "$.previous",
+        "execution_input.$": "$$.Execution.Input"}
     env = _functions(efs_synthesized.templates[EFS_NAME])["start"]["Environment"]["Variables"]
     assert env["STEPMAP_ITEM_SOURCE"] == f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"
     assert env["STEPMAP_WORKLOAD"] == "s3copy"

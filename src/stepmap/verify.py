@@ -15,9 +15,11 @@
 This catches a changed digit in an Output, changed ItemPositions, result files copied from
 another run (their Input carries that run's parameters) and truncated or edited entries.
 The checksum detects damage, not forgery: it is not keyed. Entries written by AWS carry no
-ItemPositions: there (1) applies, and each item's ``position`` in the child Input (the
-stack's ItemSelector puts it there) proves exactly-once coverage, so a result set holding
-one item twice and missing another is refused although its count is right.
+ItemPositions: each item's ``position`` in the child Input (the stack's ItemSelector puts it
+there) proves exactly-once coverage, so a result set holding one item twice and missing
+another is refused although its count is right; and (2) holds there too
+(``Expected.positions_in_input``): the Input must be the selector's event of this run's
+items at those positions and its params (the reduce Lambda re-runs the start for them).
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ class Expected:
 
     params: dict
     items: Callable[[], Iterable]
+    #: the entries are the AWS state machine's: no ItemPositions, each item's position in
+    #: its Input, which is the ItemSelector's ``{"index", "position", "params"}`` (or a
+    #: batch ``{"Items": [{"index", "position"}], "BatchInput": {"params"}}``)
+    positions_in_input: bool = False
 
 
 @dataclass
@@ -155,6 +161,7 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
     found, cached = Verified(), 0
     spans: list[_Span] = []
     own: list[_Span] = []
+    aws: list[_Span] = []  # AWS entries to prove against ``expected``, one span per item
     for key in keys:
         data = store.storage.get(key) if (written or {}).get(key) else None
         trusted = data is not None and _digest(data) == (written or {}).get(key)
@@ -168,6 +175,9 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
                                    f"{entry.get('Status')} entry")
             name, span = str(entry.get("Name", "?")), entry.get("ItemPositions")
             problem = None if trusted else integrity_problem(entry)
+            if problem is None and expected is not None and expected.positions_in_input:
+                _add_aws_entry(found, store, aws, key, index, entry, True, with_digest=True)
+                continue
             if problem is None and expected is not None and not _is_span(span):
                 problem = "no valid ItemPositions"
             if problem is not None:
@@ -180,7 +190,9 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
                 own.append(_Span(span[0], span[1], key, index, name, b""))
             else:
                 spans.append(_Span(span[0], span[1], key, index, name, _digest(entry["Input"])))
-    if expected is not None:
+    if expected is not None and expected.positions_in_input:
+        _accept(found, store, _match_aws_inputs(found, store, aws, expected))
+    elif expected is not None:
         _accept(found, store, own + _match_inputs(found, store, spans, expected))
     elif own:
         _accept(found, store, own)
@@ -188,20 +200,85 @@ def check_results(store: RunStore, keys: Iterable[str], expected: Expected | Non
 
 
 def _add_aws_entry(found: Verified, store: RunStore, own: list[_Span], key: str, index: int,
-                   entry: dict, positions_required: bool) -> None:
+                   entry: dict, positions_required: bool, with_digest: bool = False) -> None:
+    """An entry written by the state machine: one span per item position in its Input
+    (with the digest of its canonical Input when it is to be matched against the run's)."""
     name = str(entry.get("Name", "?"))
     try:
         spans = entry_positions(entry)
+        digest = _digest(canonical(entry_input(entry))) if with_digest else b""
     except ResultsError as exc:
         _reject(found, store, key, name, str(exc))
         return
     if spans is not None:
-        own.extend(_Span(first, end, key, index, name, b"") for first, end in spans)
+        own.extend(_Span(first, end, key, index, name, digest) for first, end in spans)
     elif positions_required:
         _reject(found, store, key, name, "its Input names no item position")
     else:  # no positions (results of an older stack): count the Input's items
         found.accepted.add((key, index))
         found.items += item_count(entry_input(entry))
+
+
+def _match_aws_inputs(found: Verified, store: RunStore, spans: list[_Span],
+                      expected: Expected) -> list[_Span]:
+    """The spans (one per item) of the AWS entries whose Input is exactly what the state
+    machine builds from this run's items at its positions and this run's params. The items
+    are read once, in position order; an entry is decided as soon as its items are seen."""
+    entries: dict[tuple[str, int], list[_Span]] = {}
+    for span in spans:
+        entries.setdefault((span.key, span.index), []).append(span)
+    waiting = {entry: len({s.first for s in group}) for entry, group in entries.items()}
+    seen: dict[tuple[str, int], dict[int, JSON]] = {}
+    good: list[_Span] = []
+    by_position = sorted(spans, key=lambda s: s.first)
+    for span, item in zip(by_position, _items_at(expected.items(),
+                                                 [s.first for s in by_position])):
+        entry = (span.key, span.index)
+        if item is _BEYOND or entry not in waiting:
+            continue
+        seen.setdefault(entry, {})[span.first] = item
+        if len(seen[entry]) < waiting[entry]:
+            continue
+        del waiting[entry]
+        group = entries[entry]
+        if group[0].digest in _aws_digests(group, seen.pop(entry), expected.params):
+            good.extend(group)
+        else:
+            _reject(found, store, span.key, span.name,
+                    "its Input is not this run's item and params at its position")
+    for entry in waiting:
+        _reject(found, store, entry[0], entries[entry][0].name, "positions beyond the run's items")
+    return good
+
+
+_BEYOND = object()  # no item at this position: the run has fewer items
+
+
+def _items_at(items: Iterable, positions: list[int]) -> Iterator[JSON]:
+    """The item at each of the (sorted) positions, or _BEYOND; a sequence is indexed, any
+    other iterable read once, keeping only the current item."""
+    if isinstance(items, (range, list, tuple)):
+        yield from (items[p] if p < len(items) else _BEYOND for p in positions)
+        return
+    source, at, current = iter(items), -1, _BEYOND
+    for p in positions:
+        if p > at:
+            skipped = list(itertools.islice(source, p - at - 1, p - at))
+            current, at = (skipped[0], p) if skipped else (_BEYOND, p)
+            if not skipped:
+                source = iter(())
+        yield current
+
+
+def _aws_digests(group: list[_Span], items: dict[int, JSON], params: dict) -> set[bytes]:
+    """The digests of the Inputs the state machine gives a child for these items: a batch
+    (ItemBatcher) and, for one item, the ItemSelector's single event."""
+    positions = [s.first for s in group]
+    listed = [{"index": items[p], POSITION_KEY: p} for p in positions]
+    events: list[JSON] = [{"Items": listed, "BatchInput": {"params": params}}]
+    if len(listed) == 1:
+        events.append({**listed[0], "params": params})
+    return {_digest(canonical(event)) for event in events}
 
 
 def entry_positions(entry: dict) -> list[tuple[int, int]] | None:

@@ -32,6 +32,8 @@ from ..drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
 from ..errors import StepmapError, UsageError
 from ..extras import require
 from ..results import Attempt, RunRecord, RunStore
+from ..verify import Expected
+from ..workloads import resolve
 from . import asl, fetch
 from .handlers import positioned_items
 from .names import CONTROL_KEY, ITEMS_PREFIX
@@ -81,7 +83,7 @@ class StepFunctionsDriver:
 
     def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         record = job.record
-        if record.status == "SUCCEEDED":
+        if record.status == "SUCCEEDED" and _all_proven(job):
             return RunReport.from_record(record)
         if record.engine == "aws":
             with aws_errors():
@@ -197,8 +199,8 @@ def _upload_source(job: RunJob, target: Target, state: AwsState) -> dict:
     job.store.storage.put(job.store.key(ITEMS_COPY), body)
     state.items_key = key
     job.record.items = len(items)
-    return {"items": {"Bucket": target.bucket, "Key": key}, "item_count": len(items),
-            "previous": []}
+    where = {"Bucket": target.bucket, "Key": key}
+    return {"items": where, "item_count": len(items), "previous": [], "origin": where}
 
 
 def _attempt(job: RunJob, target: Target, *, mode: str, already: int) -> Attempt:
@@ -260,7 +262,7 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
     if not state.resumable:
         raise UsageError(f"run {record.run_id} failed on its input ({record.reason}); fix it "
                          "and start a new run")
-    done = fetch.done_positions(store)
+    done = fetch.done_positions(store, _expected(job, state))
     missing = _unfinished_items(job, state, done)
     n = len(state.executions)
     key = f"{ITEMS_PREFIX}/{record.run_id}/resume-{n}.json"
@@ -270,6 +272,11 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
             [m["index"] for m in missing], [m["position"] for m in missing]))
     control = {"items": {"Bucket": target.bucket, "Key": key}, "item_count": record.items,
                "previous": previous}
+    if state.items_key:  # the reduce step proves every entry against the original list
+        with aws_errors():  # (again: an emulated bucket is new, and items/ expires)
+            target.s3.put_object(Bucket=target.bucket, Key=state.items_key,
+                                 Body=job.store.storage.get(job.store.key(ITEMS_COPY)))
+        control["origin"] = {"Bucket": target.bucket, "Key": state.items_key}
     name = f"{record.run_id[:72]}-r{n}"
     arn = _start(target, name, record.input, control, state)
     job.notify(f"stepmap: resuming with {len(missing):,} unfinished of {record.items:,} items "
@@ -280,6 +287,32 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
     state.save(record)
     store.write_run(record)
     return _follow(store, record, state, target, progress, already=done.total())
+
+
+def _all_proven(job: RunJob) -> bool:
+    """Do the results kept with a finished run still prove every item (verify.py)? Else a
+    resume recomputes the items of the entries that are foreign or edited, as locally."""
+    record = job.record
+    if record.items is None:  # the stack's own listing: nothing to rebuild them from
+        return True
+    with aws_errors():
+        done = fetch.done_positions(job.store, _expected(job, AwsState.of(record)))
+    return done.total() >= record.items
+
+
+def _expected(job: RunJob, state: AwsState) -> Expected:
+    """This run's start, to tell the results proven to be this run's (verify.py): the
+    uploaded --items-from list, or the workload's items (started afresh if a stream)."""
+    if state.items_key:
+        listed = json.loads(job.store.storage.get(job.store.key(ITEMS_COPY)))
+        return Expected(job.start.params, lambda: [e["index"] for e in listed],
+                        positions_in_input=True)
+
+    def items():
+        if isinstance(job.start.items, (range, list, tuple)):
+            return job.start.items
+        return resolve(job.workload_ref).start(job.record.input).items
+    return Expected(job.start.params, items, positions_in_input=True)
 
 
 def _unfinished_items(job: RunJob, state: AwsState, done) -> list[dict]:

@@ -17,7 +17,7 @@ import json
 from typing import Iterable
 
 from ..mapper import Intervals
-from ..verify import entry_positions
+from ..verify import Expected, check_results, entry_positions
 from ..results import STATUSES, ResultFile, RunStore
 from .names import POSITION_KEY
 from .target import Target, error_code
@@ -101,12 +101,17 @@ def restore_results(store: RunStore, s3, bucket: str, prefix: str) -> dict | Non
     return {"Bucket": bucket, "Key": manifest_key}
 
 
-def done_positions(store: RunStore) -> Intervals:
-    """The item positions covered by the run's SUCCEEDED results so far."""
+def done_positions(store: RunStore, expected: Expected | None = None) -> Intervals:
+    """The item positions covered by the run's SUCCEEDED results so far; with ``expected``
+    (the run's start), only by the entries proven to be this run's (verify.py), so that a
+    resume recomputes the items of foreign or tampered entries."""
     if not store.has_manifest():
         return Intervals()
+    keys = RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")
+    if expected is not None:
+        return Intervals(check_results(store, keys, expected, positions_required=True).spans)
     spans = []
-    for entry in store.iter_entries(RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")):
+    for entry in store.iter_entries(keys):
         spans += entry_positions(entry) or []
     return Intervals(spans)
 

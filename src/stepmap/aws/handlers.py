@@ -5,14 +5,18 @@
     compute(child input)    -> {"Output": the workload's JSON result (big ints as decimal
                                 strings), "StepmapChecksum": ...} (verify.seal)
     reduce({"results": <ResultWriter details>, "item_count": N | null,
-            "previous": [<earlier map runs' ResultWriter details>]})
-                            -> {"total", "items", "results"}
+            "previous": [<earlier map runs' ResultWriter details>],
+            "execution_input": <the run input, $$.Execution.Input>})
+                            -> {"total", "items", "results"[, "rejected", "rejected_count"]}
 
 Every child input carries its item's ``position`` in the run; the reduce step refuses a
 result set in which a position is missing or appears twice (reducer.py), so a duplicated
-ResultWriter entry can never be counted in place of a missing one. An execution input may
-hold a ``"stepmap"`` object (the driver's): an item list it uploaded, the run's item count,
-and, for a resumed run, the earlier map runs whose SUCCEEDED results the reduce step adds.
+ResultWriter entry can never be counted in place of a missing one. It also proves that each
+entry's Input is what this run's start emits at its positions (the start re-run on the
+execution input), so another run's result files or an edited item count as missing, never
+summed. An execution input may hold a ``"stepmap"`` object (the driver's): an item list it
+uploaded, the run's item count, the ``origin`` list an ``--items-from`` run's positions
+index, and, for a resumed run, the earlier map runs whose SUCCEEDED results reduce adds.
 
 The workload is fixed at deploy time by ``STEPMAP_WORKLOAD``: an execution's input picks
 parameters, never code. Errors are typed: a malformed event raises InvalidEvent, an
@@ -46,7 +50,7 @@ from ..job import ITEM_KEY, event_items
 from ..reducer import reduce_run
 from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
-from ..verify import seal
+from ..verify import Expected, seal
 from ..workloads import resolve
 from . import names
 from .names import CONTROL_KEY, POSITION_KEY, RESULTS_PREFIX
@@ -58,6 +62,8 @@ ITEMS_PREFIX, OUTPUTS_PREFIX = names.ITEMS_PREFIX, names.OUTPUTS_PREFIX
 INLINE_START_BYTES = names.INLINE_START_BYTES
 INLINE_OUTPUT_BYTES = names.INLINE_OUTPUT_BYTES
 POINTER_KEY = names.POINTER_KEY
+#: the reduce output names at most this many entries that failed verification
+REJECTED_LISTED = 100
 
 
 def workload():
@@ -249,15 +255,50 @@ def reduce(event: Any, context: Any = None) -> dict:
     store = _PointerResolvingStore(S3Storage(bucket), prefix)
     manifest = combined_manifest(store, manifest_key, previous)
     reduction = reduce_run(store, workload(), expected_items=expected, manifest=manifest,
+                           expected=run_expected(event.get("execution_input")),
                            positions_required=True)
     location = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
     out = {"total": reduction.total, "items": reduction.items, "results": location}
+    if reduction.rejected:  # counted as missing (then recomputed by a resume): say which
+        print(f"stepmap reduce: ignored {len(reduction.rejected)} result entries that failed "
+              f"verification: {'; '.join(reduction.rejected[:REJECTED_LISTED])}")
+        out.update(rejected=[r[:300] for r in reduction.rejected[:REJECTED_LISTED]],
+                   rejected_count=len(reduction.rejected))
     text = _dumps(reduction.total)
     if len(text) > INLINE_OUTPUT_BYTES:
         key = f"{prefix}/total.json" if prefix else "total.json"
         store.storage.put(key, text.encode("utf-8"))
         out.update(total=None, total_s3={"Bucket": bucket, "Key": key, "Bytes": len(text)})
     return out
+
+
+def run_expected(run_input: Any) -> Expected | None:
+    """What this run's start emits, to prove each result entry's Input (verify.py): the
+    params and items of the deployed workload's start on the execution input, or, when the
+    driver's control key names an ``origin`` (an ``--items-from`` list), that list's items.
+    None (checksums and positions only) for an input-less reduce event (an older stack) and
+    for a stack that lists its items itself (they cannot be listed again identically)."""
+    if run_input is None or os.environ.get(ITEM_SOURCE_ENV):
+        return None
+    if not isinstance(run_input, Mapping):
+        raise InvalidEvent("'execution_input' must be the execution's input object")
+    run_input = dict(run_input)
+    control = run_input.pop(CONTROL_KEY, None)
+    started = _started(workload(), run_input)
+    origin = control.get("origin") if isinstance(control, Mapping) else None
+    if origin is None:
+        return Expected(started.params, lambda: started.items, positions_in_input=True)
+    bucket, key = _own_object(origin, ITEMS_PREFIX, "origin")
+    return Expected(started.params, lambda: _listed_items(bucket, key), positions_in_input=True)
+
+
+def _listed_items(bucket: str, key: str) -> list:
+    """The items of an uploaded list of ``{"index", "position"}``, by position."""
+    listed = json.loads(S3Storage(bucket).get(key))
+    if not isinstance(listed, list) or any(
+            not isinstance(e, Mapping) or e.get(POSITION_KEY) != p for p, e in enumerate(listed)):
+        raise InvalidEvent(f"s3://{bucket}/{key} is not a list of items at positions 0, 1, ...")
+    return [entry.get(ITEM_KEY) for entry in listed]
 
 
 def combined_manifest(store: RunStore, manifest_key: str, previous: list[str]) -> dict:

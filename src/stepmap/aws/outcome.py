@@ -35,6 +35,8 @@ def report_of(described: dict, record: RunRecord, state: AwsState, store: RunSto
             raise EngineError(f"execution {record.execution_arn} succeeded without a total for "
                               f"all {record.items} items: {str(output)[:200]}")
         report.items = report.succeeded = output["items"]
+        rejected = output.get("rejected")  # entries reduce ignored (another run's, edited)
+        report.rejected = [str(r) for r in rejected] if isinstance(rejected, list) else []
         report.location = store.describe() if target.engine == "aws-emulated" \
             else output.get("results", "")
         return report

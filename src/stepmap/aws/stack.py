@@ -201,7 +201,9 @@ class StepmapStack(cdk.Stack):
         reduce = self._invoke("Reduce", self.reduce_fn, sfn.TaskInput.from_object({
             "results": sfn.JsonPath.object_at("$.results"),
             "item_count": sfn.JsonPath.number_at("$.item_count"),
-            "previous": sfn.JsonPath.list_at("$.previous")}))
+            "previous": sfn.JsonPath.list_at("$.previous"),
+            # to re-run the start and prove each result entry is this run's (verify.py)
+            "execution_input": sfn.JsonPath.object_at("$$.Execution.Input")}))
         if self.source is not None:
             # no start-step listing and no 256 KiB limit: ListObjectsV2 by Step Functions
             map_listing = self._map("MapFromListing", ITEM_INDEXED, item_reader=sfn.S3ObjectsItemReader(

@@ -326,11 +326,10 @@ class LocalExecutor:
         self._workers.remove(worker)
 
     def close(self, cancel: bool = False) -> None:
-        """Stop every worker. An idle one is sent its stop and left to exit by itself (waiting
-        for it would cost every run a round trip; it is reaped later); one with tasks still
-        queued finishes them first, or with ``cancel`` is killed."""
-        _reap_stopped()
-        draining = []
+        """Stop every worker: an idle one is sent its stop; one with tasks still queued
+        finishes them first, or with ``cancel`` is killed. Returns once they have exited (at
+        most a few seconds), so a library caller's run leaves no process behind."""
+        draining, released = [], []
         for worker in self._workers:
             if (cancel and worker.queue) or worker.broken:
                 worker.kill()
@@ -340,7 +339,7 @@ class LocalExecutor:
                 draining.append(worker)
             else:  # it has read every task: the stop is in its pipe, before the end of file
                 worker.release()
-                _stopped.append(worker.process)
+                released.append(worker.process)
         until = time.monotonic() + 5
         while draining and time.monotonic() < until:
             for worker in _ready(draining, min(0.1, max(0.0, until - time.monotonic()))):
@@ -349,13 +348,9 @@ class LocalExecutor:
         for worker in self._workers:
             if not worker.closed:
                 worker.kill()
+        for process in released:  # they read their stop and exit at once
+            process.join(max(0.0, until - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1)
         self._workers = []
-
-
-#: Workers told to stop and left to exit by themselves; joined when the next pool closes
-#: (multiprocessing reaps any left at interpreter exit).
-_stopped: list = []
-
-
-def _reap_stopped() -> None:
-    _stopped[:] = [p for p in _stopped if p.is_alive()]  # is_alive reaps an exited one
