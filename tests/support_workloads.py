@@ -142,3 +142,14 @@ class Span(Workload):
 
 
 SPAN = Span()
+
+
+def flaky_square(item):
+    """For stepmap.map tests: a module-level function (sent by reference) that fails on
+    item [3, flag] while the file ``flag`` exists (a path in the item, not the environment:
+    forkserver'd workers see the environment of when the fork server started)."""
+    import os
+    x, flag = item
+    if x == 3 and os.path.exists(flag):
+        raise RuntimeError("item 3 is not ready")
+    return x * x

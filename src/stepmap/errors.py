@@ -10,7 +10,11 @@
      ├── EngineError         (1)  an engine could not start or broke down
      │    └── EngineLost     (1)  the engine went away mid-run (a lost Dask scheduler):
      │                            the run stops as INTERRUPTED, resumable
-     └── IncompleteRunError  (1)  not every item succeeded, so there is no total
+     ├── IncompleteRunError  (1)  not every item succeeded, so there is no total
+     └── ItemFailed          (1)  stepmap.map: an item failed after its retries (carries the
+                                  item, the original error type and message, the worker's
+                                  traceback as __cause__; also an instance of the original
+                                  type when that is a built-in exception)
 
 A failing compute step is *not* an exception at this level: the engine records it as a
 FAILED result (error name, message, traceback) and the tolerated-failure policy decides
@@ -82,3 +86,24 @@ class IncompleteRunError(StepmapError):
         self.pending = pending
         self.missing = missing or []
         self.run_id = run_id
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback, as text: set as an ItemFailed's ``__cause__`` so it prints."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+class ItemFailed(StepmapError):
+    """An item of a function map failed after its retries (or did not run at all)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str, *, item=None, position: int = -1, error_type: str = "",
+                 error_message: str = "", remote_traceback: str = "", run_id: str = "",
+                 attempts: int = 0):
+        super().__init__(message)
+        self.item, self.position, self.run_id = item, position, run_id
+        self.error_type, self.error_message = error_type, error_message
+        self.remote_traceback, self.attempts = remote_traceback, attempts

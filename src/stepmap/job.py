@@ -132,9 +132,10 @@ class EventSpec:
         """The event as compact JSON (the results' ``Input``)."""
         return self.to_json(self.build())
 
-    def to_json(self, event: dict) -> str:
-        """``event`` (this spec, built) as compact JSON; integer items, the common case for
-        millions of tiny items, are written directly, about 2.5x faster than json.dumps."""
+    def to_json(self, event: dict | None) -> str:
+        """``event`` (this spec, built; None: build it if needed) as compact JSON; integer
+        items, the common case for millions of tiny items, are written directly, about 2.5x
+        faster than json.dumps."""
         values = self.values
         if self.batched and is_compact_range(values):
             return '{"Items":{"%s":[%d,%d]},"BatchInput":%s}' % (
@@ -144,7 +145,8 @@ class EventSpec:
             items = ",".join(['{"index":%d}' % v for v in self.values])
             return '{"Items":[%s],"BatchInput":%s}' % (
                 items, json.dumps(self.params, separators=(",", ":")))
-        return json.dumps(event, separators=(",", ":"), check_circular=False)
+        return json.dumps(event if event is not None else self.build(), separators=(",", ":"),
+                          check_circular=False)
 
     def __reduce__(self):  # pickles as its three fields (no per-instance dict to carry)
         return EventSpec, (self.values, self.params, self.batched)

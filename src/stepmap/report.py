@@ -170,17 +170,24 @@ def _unit(seconds: float) -> tuple[float, str]:
 
 def draw(path: Path | BinaryIO, summary: Summary, tasks: list[Task], title: str) -> None:
     """The report's figure, as a PNG file or into a binary stream (the dashboard serves it)."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed
-    from matplotlib import pyplot as plt
+    fig = timeline_figure(summary, tasks, title)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+
+
+def timeline_figure(summary: Summary, tasks: list[Task], title: str):
+    """The picture as a matplotlib Figure, built without pyplot (so no GUI backend and no
+    global figure list: it is saved to a file or a stream, or shown inline by a notebook)."""
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
     lanes = sorted({t.lane for t in tasks}, key=_lane_key)
     row = {lane: i for i, lane in enumerate(lanes)}
     height = min(9.0, 2.6 + 0.22 * len(lanes))
-    fig, (timeline, hist) = plt.subplots(2, 1, figsize=(11, height + 3.2),
-                                         gridspec_kw={"height_ratios": [height, 3.2]})
+    fig = Figure(figsize=(11, height + 3.2))
+    timeline, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [height, 3.2]})
     scale, unit = _unit(max(summary.wall_seconds, 1e-9))
     slow = {(s["name"], s["lane"]) for s in summary.stragglers}
     for kind in ("SUCCEEDED", "straggler", "FAILED"):
@@ -224,12 +231,7 @@ def draw(path: Path | BinaryIO, summary: Summary, tasks: list[Task], title: str)
     hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend(fontsize=8)
     fig.tight_layout()
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def _kind(task: Task, slow: set) -> str:

@@ -98,8 +98,10 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
             # Never import code because a file on disk says so: the user must name it.
             raise UsageError(f"run {run_id} used workload {record.workload!r}; pass "
                              f"--workload {record.workload} to confirm importing it")
-        start = resolve(record.workload).start(record.input)
-        job = RunJob(store, record, record.workload, start, config, began,
+        # the caller's ref object when it names the saved workload (stepmap.api's carries code)
+        ref = workload_ref if workload_ref == record.workload else record.workload
+        start = resolve(ref).start(record.input)
+        job = RunJob(store, record, ref, start, config, began,
                      notify or (lambda line: None))
         return driver.resume(job, recorded_progress(job, progress))
 

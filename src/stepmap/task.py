@@ -61,9 +61,19 @@ def event_json(spec: "dict | EventSpec") -> tuple[dict, str]:
 def execute(workload_ref: str, task_id: int, event) -> Completion:
     """Run one compute call; ``event`` is an event dict or a job.EventSpec to build here."""
     started = time.time()
-    event, input_json = event_json(event)
+    spec = event
+    direct = isinstance(spec, EventSpec) and not spec.params
+    if direct:  # a function map's item values: no event dict per item is built (see below)
+        event, input_json = None, spec.to_json(None)
+    else:
+        event, input_json = event_json(spec)
     try:
-        output = resolve(workload_ref).compute(event)
+        workload = resolve(workload_ref)
+        if direct and hasattr(workload, "compute_values"):
+            # a function map's fast path: the item values, without an event dict per item
+            output = workload.compute_values(spec.values, spec.batched)
+        else:
+            output = workload.compute(event if event is not None else built(spec))
         output_json = json.dumps(output, separators=(",", ":"), allow_nan=False)
         if len(output_json) > MAX_RESULT_BYTES:
             raise ResultTooLarge(f"the result is {len(output_json):,} bytes of JSON; the limit "

@@ -1,6 +1,6 @@
 """The Lambda code asset: the stepmap package (and a user workload's module) copied into a
-directory that ``Code.from_asset`` zips. No Docker, no pip: pure Python; gmpy2 is optional and
-not shipped. The copy is keyed by a digest of its sources, so synths share it.
+directory that ``Code.from_asset`` zips. No Docker: pure Python (gmpy2 is optional and not
+shipped), plus the Lambda wheels of ``stepmap deploy --requirements`` (requirements.py). The copy is keyed by a digest of its sources, so synths share it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..workloads import is_builtin
+from . import requirements as wheels
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/stepmap, wherever it is installed
 COMPLETE_MARKER = ".stepmap-staged"
@@ -26,9 +27,12 @@ def asset_sources(workload: str) -> list[Path]:
     return sources
 
 
-def source_digest(workload: str) -> str:
-    """sha256 over the relative paths and bytes of every file the asset would hold."""
+def source_digest(workload: str, requirements: str = "", runtime: str = "") -> str:
+    """sha256 over the relative paths and bytes of every file the asset would hold (and the
+    requirements file and runtime its wheels are chosen for)."""
     digest = hashlib.sha256()
+    if requirements:
+        digest.update(runtime.encode() + b"\0" + wheels.read(requirements) + b"\0")
     for source in asset_sources(workload):
         for path in sorted(_files(source)):
             digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
@@ -36,11 +40,14 @@ def source_digest(workload: str) -> str:
     return digest.hexdigest()
 
 
-def stage_package(workload: str, root: Path | None = None) -> Path:
+def stage_package(workload: str, root: Path | None = None, *, requirements: str = "",
+                  runtime: str = "") -> Path:
     """Copy the stepmap package (and a user workload's top-level module) into a directory
-    that becomes the Lambda code: no Docker, no pip. Pure Python; gmpy2 is optional."""
+    that becomes the Lambda code: no Docker. Pure Python, plus the Lambda wheels of a
+    ``requirements`` file when one is given (chosen by pip: see requirements.py)."""
     sources = asset_sources(workload)
-    root = root or Path(tempfile.gettempdir()) / f"stepmap-lambda-{source_digest(workload)[:16]}"
+    digest = source_digest(workload, requirements, runtime)
+    root = root or Path(tempfile.gettempdir()) / f"stepmap-lambda-{digest[:16]}"
     if (root / COMPLETE_MARKER).exists():
         return root
     # build next to it and rename into place, so concurrent synths never see half a copy
@@ -54,6 +61,12 @@ def stage_package(workload: str, root: Path | None = None) -> Path:
                 "__pycache__", "*.pyc", "*.egg-info"))
         else:
             shutil.copy2(source, target)
+    if requirements:
+        try:
+            wheels.install(requirements, building, runtime)
+        except UsageError:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
     (building / COMPLETE_MARKER).touch()
     shutil.rmtree(root, ignore_errors=True)  # a leftover without its marker
     try:

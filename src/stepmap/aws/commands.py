@@ -51,6 +51,9 @@ def _stack_options(parser) -> None:
     group.add_argument("--stack-name", default=DEFAULT_STACK)
     group.add_argument("--workload", default="s3keys",
                        help="the workload the functions run, fixed at deploy time (s3keys)")
+    group.add_argument("--requirements", default="", metavar="FILE",
+                       help="a requirements.txt: its wheels for Lambda (arm64, the runtime's "
+                       "Python) go into the code asset, chosen by pip (no Docker)")
     group.add_argument("--memory", type=flag_int, default=4096, metavar="MB",
                        help="compute and reduce Lambda memory (4096)")
     group.add_argument("--timeout", type=flag_int, default=900, metavar="SECONDS",
@@ -113,7 +116,9 @@ def _config(args):
                        efs_mount_path=args.efs_mount_path or DEFAULT_EFS_MOUNT_PATH,
                        vpc_id=args.vpc, subnet_ids=subnets,
                        security_group_id=args.security_group,
-                       source_bucket=source_bucket, source_prefix=source_prefix)
+                       source_bucket=source_bucket, source_prefix=source_prefix,
+                       requirements=str(Path(args.requirements).resolve())
+                       if args.requirements else "")
 
 
 def _quiet_jsii() -> None:

@@ -88,7 +88,8 @@ class StepmapStack(cdk.Stack):
                          f"-> reduce for workload {config.workload}", **kwargs)
         self.config = config
         self.bucket = self._bucket()
-        code = lambda_.Code.from_asset(str(stage_package(config.workload)),
+        code = lambda_.Code.from_asset(str(stage_package(
+            config.workload, requirements=config.requirements, runtime=config.runtime)),
                                        exclude=[COMPLETE_MARKER])
         env = {"STEPMAP_WORKLOAD": config.workload, "STEPMAP_BUCKET": self.bucket.bucket_name}
         if config.item_source:

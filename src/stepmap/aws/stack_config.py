@@ -61,6 +61,8 @@ class StackConfig:
     # the Distributed Map lists s3://source_bucket/source_prefix itself (S3ObjectsItemReader)
     source_bucket: str = ""
     source_prefix: str = ""
+    # a requirements.txt whose Lambda (arm64) wheels go into the code asset (requirements.py)
+    requirements: str = ""
 
     def __post_init__(self):
         subnets = self.subnet_ids

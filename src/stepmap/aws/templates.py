@@ -44,7 +44,8 @@ def template_key(config: StackConfig, stack_name: str = DEFAULT_STACK) -> str:
             versions.append(metadata.version(package))
         except metadata.PackageNotFoundError:
             versions.append("-")
-    text = json.dumps([config.to_context(), stack_name, source_digest(config.workload),
+    text = json.dumps([config.to_context(), stack_name,
+                       source_digest(config.workload, config.requirements, config.runtime),
                        versions])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 

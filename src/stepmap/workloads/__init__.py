@@ -23,9 +23,20 @@ def is_builtin(ref: str) -> bool:
     return ref in BUILTIN
 
 
-@functools.cache
 def resolve(ref: str) -> Workload:
-    """A workload by built-in name or 'module:attribute' (a Workload instance or subclass)."""
+    """A workload by built-in name, 'module:attribute' (a Workload instance or subclass) or
+    'fn:module:function' (a function, see :mod:`stepmap.workloads.function`). A ref that
+    carries its own pickled function (stepmap.api's) is rebuilt from that, never imported."""
+    if hasattr(ref, "payload"):  # a function.FunctionRef
+        return ref.load()
+    return _resolve_named(ref)
+
+
+@functools.cache
+def _resolve_named(ref: str) -> Workload:
+    if ref.startswith("fn:"):
+        from .function import from_name
+        return from_name(ref)
     target = BUILTIN.get(ref, ref)
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:

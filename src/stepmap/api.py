@@ -1,0 +1,390 @@
+"""stepmap as a Python library: map and map_reduce over plain functions.
+
+    stepmap.map(fn, items)            ─┐
+    stepmap.map_reduce(fn, items, r)  ─┼─► Executor ──► Run (a handle) ──► runner.run/resume
+    Executor(...).map(fn, items)      ─┘      settings       │ thread      (the ordinary run:
+                                                              ▼              engines, policy,
+                       run.results() ◄── results store (ResultWriter layout) results store)
+
+A function run is an ordinary run of a :class:`~stepmap.workloads.function.FunctionWorkload`:
+``stepmap runs``, ``stepmap report`` and ``stepmap resume`` work on it, and calling the same map
+again with the same ``run_id`` resumes it (finished items are not recomputed).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Iterable, Sized
+
+from . import runner
+from .bigint import MAX_INPUT_DIGITS
+from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
+from .drivers.base import RunReport
+from .errors import IncompleteRunError, UsageError
+from .results import RunStore, check_run_id, new_run_id
+from .workloads.function import FunctionRef, decode, function_ref, is_json_value
+from .api_results import MapResults, read_results
+
+__all__ = ["map", "map_reduce", "Executor", "Run", "MapResults"]
+
+ITEMS_FILE = "function-items.jsonl"
+
+
+def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
+        run_id: str | None = None, **options) -> MapResults:
+    """``[fn(item) for item in items]``, computed on an engine, in item order.
+
+    ``options`` are :class:`Executor`'s. A failed item raises :class:`ItemFailed` (after its
+    retries); with ``return_exceptions=True`` every item is run (unless a tolerance is given)
+    and a failed item's slot holds its exception instead."""
+    if return_exceptions and "tolerate" not in options and "tolerate_count" not in options:
+        options["tolerate"] = 100.0
+    with Executor(**options) as executor:
+        run = executor._start(fn, items, None, run_id, background=False)
+        return run.results(return_exceptions=return_exceptions)
+
+
+def map_reduce(fn: Callable, items: Iterable, reduce_fn: Callable, *,
+               run_id: str | None = None, **options) -> Any:
+    """``reduce_fn([fn(item) for item in items])``; the results reach ``reduce_fn`` in no
+    particular order (as a ResultWriter lists them). No total unless every item succeeded."""
+    with Executor(**options) as executor:
+        return executor._start(fn, items, reduce_fn, run_id, background=False).result()
+
+
+class Executor:
+    """Run settings shared by the maps it starts; each map runs in a background thread.
+
+    engine: "local" or "dask"; workers; batch_size (default: about four calls per worker);
+    max_concurrency; retries (2); backoff (0.5 s); timeout (900 s per compute call);
+    tolerate (percent of items) / tolerate_count; memory_limit (MB per worker); scheduler
+    (dask: an existing cluster's address; default: Dask's ``scheduler-address`` setting, else
+    a local cluster is started for the run); runs (the runs directory or s3:// location,
+    default ./stepmap-runs); progress (True/False; default: in Jupyter or on a terminal).
+    """
+
+    def __init__(self, engine: str = "local", *, workers: int | None = None,
+                 batch_size: int | None = None, max_concurrency: int | None = None,
+                 retries: int | None = None, backoff: float | None = None,
+                 timeout: float | None = None, tolerate: float | None = None,
+                 tolerate_count: int | None = None, memory_limit: int | None = None,
+                 scheduler: str | None = None, runs: str = DEFAULT_RUNS_DIR,
+                 progress: bool | None = None):
+        if engine in REMOTE_ENGINES:
+            raise UsageError(f"stepmap.map runs on the local and dask engines; for {engine}, "
+                             "turn the functions into a workload with stepmap.workload() and "
+                             "deploy it (stepmap deploy --workload module:attribute)")
+        self.engine, self.runs, self.progress = engine, runs, progress
+        #: the settings given (None: not given, so a resumed run keeps its saved one)
+        self.given = {"workers": workers, "batch_size": batch_size,
+                      "max_concurrency": max_concurrency, "retries": retries,
+                      "backoff": backoff, "timeout": timeout, "tolerate": tolerate,
+                      "tolerate_count": tolerate_count, "memory_limit": memory_limit,
+                      "scheduler": scheduler}
+        self.policy = self.settings(None, None).policy  # validates every argument now
+        self._runs: list[Run] = []
+
+    def map(self, fn: Callable, items: Iterable, *, run_id: str | None = None) -> "Run":
+        """Start ``fn`` over ``items``; returns at once with a :class:`Run` handle."""
+        return self._start(fn, items, None, run_id, background=True)
+
+    def map_reduce(self, fn: Callable, items: Iterable, reduce_fn: Callable, *,
+                   run_id: str | None = None) -> "Run":
+        return self._start(fn, items, reduce_fn, run_id, background=True)
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        for run in self._runs:
+            if kind is not None:
+                run.cancel()
+            run.join()
+
+    def _start(self, fn, items, reduce_fn, run_id, *, background: bool) -> "Run":
+        _refuse_in_bootstrapping_worker()
+        ref = function_ref(fn, reduce_fn)
+        run = Run(self, ref, run_id, reduce=reduce_fn is not None)
+        run.prepare(items)
+        self._runs.append(run)
+        if background:
+            run.thread = threading.Thread(target=run.execute, daemon=True,
+                                          name=f"stepmap-{run.run_id}")
+            run.thread.start()
+        else:
+            run.execute()
+        return run
+
+    def settings(self, run_id: str | None, items_from: str | None) -> RunConfig:
+        """The one place run settings are built from this executor's arguments."""
+        return RunConfig.build(engine=self.engine, runs=self.runs, run_id=run_id,
+                               items_from=items_from,
+                               items_format="jsonl" if items_from else None,
+                               **self.overrides())
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings given, plus the start method or Dask scheduler chosen for here and
+        now (for a new run, and over a resumed run's saved settings)."""
+        given = dict(self.given)
+        if self.engine == "local":
+            given["start_method"] = _start_method()
+        elif self.engine == "dask" and given["scheduler"] is None and given["workers"] is None:
+            given["scheduler"] = _dask_scheduler_address()
+        return given
+
+
+def _refuse_in_bootstrapping_worker() -> None:
+    """A worker started by forkserver or spawn imports the __main__ script again (as
+    __mp_main__): a script that calls stepmap at its top level would start a map in every
+    worker. Say what to do instead of letting the workers die one after the other."""
+    if getattr(sys.modules.get("__mp_main__"), "__name__", "") == "__mp_main__":
+        raise UsageError("stepmap was called while a worker process imported your script: "
+                         "put the script's top-level code under if __name__ == '__main__': "
+                         "(worker processes started by forkserver or spawn import it)")
+
+
+def _dask_scheduler_address() -> str | None:
+    """Dask's own setting (``DASK_SCHEDULER_ADDRESS``, or dask.config's
+    ``scheduler-address``), which ``distributed.Client()`` follows too: with it, a map on
+    the dask engine uses that cluster instead of starting a local one."""
+    import dask.config
+    return dask.config.get("scheduler-address", None)
+
+
+def _start_method() -> str | None:
+    """forkserver where forking is unsafe (other threads running, or inside Jupyter, whose
+    kernel runs threads); None (the engine's default, fork) otherwise. The forkserver preloads
+    stepmap rather than the __main__ script, so a script need not guard its top level."""
+    if threading.active_count() == 1 and "ipykernel" not in sys.modules:
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    from multiprocessing import forkserver
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:  # not started yet
+        multiprocessing.set_forkserver_preload(["stepmap.task", "stepmap.workloads.function"])
+    return "forkserver"
+
+
+class Run:
+    """A handle on one map: ``run_id``, ``progress``, ``wait()``, ``results()``, ``result()``,
+    ``cancel()`` and ``report()`` (the run's timeline, drawn inline in a notebook)."""
+
+    def __init__(self, executor: Executor, ref: FunctionRef, run_id: str | None, *,
+                 reduce: bool):
+        self.executor, self.ref, self.reduce = executor, ref, reduce
+        self.run_id = check_run_id(run_id) if run_id else new_run_id(ref.split("+")[0])
+        self.done_items: int = 0
+        self.total_items: int | None = None
+        self.thread: threading.Thread | None = None
+        self._report: RunReport | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._cancel = threading.Event()
+        self._cancel_raised = False
+        self._bar: Any = None
+
+    # ------------------------------------------------------------ starting
+    def prepare(self, items: Iterable) -> None:
+        """Decide between a fresh run and a resume, and store the items of a fresh one."""
+        store = RunStore.open(self.executor.runs, self.run_id)
+        self._resume = store.has_record()
+        self._items_from = None
+        self._input: dict = {}
+        if self._resume:
+            record = store.read_run()
+            if record.workload != str(self.ref):
+                raise UsageError(f"run {self.run_id} maps {record.workload}, not {self.ref}: "
+                                 "give a new run_id, or the same function to resume it")
+            self.total_items = record.items
+            _check_same_items(record.run_id, record.input, record.items, items)
+            if record.status == "SUCCEEDED":  # nothing to compute: no engine needed
+                self._report = RunReport.from_record(record)
+            return
+        if isinstance(items, range):
+            self._input = {"range": [items.start, items.stop, items.step]}
+            self.total_items = len(items)
+            return
+        lines = []
+        for position, item in enumerate(items):
+            lines.append(_item_json(item, position))
+        self.total_items = len(lines)
+        key = store.key(ITEMS_FILE)
+        store.storage.put(key, ("\n".join(lines) + "\n").encode() if lines else b"")
+        self._items_from = store.storage.describe(key)
+
+    def execute(self) -> None:
+        """Run (or resume) to the end; a Ctrl-C in the calling thread is recorded, then
+        re-raised by :meth:`wait`."""
+        if self._report is not None:  # a finished run, called again
+            self._finished.set()
+            return
+        try:
+            if self._resume:
+                self._report = runner.resume(
+                    self.run_id, runs=self.executor.runs, workload_ref=self.ref,
+                    overrides={"engine": self.executor.engine, **self.executor.overrides()},
+                    progress=self._progress)
+            else:
+                self._report = runner.run(
+                    self.ref, self._input, self.executor.settings(self.run_id, self._items_from),
+                    progress=self._progress, on_start=self._on_start)
+        except BaseException as exc:  # handed to the thread that waits, as a future does
+            self._error = exc
+        finally:
+            self._close_bar()
+            self._finished.set()
+        if self.thread is None and isinstance(self._error, KeyboardInterrupt):
+            raise self._error
+
+    def _on_start(self, start, run_id: str) -> None:
+        self.total_items = self.total_items if start.count is None else start.count
+
+    def _progress(self, done: int, failed: int) -> None:
+        self.done_items = done
+        if self._cancel.is_set() and not self._cancel_raised:
+            self._cancel_raised = True
+            raise KeyboardInterrupt  # run_map records the run as interrupted
+        show = self.executor.progress
+        if show is None:
+            show = "ipykernel" in sys.modules or sys.stderr.isatty()
+        if show:
+            self._draw(done)
+
+    def _draw(self, done: int) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=self.total_items, desc=self.run_id, unit="item")
+        self._bar.update(done - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    # ------------------------------------------------------------ watching
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """(items finished, items in all) so far; the total is None until it is known."""
+        return self.done_items, self.total_items
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def cancel(self) -> None:
+        """Stop the run as Ctrl-C would: running tasks are cancelled, the run stays
+        resumable (call the same map with this run_id)."""
+        self._cancel.set()
+
+    def join(self) -> None:
+        while not self._finished.wait(0.2):
+            pass
+
+    def wait(self, timeout: float | None = None) -> RunReport | None:
+        """The run's report once it has finished (None if ``timeout`` passes first). Ctrl-C
+        while waiting stops the run, records it, and raises KeyboardInterrupt."""
+        try:
+            if timeout is None:
+                self.join()
+            elif not self._finished.wait(timeout):
+                return None
+        except KeyboardInterrupt:
+            self.cancel()
+            self.join()
+            raise self._interrupted() from None
+        if self._error is not None:
+            raise self._error
+        assert self._report is not None
+        if self._report.status == "INTERRUPTED":
+            raise self._interrupted()
+        return self._report
+
+    def _final(self) -> RunReport:
+        report = self.wait()
+        assert report is not None  # wait() without a timeout returns a report or raises
+        return report
+
+    def _interrupted(self) -> KeyboardInterrupt:
+        return KeyboardInterrupt(f"run {self.run_id} was interrupted; call the same map with "
+                                 f"run_id={self.run_id!r} to finish it")
+
+    # ------------------------------------------------------------ reading
+    def results(self, return_exceptions: bool = False) -> MapResults:
+        """Every item's result in item order. A failed item raises :class:`ItemFailed`
+        unless ``return_exceptions`` is set or its failure was tolerated: then its slot holds
+        the exception and ``.failed`` lists them."""
+        report = self._final()
+        store = RunStore.open(self.executor.runs, self.run_id)
+        results = read_results(store, report.items)
+        if not results.failed and not results.pending:
+            return results
+        tolerated = report.pending == 0 and (self.executor.policy.tolerate_percent
+                                             or self.executor.policy.tolerate_count)
+        if return_exceptions or tolerated:
+            if tolerated and not return_exceptions:
+                warnings.warn(f"run {self.run_id}: {len(results.failed)} item(s) failed "
+                              "(tolerated); their slots hold ItemFailed", stacklevel=2)
+            return results
+        raise results.first_error()
+
+    def result(self) -> Any:
+        """map_reduce's total: ``reduce_fn`` over every result (none is missing)."""
+        report = self._final()
+        if report.status != "SUCCEEDED":
+            store = RunStore.open(self.executor.runs, self.run_id)
+            failed = read_results(store, report.items)
+            if failed.failed:
+                raise failed.first_error()
+            raise IncompleteRunError(f"run {self.run_id} is incomplete: {report.reason}",
+                                     failed=report.failed, pending=report.pending,
+                                     run_id=self.run_id)
+        return decode(report.total, allow_pickle=True)
+
+    def report(self):
+        """The run's timeline and task-duration histogram (shown inline in a notebook)."""
+        from .api_results import Timeline
+        return Timeline.load(self.executor.runs, self.run_id)
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        state = self._report.status if self._report else "RUNNING"
+        return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
+
+
+def _check_same_items(run_id: str, run_input: dict, count: int | None,
+                      items: Iterable) -> None:
+    """A resumed run computes the items it stored; refuse items that visibly differ."""
+    saved = (run_input or {}).get("range")
+    if isinstance(items, range):
+        same = saved == [items.start, items.stop, items.step]
+    else:
+        same = saved is None and (not isinstance(items, Sized) or count in (None, len(items)))
+    if not same:
+        raise UsageError(f"run {run_id} was started with other items; give a new run_id, or "
+                         "the same items to resume it")
+
+
+def _item_json(item: Any, position: int) -> str:
+    """One item as a line of JSON; items reach the workers as JSON values, so a tuple (which
+    JSON would silently turn into a list) or any other non-JSON value is refused here."""
+    if not is_json_value(item):
+        raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
+                         "travel to the workers as JSON (lists, objects, strings, numbers)")
+    text = json.dumps(item, separators=(",", ":"))
+    if _long_number(item):
+        raise UsageError(f"item {position} holds an integer of more than {MAX_INPUT_DIGITS} "
+                         "digits; items are read back as run input, so pass it as a decimal "
+                         "string (results may be integers of any size)")
+    return text
+
+
+def _long_number(value: Any) -> bool:
+    if type(value) is int:
+        return len(str(abs(value))) > MAX_INPUT_DIGITS
+    if type(value) is list:
+        return any(_long_number(v) for v in value)
+    if type(value) is dict:
+        return any(_long_number(v) for v in value.values())
+    return False

@@ -1,0 +1,235 @@
+"""stepmap as a Python library (stepmap.map / map_reduce / Executor), on the local engine and
+on a real Dask cluster (the session's `dask scheduler` + two `dask worker` processes).
+
+Functions defined inside the tests are closures, so they travel by value (cloudpickle), which
+is what lets the Dask workers (whose path holds src/ but not tests/) run them."""
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+import stepmap
+from stepmap import ItemFailed
+from stepmap.errors import IncompleteRunError, UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["local", "dask"])
+def options(request, runs):
+    """Executor options for each engine: the dask one uses the session's real cluster."""
+    if request.param == "dask":
+        cluster = request.getfixturevalue("dask_cluster")
+        return {"engine": "dask", "scheduler": cluster.address, "runs": runs, "backoff": 0}
+    return {"engine": "local", "workers": 2, "runs": runs, "backoff": 0}
+
+
+def calls_in(directory: Path) -> dict:
+    """item -> how many times the function ran on it (each call leaves a file)."""
+    counts: dict = {}
+    for path in directory.iterdir():
+        item = int(path.name.split("-")[0])
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def recording(directory: Path, body=lambda x: x * x):
+    """A closure that leaves a file per call (so calls are counted across processes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def fn(x):
+        (directory / f"{x}-{uuid.uuid4().hex}").touch()
+        return body(x)
+    return fn
+
+
+# ------------------------------------------------------------ values in, values out
+
+def test_results_in_item_order_exact_and_typed(options):
+    assert stepmap.map(math.factorial, range(0, 2000, 37), **options) == \
+        [math.factorial(n) for n in range(0, 2000, 37)]  # by reference, exact big ints
+    values = [None, True, "7", 7, 2.5, [1, "a"], {"k": [10 ** 20]}, -(2 ** 70)]
+    assert stepmap.map(lambda v: v, values, **options, batch_size=3) == values
+    huge = stepmap.map(lambda v: {"k": [v ** 40]}, [10 ** 20, 2 ** 70], **options)  # nested
+    assert huge == [{"k": [10 ** 800]}, {"k": [2 ** 2800]}]
+    offset = 10 ** 50  # a closure, by value; results that are not JSON but picklable
+    out = stepmap.map(lambda x: (x + offset, frozenset({x})), range(5), **options)
+    assert out == [(x + offset, frozenset({x})) for x in range(5)]
+    assert type(out[0]) is tuple
+
+
+def test_map_reduce_one_value(options):
+    assert stepmap.map_reduce(lambda n: 3 ** n, range(300), sum, **options) == \
+        sum(3 ** n for n in range(300))
+
+
+def test_a_value_that_cannot_be_stored_names_its_item(options):
+    with pytest.raises(ItemFailed) as info:
+        stepmap.map(lambda x: (i for i in range(x)) if x == 4 else x, range(6), retries=0,
+                    **options)
+    failure = info.value
+    assert failure.item == 4 and failure.position == 4
+    assert failure.error_type == "ResultNotStorable"
+    assert "neither JSON nor picklable" in str(failure) and "item 4" in str(failure)
+
+
+def test_items_must_be_json_values(runs):
+    with pytest.raises(UsageError, match="item 1 is a tuple"):
+        stepmap.map(len, ["a", ("b",)], runs=runs)
+    with pytest.raises(UsageError, match="item 0 holds an integer of more than 30 digits"):
+        stepmap.map(str, [10 ** 40], runs=runs)
+
+
+# ------------------------------------------------------------ failures
+
+def test_failed_item_raises_with_type_message_and_worker_traceback(options):
+    def fn(x):
+        if x == 11:
+            raise KeyError(f"no key for {x}")
+        return x
+    with pytest.raises(KeyError) as info:  # also an instance of the original type
+        stepmap.map(fn, range(20), retries=1, batch_size=4, **options)
+    failure = info.value
+    assert isinstance(failure, ItemFailed)
+    assert (failure.item, failure.position, failure.error_type) == (11, 11, "KeyError")
+    assert failure.error_message == "'no key for 11'"
+    assert failure.attempts == 2  # one retry
+    assert failure.remote_traceback.startswith("Traceback (most recent call last):")
+    assert ", in fn\n" in failure.remote_traceback  # the worker's frames (by value: no source)
+    assert "KeyError: 'no key for 11'" in str(failure.__cause__)
+
+
+def test_return_exceptions_and_tolerance_return_what_succeeded(options):
+    def fn(x):
+        if x % 5 == 0:
+            raise ValueError(f"bad {x}")
+        return -x
+    out = stepmap.map(fn, range(1, 21), retries=0, batch_size=1, return_exceptions=True,
+                      **options)
+    assert sorted(out.failed) == [4, 9, 14, 19]
+    assert all(isinstance(out[p], ValueError) and out[p].item == p + 1 for p in out.failed)
+    assert [v for p, v in enumerate(out) if p not in out.failed] == \
+        [-x for x in range(1, 21) if x % 5]
+    with pytest.warns(UserWarning, match="4 item\\(s\\) failed"):
+        tolerated = stepmap.map(fn, range(1, 21), retries=0, batch_size=1, tolerate=25,
+                                **options)
+    assert sorted(tolerated.failed) == [4, 9, 14, 19] and tolerated[0] == -1
+    with pytest.raises(ValueError, match="bad"):  # no total unless every item succeeded
+        stepmap.map_reduce(fn, range(1, 21), sum, retries=0, tolerate=25, **options)
+
+
+def test_killed_worker_costs_one_retry(options, tmp_path):
+    once = tmp_path / "killed"
+
+    def fn(x):
+        if x == 3 and not once.exists():
+            once.touch()
+            os.kill(os.getpid(), 9)
+        return x + 1
+    ex_options = {k: v for k, v in options.items() if k != "runs"}
+    with stepmap.Executor(**ex_options, runs=options["runs"], retries=2) as ex:
+        run = ex.map(fn, range(8))
+        assert run.results() == list(range(1, 9))
+    record = json.loads((Path(options["runs"]) / run.run_id / "run.json").read_text())
+    assert record["status"] == "SUCCEEDED" and record["attempts"][0]["retries"] == 1
+
+
+def test_timeout_fails_the_item_as_timeout_error(options):
+    import time
+
+    def fn(x):
+        if x == 2:
+            time.sleep(60)
+        return x
+    with pytest.raises(TimeoutError) as info:
+        stepmap.map(fn, range(4), retries=0, timeout=1.5, batch_size=1, **options)
+    assert info.value.error_type == "TaskTimeout" and info.value.item == 2
+
+
+# ------------------------------------------------------------ resume
+
+def test_same_run_id_resumes_without_recomputing(options, tmp_path):
+    flag = tmp_path / "fail"
+    flag.touch()
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: 1 // 0 if x == 7 and flag.exists() else x * x)
+    with pytest.raises(ZeroDivisionError):
+        stepmap.map(fn, range(30), run_id="again", retries=0, batch_size=1, **options)
+    assert calls_in(calls)[7] == 1
+    flag.unlink()
+    assert stepmap.map(fn, range(30), run_id="again", retries=0, batch_size=1, **options) \
+        == [x * x for x in range(30)]
+    counts = calls_in(calls)
+    assert counts == {x: 2 if x == 7 else 1 for x in range(30)}
+    # a finished run, called again, reads its results back and computes nothing
+    assert stepmap.map(fn, range(30), run_id="again", **options)[29] == 29 * 29
+    assert calls_in(calls) == counts
+    with pytest.raises(UsageError, match="maps fn:"):
+        stepmap.map(math.factorial, range(30), run_id="again", **options)
+
+
+def test_a_list_of_items_is_kept_with_the_run(options, tmp_path):
+    calls = tmp_path / "calls"
+    words = ["alpha", "beta", "gamma", "delta"]
+    flag = tmp_path / "fail"
+    flag.touch()
+    fn = recording(calls, lambda w: 1 // 0 if w == "gamma" and flag.exists() else len(w))
+    with pytest.raises(ItemFailed, match="'gamma'"):
+        stepmap.map(lambda w: fn(w), words, run_id="words", retries=0, **options)
+    flag.unlink()
+    assert stepmap.map(lambda w: fn(w), words, run_id="words", **options) == [5, 4, 5, 5]
+    with pytest.raises(UsageError, match="other items"):
+        stepmap.map(lambda w: fn(w), words[:2], run_id="words", **options)
+
+
+def test_import_stepmap_stays_cheap():
+    import subprocess
+    import sys
+    code = ("import sys, stepmap; heavy = {'cloudpickle', 'tqdm', 'stepmap.api', 'dask', "
+            "'stepmap.runner', 'matplotlib'}; print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True)
+    assert out.stdout.strip() == "[]"
+    assert callable(stepmap.map) and stepmap.Executor.__module__ == "stepmap.api"
+
+
+def test_a_map_on_an_s3_runs_location_resumes_from_its_stored_items(s3_env, tmp_path):
+    """The results store on a real S3 server (Ceph RGW): items, results, resume."""
+    import boto3
+    bucket = f"api-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    runs = f"s3://{bucket}/runs"
+    flag = tmp_path / "fail"
+    flag.touch()
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: 1 // 0 if x == 2 and flag.exists() else x * 10)
+    items = [5, 2, 7]
+    with pytest.raises(ZeroDivisionError):
+        stepmap.map(fn, items, run_id="s3run", runs=runs, retries=0, batch_size=1)
+    flag.unlink()
+    assert stepmap.map(fn, items, run_id="s3run", runs=runs) == [50, 20, 70]
+    assert calls_in(calls) == {5: 1, 2: 2, 7: 1}
+
+
+def test_a_run_handle_reports_progress_cancels_and_resumes(runs, tmp_path):
+    import time
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: time.sleep(0.2) or x)
+    with stepmap.Executor(workers=2, batch_size=1, runs=runs) as ex:
+        run = ex.map(fn, range(30), run_id="handle")
+        assert run.run_id == "handle" and run.progress[1] == 30
+        deadline = time.monotonic() + 60
+        while run.progress[0] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.cancel()
+        with pytest.raises(KeyboardInterrupt, match="run_id='handle'"):
+            run.wait()
+        assert run.done() and 4 <= run.progress[0] < 30
+        again = ex.map_reduce(abs, range(30), sum, run_id="handle-total")
+        assert again.result() == sum(range(30))
+    assert stepmap.map(fn, range(30), run_id="handle", runs=runs) == list(range(30))
+    assert max(calls_in(calls).values()) <= 2
