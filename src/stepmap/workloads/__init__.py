@@ -27,8 +27,8 @@ def resolve(ref: str) -> Workload:
     """A workload by built-in name, 'module:attribute' (a Workload instance or subclass) or
     'fn:module:function' (a function, see :mod:`stepmap.workloads.function`). A ref that
     carries its own pickled function (stepmap.api's) is rebuilt from that, never imported."""
-    if hasattr(ref, "payload"):  # a function.FunctionRef
-        return ref.load()
+    if hasattr(ref, "payload"):  # a function.FunctionRef (a str that carries its function)
+        return ref.load()  # type: ignore[attr-defined]
     return _resolve_named(ref)
 
 
