@@ -8,34 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from map_engines import engine, run  # noqa: F401  (engine: a fixture)
 from published import is_published_total, sum_of_squares
 from stepmap import runner
 from stepmap.job import event_items
-from stepmap.mapper import MapPolicy
 from stepmap.results import RunStore
-
-
-def _dask_options(request):
-    cluster = request.getfixturevalue("dask_cluster")
-    return {"scheduler": cluster.address}
-
-
-ENGINES = {
-    "local": lambda request: {"workers": 2},
-    "dask": _dask_options,
-}
-
-
-@pytest.fixture(params=list(ENGINES))
-def engine(request):
-    return request.param, ENGINES[request.param](request)
-
-
-def run(engine, runs, workload, run_input, **policy):
-    name, options = engine
-    policy.setdefault("backoff_seconds", 0.01)
-    return runner.run(workload, run_input, runner.RunOptions(
-        engine=name, engine_options=options, policy=MapPolicy(**policy), runs=runs))
 
 
 def entries(runs, report, status):

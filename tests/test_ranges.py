@@ -10,33 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from map_engines import engine, run  # noqa: F401  (engine: a fixture)
 from published import is_published_total
 from stepmap import runner
 from stepmap.errors import InvalidEvent
 from stepmap.job import (EventSpec, RangeItems, batch_event, event_items, event_range,
                          item_count)
-from stepmap.mapper import Intervals, MapPolicy, batches
+from stepmap.mapper import Intervals, batches
 from stepmap.results import RunStore
 from stepmap.workloads import s3keys_math as maths
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 TESTS = str(Path(__file__).resolve().parent)
-ENGINES = {"local": lambda request: {"workers": 2},
-           "dask": lambda request: {"scheduler": request.getfixturevalue("dask_cluster").address}}
-
-
-@pytest.fixture(params=list(ENGINES))
-def engine(request):
-    return request.param, ENGINES[request.param](request)
-
-
-def run(engine, runs, workload, run_input, **policy):
-    name, options = engine
-    policy.setdefault("backoff_seconds", 0.01)
-    return runner.run(workload, run_input, runner.RunOptions(
-        engine=name, engine_options=options, policy=MapPolicy(**policy), runs=runs))
-
-
 def succeeded(runs, report):
     store = RunStore.open(runs, report.run_id)
     return list(store.iter_entries(RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")))
