@@ -28,7 +28,7 @@ def test_the_key_follows_the_settings_the_name_and_the_code(monkeypatch):
     assert base == templates.template_key(StackConfig())
     assert base != templates.template_key(StackConfig(retries=3))
     assert base != templates.template_key(StackConfig(), "other-stack")
-    monkeypatch.setattr(templates, "source_digest", lambda workload: "changed code")
+    monkeypatch.setattr(templates, "source_digest", lambda *args: "changed code")
     assert base != templates.template_key(StackConfig())
 
 

@@ -144,8 +144,12 @@ def test_worker_sigkilled_mid_run_loses_nothing(cluster, tmp_path):
     assert (report.status, report.succeeded, report.failed, report.total) == (
         "SUCCEEDED", 16, 0, squares(16))
     record = RunStore.open(str(tmp_path / "runs"), report.run_id).read_record()
-    assert record["attempts"][0]["retries"] >= 1  # the task on the killed worker, resubmitted
-    assert set(done_markers(state)) == set(range(16))
+    runs_of_items = done_markers(state)
+    assert set(runs_of_items) == set(range(16))
+    # The killed worker's work was done again: a task it was running fails and stepmap
+    # resubmits it (a retry), or, if it had just finished and its result was not yet
+    # fetched, Dask recomputes the lost result itself (an item that ran twice).
+    assert record["attempts"][0]["retries"] >= 1 or max(runs_of_items.values()) >= 2
 
 
 def test_item_calling_os_exit_fails_only_itself(cluster, tmp_path):

@@ -66,6 +66,9 @@ def test_killed_scheduler_ends_the_run_interrupted_and_resume_finishes_it(tmp_pa
                 run.wait()
     assert run.returncode == 1, err
     assert out == "" and "Traceback" not in err and "ClosedClientError" not in err, err
+    # stepmap says it in its own lines only: none of Dask's client log (its reconnect
+    # failure and, as it closes, CancelledError tracebacks) reaches the user
+    assert all(line.startswith("stepmap: ") for line in err.strip().splitlines()), err
     last = err.strip().splitlines()[-1]
     assert last.startswith("stepmap: error: run lost is interrupted: ") and \
         "lost the Dask scheduler" in last and "STEPMAP_DASK_SCHEDULER_TIMEOUT" in last and \

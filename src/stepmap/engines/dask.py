@@ -105,6 +105,7 @@ class DaskExecutor:
                  workers: int | None = None, memory_limit_mb: int | None = None):
         self._ref = workload_ref
         self._cluster: LocalCluster | None = None
+        self._client_log_level: int | None = None  # set while Dask's client log is quieted
         if scheduler:
             if workers is not None or memory_limit_mb is not None:
                 raise UsageError("--workers and --memory-limit size the local Dask cluster; "
@@ -196,6 +197,7 @@ class DaskExecutor:
         if self._client.status == "running":
             return
         since = time.monotonic()
+        self._quiet_client_log()
         log.warning("stepmap: lost the Dask scheduler at %s; waiting up to %g s for it",
                     self._address, self._scheduler_timeout)
         while self._client.status != "running":
@@ -203,6 +205,15 @@ class DaskExecutor:
                     or time.monotonic() - since >= self._scheduler_timeout:
                 raise self._lost()
             time.sleep(0.1)
+
+    def _quiet_client_log(self) -> None:
+        """From here on stepmap reports the lost scheduler in its own one line: Dask's client
+        would add "Failed to reconnect" and, as it closes, CancelledError tracebacks on stderr.
+        Its level is restored when this executor closes."""
+        client_log = logging.getLogger("distributed.client")
+        if self._client_log_level is None:
+            self._client_log_level = client_log.level
+            client_log.setLevel(logging.CRITICAL + 1)
 
     def _lost(self) -> EngineLost:
         return EngineLost(f"lost the Dask scheduler at {self._address}: no connection for "
@@ -314,6 +325,9 @@ class DaskExecutor:
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
+            if self._client_log_level is not None:
+                logging.getLogger("distributed.client").setLevel(self._client_log_level)
+                self._client_log_level = None
 
 
 def _connect(address: str, timeout: float) -> Client:
