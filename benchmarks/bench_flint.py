@@ -27,11 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import psutil
+
+from process_tree import run_measured
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -62,42 +62,16 @@ def flint_python() -> str:
 
 def measure(cmd: list[str], out: Path, env: dict | None = None) -> tuple[float, int, str]:
     """(seconds, peak tree RSS in bytes, sha256 of stdout) of one process run."""
-    peak = [0]
     with open(out, "wb") as handle:
-        began = time.perf_counter()
-        proc = psutil.Popen(cmd, stdout=handle, stderr=subprocess.PIPE, env=env)
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                try:
-                    tree = [proc] + proc.children(recursive=True)
-                    peak[0] = max(peak[0], sum(_rss(p) for p in tree))
-                except psutil.NoSuchProcess:
-                    pass
-                stop.wait(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, err = proc.communicate()
-        seconds = time.perf_counter() - began
-        stop.set()
-        sampler.join()
-    if proc.returncode:
+        seconds, peak, _, err, code = run_measured(cmd, env=env, stdout=handle)
+    if code:
         raise SystemExit(f"{cmd[:4]} failed: {err.decode()[-500:]}")
     digest = hashlib.sha256()
     with open(out, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     out.unlink()
-    return seconds, peak[0], digest.hexdigest()
-
-
-def _rss(process: psutil.Process) -> int:
-    try:
-        return process.memory_info().rss
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return 0
+    return seconds, peak, digest.hexdigest()
 
 
 def stored_input_bytes(runs: Path) -> int:

@@ -19,14 +19,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+from process_tree import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -56,28 +53,10 @@ with TransferManager(client, TransferConfig(max_concurrency=16)) as manager:
 
 
 def measure(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    peak, stop = [0], threading.Event()
-    began = time.perf_counter()
-    proc = psutil.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def sample():
-        while not stop.is_set():
-            try:
-                tree = [proc] + proc.children(recursive=True)
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-            except psutil.NoSuchProcess:
-                pass
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - began
-    stop.set()
-    sampler.join()
-    if proc.returncode:
+    seconds, peak, out, err, code = run_measured(cmd, env=env)
+    if code:
         raise SystemExit(f"{cmd[:5]} failed: {err.decode()[-800:]}")
-    return seconds, peak[0], out.decode()
+    return seconds, peak, out.decode()
 
 
 def main() -> None:
