@@ -54,3 +54,16 @@ def test_the_run_lock_excludes_a_second_holder(location):
                 pass
     with run_lock(store):  # released: free again
         pass
+
+
+def test_each_s3_client_resolves_credentials_afresh(s3_env, monkeypatch):
+    """Clients share the process's parsed S3 model (cheap to make), never its credentials:
+    a client made after the secret changed signs with the new one, and back again."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    make_s3_client().create_bucket(Bucket=bucket)
+    secret = s3_env.secret_key
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(Exception, match="SignatureDoesNotMatch"):
+        make_s3_client().list_objects_v2(Bucket=bucket)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    assert make_s3_client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0

@@ -56,7 +56,10 @@ class Start:
 
     ``count`` is the number of items when it is known up front (for progress and batching);
     ``summary`` is a human line describing the run (printed on stderr, kept in run metadata);
-    ``batch_hint`` suggests a batch size when the user gives none.
+    ``batch_hint`` suggests a batch size when the user gives none; ``workers_hint`` the
+    number of worker processes a local pool or local Dask cluster starts when the user gives
+    none (a workload whose compute runs its own threads, e.g. on network I/O, needs fewer than
+    one per core, and each process costs its own memory).
     """
 
     params: dict
@@ -64,6 +67,7 @@ class Start:
     count: int | None = None
     summary: str = ""
     batch_hint: int | None = None
+    workers_hint: int | None = None
 
 
 class Workload(ABC):

@@ -47,7 +47,7 @@ class MapDriver:
         return RunReport.from_record(record)
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
-        executor = open_executor(job.config, job.workload_ref)
+        executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
         with _closing_on_error(executor):
             return _execute(job, executor, Intervals(), progress)
 
@@ -57,17 +57,20 @@ class MapDriver:
         done = Intervals(check_results(job.store, [f.key for f in job.store.result_files()
                                                    if f.status == "SUCCEEDED"],
                                        _expected(job)).spans)
-        executor = open_executor(job.config, job.workload_ref)
+        executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
         with _closing_on_error(executor):
             return _execute(job, executor, done, progress)
 
 
-def open_executor(config: RunConfig, workload_ref: str) -> Executor:
+def open_executor(config: RunConfig, workload_ref: str,
+                  workers_hint: int | None = None) -> Executor:
     """The engine's executor, with the engine options that are set (and max_concurrency,
-    which bounds a local pool's size)."""
-    options: dict[str, Any] = {k: v for k, v in
-                               dataclasses.asdict(config.engine_options).items()  # type: ignore
-                               if v is not None}
+    which bounds a local pool's size); the start step's ``workers_hint`` sizes a pool or
+    local cluster the user did not size."""
+    given = dataclasses.asdict(config.engine_options)  # type: ignore
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if workers_hint and "workers" in given and "scheduler" not in options:
+        options.setdefault("workers", workers_hint)
     if config.policy.max_concurrency:
         options.setdefault("max_concurrency", config.policy.max_concurrency)
     return get_engine(config.engine).open(workload_ref, options)

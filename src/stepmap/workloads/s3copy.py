@@ -15,11 +15,12 @@ relative to the prefix. Per object, compute:
   "unverified") -- then fsyncs and renames it into place: a partial file never appears under
   the final name.
 
-Throughput: a batch's objects are copied by OBJECT_THREADS threads at once, and a multipart
-object of at least PARALLEL_MIN_BYTES is fetched as parallel ranged GETs, one per part
-(RANGE_THREADS per process), each written at its offset while its part's MD5 is computed from
-the bytes as they stream: the ETag is checked without reading the file back (only a layout
-that is not the first guess is re-read to try the others).
+Throughput (see :mod:`.s3fetch`): one pool of threads per process copies a batch's objects,
+and a multipart object of at least PARALLEL_MIN_BYTES is fetched as ranged GETs, one per
+part, by its thread and by helpers on the same pool, each range written at its offset while
+its part's MD5 is computed from the bytes as they stream: the ETag is checked without reading
+the file back (only a layout that is not the first guess is re-read to try the others). One
+worker process by default (WORKER_PROCESSES): the threads are the parallelism.
 
 A transient S3 error raises, so the engine retries the batch; files already copied are then
 skipped. reduce reports files and bytes copied, skipped and refused.
@@ -31,24 +32,22 @@ import functools
 import hashlib
 import os
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import InvalidEvent, UsageError
 from ..job import Param, Params, Start, Workload, event_items
+from . import s3fetch
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 MiB = 1 << 20
-_CHUNK = 256 * 1024
 PARTIAL = ".stepmap-part-"
-#: Objects of one batch copied at once (S3 GETs wait on the network far more than on a CPU).
-OBJECT_THREADS = 8
-#: Ranged GETs at once per process, for the parts of big multipart objects.
-RANGE_THREADS = 8
 #: A multipart object at least this big is fetched part by part, in parallel.
 PARALLEL_MIN_BYTES = 16 * MiB
+#: Local worker processes unless the user says (--workers): s3fetch's threads are the
+#: parallelism (the GIL is released in recv, MD5, pwrite and fsync), and every process
+#: costs its own copy of boto3.
+WORKER_PROCESSES = 1
 
 
 class S3Copy(Workload):
@@ -76,17 +75,14 @@ class S3Copy(Workload):
             raise UsageError(f"dest {root} exists and is not a directory")
         return Start(params={"bucket": bucket, "prefix": prefix, "dest": str(root)},
                      items=list_objects(bucket, prefix),
-                     summary=f"copy s3://{bucket}/{prefix} -> {root}")
+                     summary=f"copy s3://{bucket}/{prefix} -> {root}",
+                     workers_hint=WORKER_PROCESSES)
 
     def compute(self, event: dict) -> dict:
         items = [_unpack(item) for item in event_items(event)]  # bad input fails up front
         _client()  # made once, before the threads share it
         stats = _empty_stats()
-        if len(items) == 1:
-            outcomes = [_copy_one(*items[0])]
-        else:
-            with ThreadPoolExecutor(min(OBJECT_THREADS, len(items))) as pool:
-                outcomes = list(pool.map(lambda item: _copy_one(*item), items))
+        outcomes = list(s3fetch.pool().map(lambda item: _copy_one(*item), items))
         for outcome, key, size in outcomes:  # an exception above fails the whole batch
             if outcome == "refused":
                 stats["refused"] += 1
@@ -157,20 +153,7 @@ def safe_target(dest: Path, prefix: str, key: str) -> Path | None:
 @functools.cache
 def _client():
     from ..storage import make_s3_client
-    return make_s3_client(connections=OBJECT_THREADS + RANGE_THREADS)
-
-
-_POOL_LOCK = threading.Lock()
-_range_pool: ThreadPoolExecutor | None = None
-
-
-def _ranges() -> ThreadPoolExecutor:
-    """The process's pool for ranged GETs (its own: object threads wait on it)."""
-    global _range_pool
-    with _POOL_LOCK:
-        if _range_pool is None:
-            _range_pool = ThreadPoolExecutor(RANGE_THREADS, thread_name_prefix="s3copy-range")
-        return _range_pool
+    return make_s3_client(connections=s3fetch.THREADS)
 
 
 def _identical(target: Path, obj: dict, bucket: str) -> bool:
@@ -213,23 +196,21 @@ def _part_sizes(bucket: str, key: str, size: int, parts: int) -> tuple[int | Non
 
 
 def _file_etag(path: Path, part_size: int, parts: int) -> str:
-    with open(path, "rb") as handle:
-        if not parts:
-            digest = hashlib.md5(usedforsecurity=False)
-            for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
-        digests = []
-        for _ in range(parts):
-            digest, left = hashlib.md5(usedforsecurity=False), part_size
-            while left:
-                chunk = handle.read(min(_CHUNK, left))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                left -= len(chunk)
-            digests.append(digest.digest())
-    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}"
+    """The ETag the file's bytes give: their MD5, or with ``parts`` the MD5 of the MD5s of
+    its ``part_size`` pieces (read through this thread's buffer)."""
+    buffer, digests = s3fetch.buffer(), []
+    with open(path, "rb", buffering=0) as handle:
+        whole = os.fstat(handle.fileno()).st_size
+        for _ in range(max(1, parts)):
+            digest, left = hashlib.md5(usedforsecurity=False), part_size if parts else whole
+            while left and (read := handle.readinto(buffer[:min(len(buffer), left)])):
+                digest.update(buffer[:read])
+                left -= read
+            digests.append(digest)
+    if not parts:
+        return digests[0].hexdigest()
+    combined = hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False)
+    return f"{combined.hexdigest()}-{parts}"
 
 
 def _download(bucket: str, obj: dict, target: Path) -> bool:
@@ -246,15 +227,14 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
             if in_parts is not _SEQUENTIAL:
                 os.replace(partial, target)
                 return in_parts is True
-        size, digest = 0, hashlib.md5(usedforsecurity=False)
-        with open(partial, "wb") as handle:
+        digest = hashlib.md5(usedforsecurity=False)  # a single-part ETag: no re-read
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
             body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
-            for chunk in body.iter_chunks(_CHUNK):  # never more than a chunk in memory
-                handle.write(chunk)
-                digest.update(chunk)  # a single-part ETag is checked without re-reading
-                size += len(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+            size = s3fetch.receive(body, fd, 0, digest)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if size != obj["Size"]:
             raise IOError(f"{obj['Key']}: got {size} bytes, the listing said {obj['Size']}")
         match = _MD5_ETAG.match(obj.get("ETag", ""))
@@ -286,7 +266,7 @@ def _download_parts(bucket: str, obj: dict, partial: Path, parts: int):
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
-        digests = list(_ranges().map(lambda b: _fetch_range(bucket, key, fd, *b), bounds))
+        digests = s3fetch.fetch_ranges(_client(), bucket, key, fd, bounds)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -300,21 +280,6 @@ def _download_parts(bucket: str, obj: dict, partial: Path, parts: int):
     if any(_file_etag(partial, g, parts) == expected for g in others):
         return True
     return None
-
-
-def _fetch_range(bucket: str, key: str, fd: int, start: int, end: int) -> bytes:
-    """GET bytes [start, end) into the file at their offset; the MD5 of exactly those bytes."""
-    body = _client().get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
-    digest, offset = hashlib.md5(usedforsecurity=False), start
-    for chunk in body.iter_chunks(_CHUNK):
-        view = memoryview(chunk)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-        digest.update(chunk)
-    if offset != end:
-        raise IOError(f"{key}: range {start}-{end - 1} gave {offset - start} bytes")
-    return digest.digest()
 
 
 WORKLOAD = S3Copy()

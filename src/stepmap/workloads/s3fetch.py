@@ -1,0 +1,121 @@
+"""How s3copy moves bytes: one pool of threads per process runs every GET, each thread
+streaming through its own reused buffer into the file at the right offset (``pwrite``) while
+an MD5 is fed from the same buffer.
+
+    compute ──map(objects)──► pool (THREADS threads) ──GET──► buffer ──► pwrite + MD5
+                                  ▲            │
+                                  └─ helpers ──┘  a big object's ranges: its own thread
+                                                  and the helpers it queues claim them
+
+A big multipart object is fetched range by range by the thread that copies it and by helper
+tasks it queues on the same pool, each claiming the next range not yet taken: no thread sits
+waiting while a range is unclaimed (a separate pool for ranges would leave the object threads
+idle), and a thread waits only for ranges already in flight, so the shared pool cannot
+deadlock. The GIL is released in recv, MD5 (buffers over 2 KiB), pwrite and fsync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import os
+
+#: GETs at once per process: objects, and ranges of big ones (also the connection pool size).
+THREADS = 16
+#: Bytes per read: the buffer each thread keeps.
+CHUNK = 256 * 1024
+
+_POOL_LOCK = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_LOCAL = threading.local()
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process's pool (made at first use; its idle threads end with the process)."""
+    global _pool
+    with _POOL_LOCK:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="s3copy")
+        return _pool
+
+
+def buffer() -> memoryview:
+    """This thread's read buffer, made once: a copy holds at most a chunk per thread and
+    allocates nothing per chunk."""
+    held = getattr(_LOCAL, "buffer", None)
+    if held is None:
+        held = _LOCAL.buffer = memoryview(bytearray(CHUNK))
+    return held
+
+
+def receive(body, fd: int, offset: int, digest) -> int:
+    """Stream a GET's body into the file at ``offset``, feeding ``digest``; the number of
+    bytes received (botocore's body checks them against its Content-Length)."""
+    view, start = buffer(), offset
+    while read := body.readinto(view):
+        chunk = view[:read]
+        digest.update(chunk)
+        while chunk:
+            written = os.pwrite(fd, chunk, offset)
+            chunk, offset = chunk[written:], offset + written
+    return offset - start
+
+
+def fetch_range(client, bucket: str, key: str, fd: int, start: int, end: int) -> bytes:
+    """GET bytes [start, end) into the file at their offset; the MD5 of exactly those bytes."""
+    body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+    digest = hashlib.md5(usedforsecurity=False)
+    got = receive(body, fd, start, digest)
+    if got != end - start:
+        raise IOError(f"{key}: range {start}-{end - 1} gave {got} bytes")
+    return digest.digest()
+
+
+def fetch_ranges(client, bucket: str, key: str, fd: int,
+                 bounds: list[tuple[int, int]]) -> list[bytes]:
+    """Fetch every [start, end) range of one object into ``fd`` on this thread and on helpers
+    queued on the pool; the ranges' MD5 digests, in order. The first error is raised once no
+    range is in flight any more (nothing writes to ``fd`` after this returns)."""
+    ranges = _Ranges(client, bucket, key, fd, bounds)
+    for _ in range(min(THREADS, len(bounds)) - 1):
+        pool().submit(ranges.claim_all)
+    ranges.claim_all()
+    return ranges.wait()
+
+
+class _Ranges:
+    """The ranges of one object, claimed one at a time by whichever thread is free."""
+
+    def __init__(self, client, bucket: str, key: str, fd: int, bounds: list[tuple[int, int]]):
+        self.fetch_args = (client, bucket, key, fd)
+        self.bounds = bounds
+        self.digests: list[bytes] = [b""] * len(bounds)
+        self.claimed = self.in_flight = 0
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+
+    def claim_all(self) -> None:
+        """Fetch unclaimed ranges until none is left (or one failed)."""
+        while True:
+            with self.changed:
+                if self.error is not None or self.claimed == len(self.bounds):
+                    return
+                index, self.claimed, self.in_flight = \
+                    self.claimed, self.claimed + 1, self.in_flight + 1
+            try:
+                self.digests[index] = fetch_range(*self.fetch_args, *self.bounds[index])
+            except BaseException as exc:  # kept, and raised by the waiting owner
+                with self.changed:
+                    self.error = self.error or exc
+            finally:
+                with self.changed:
+                    self.in_flight -= 1
+                    self.changed.notify_all()
+
+    def wait(self) -> list[bytes]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.in_flight == 0)
+            if self.error is not None:
+                raise self.error
+        return self.digests
