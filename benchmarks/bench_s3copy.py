@@ -3,12 +3,13 @@ TransferManager (16 threads, no verification, no fsync) downloading the same obj
 copier a fresh process, interleaved, in the same run.
 
     .venv/bin/python benchmarks/bench_s3copy.py [--small 200] [--large 4] [--repeat 3]
-    .venv/bin/python benchmarks/bench_s3copy.py --before /tmp/old/src   # also an older s3copy
+    .venv/bin/python benchmarks/bench_s3copy.py --before /tmp/old/src   # also older s3copies
 
 Default data: 200 objects of 1 MiB and 4 of 64 MiB uploaded in 8 MiB parts (478 MB). stepmap
 verifies every object (MD5 / multipart ETag) and fsyncs every file; the TransferManager does
 neither. Peak memory is the largest sum of resident set sizes over the copier process and its
-descendants (sampled every 20 ms).
+descendants (sampled every 20 ms); CPU seconds are the user + system time of the copier and
+every descendant it waited for (not the S3 server's, which serves both alike).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -52,11 +54,15 @@ with TransferManager(client, TransferConfig(max_concurrency=16)) as manager:
 """
 
 
-def measure(cmd: list[str], env: dict) -> tuple[float, int, str]:
+def measure(cmd: list[str], env: dict) -> tuple[float, int, float, str]:
+    """(wall seconds, peak tree RSS, CPU seconds of the tree, stdout) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds, peak, out, err, code = run_measured(cmd, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code:
         raise SystemExit(f"{cmd[:5]} failed: {err.decode()[-800:]}")
-    return seconds, peak, out.decode()
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, peak, cpu, out.decode()
 
 
 def main() -> None:
@@ -64,7 +70,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=200, help="objects of 1 MiB")
     parser.add_argument("--large", type=int, default=4, help="objects of 64 MiB (8 MiB parts)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--before", help="another stepmap src directory to measure too (e.g. "
+    parser.add_argument("--before", action="append", default=[],
+                        help="another stepmap src directory to measure too, repeatable (e.g. "
                         "`git archive OLD src | tar -x -C /tmp/old`)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3copy-"))
@@ -89,22 +96,23 @@ def main() -> None:
             "boto3 TransferManager, 16 threads (baseline; no verification, no fsync)":
                 lambda dest: [sys.executable, "-c", TRANSFER_MANAGER.format(src=str(ROOT / "src")),
                               str(dest)],
-            "stepmap s3copy (defaults: local engine, all cores; verified, fsynced)":
+            "stepmap s3copy (defaults: local engine; verified, fsynced)":
                 lambda dest: [sys.executable, "-m", "stepmap", "run", "s3copy", "--source",
                               "s3://bench/data/", "--dest", str(dest), "--quiet", "--results",
                               str(work / "runs")],
         }
-        stepmap_run = copiers["stepmap s3copy (defaults: local engine, all cores; verified, fsynced)"]
-        if args.before:
-            copiers[f"stepmap s3copy from {args.before}"] = lambda dest: ["env", f"PYTHONPATH="
-                                                                         f"{args.before}",
-                                                                         *stepmap_run(dest)]
+        stepmap_run = copiers["stepmap s3copy (defaults: local engine; verified, fsynced)"]
+        for before in args.before:
+            copiers[f"stepmap s3copy from {before}"] = \
+                lambda dest, src=before: ["env", f"PYTHONPATH={src}", *stepmap_run(dest)]
         measured: dict[str, list] = {name: [] for name in copiers}
+        loads = []  # the 1-minute load average before each run
         for attempt in range(args.repeat):  # interleaved: both see the same load
             for name, command in copiers.items():
                 dest = work / f"dest-{attempt}"
-                seconds, peak, out = measure(command(dest), env)
-                measured[name].append((seconds, peak))
+                loads.append(os.getloadavg()[0])
+                seconds, peak, cpu, out = measure(command(dest), env)
+                measured[name].append((seconds, peak, cpu))
                 copied = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
                 assert copied == total, f"{name}: {copied} of {total} bytes"
                 if name.startswith("stepmap"):  # every object copied and verified
@@ -113,15 +121,17 @@ def main() -> None:
                 shutil.rmtree(dest)
         print(f"{objects} objects, {total / 1e6:.0f} MB ({args.small} × 1 MiB, {args.large} × "
               f"64 MiB multipart); {os.cpu_count()} cores shared with the S3 server; load "
-              f"{os.getloadavg()[0]:.1f}; medians of {args.repeat}, interleaved\n")
-        print("| copier | seconds | MB/s | peak memory | vs baseline |")
-        print("|---|---:|---:|---:|---:|")
-        base = statistics.median(s for s, _ in next(iter(measured.values())))
+              f"{min(loads):.1f}–{max(loads):.1f} (median {statistics.median(loads):.1f}); "
+              f"medians of {args.repeat}, interleaved\n")
+        print("| copier | seconds | MB/s | peak memory | CPU seconds | vs baseline |")
+        print("|---|---:|---:|---:|---:|---:|")
+        base = statistics.median(row[0] for row in next(iter(measured.values())))
         for name, rows in measured.items():
-            seconds = statistics.median(s for s, _ in rows)
-            peak = max(p for _, p in rows)
+            seconds = statistics.median(row[0] for row in rows)
+            peak = max(row[1] for row in rows)
+            cpu = statistics.median(row[2] for row in rows)
             print(f"| {name} | {seconds:.2f} | {total / 1e6 / seconds:.0f} | "
-                  f"{peak / MiB:.0f} MiB | {base / seconds:.2f}× |")
+                  f"{peak / MiB:.0f} MiB | {cpu:.2f} | {base / seconds:.2f}× |")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
