@@ -124,3 +124,18 @@ def test_one_worker_process_unless_told(bucket, cli, runs, tmp_path, engine):
 
     assert len(workers()) == 1
     assert len(workers("--workers", "2")) == 2
+
+
+def test_a_failed_batch_leaves_no_copy_running(bucket, tmp_path, small_pool):
+    """An object that fails at once (gone since the listing) fails the batch only after the
+    big object copied beside it has finished: a retry of the batch never races a copy
+    still writing from the failed attempt."""
+    client = make_s3_client()
+    data = _multipart(client, bucket, "g/big", [os.urandom(8 * MiB)] * 2 + [os.urandom(MiB)])
+    listing = _listing(client, bucket, "g/")
+    gone = {"Key": "g/gone", "Size": 10, "ETag": '"' + "0" * 32 + '"'}
+    dest = tmp_path / "d"
+    with pytest.raises(Exception, match="NoSuchKey|Not Found|404"):
+        _compute(bucket, "g/", dest, [gone] + listing)
+    assert hashlib.sha256((dest / "big").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert not list(dest.rglob(".*stepmap-part-*"))

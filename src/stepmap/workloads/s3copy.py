@@ -82,8 +82,7 @@ class S3Copy(Workload):
         items = [_unpack(item) for item in event_items(event)]  # bad input fails up front
         _client()  # made once, before the threads share it
         stats = _empty_stats()
-        outcomes = list(s3fetch.pool().map(lambda item: _copy_one(*item), items))
-        for outcome, key, size in outcomes:  # an exception above fails the whole batch
+        for outcome, key, size in s3fetch.run_all(_copy_one, items):  # raises: batch failed
             if outcome == "refused":
                 stats["refused"] += 1
                 stats["refused_keys"].append(key)

@@ -17,9 +17,10 @@ deadlock. The GIL is released in recv, MD5 (buffers over 2 KiB), pwrite and fsyn
 from __future__ import annotations
 
 import hashlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
 import os
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Callable, Iterable
 
 #: GETs at once per process: objects, and ranges of big ones (also the connection pool size).
 THREADS = 16
@@ -38,6 +39,22 @@ def pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="s3copy")
         return _pool
+
+
+def run_all(function: Callable, arguments: Iterable[tuple]) -> list:
+    """``function(*args)`` for each, on the pool; their results in order. On a failure the
+    calls not started are cancelled and the running ones finish before the first error is
+    raised: a batch that fails never leaves a copy running that its retry would race."""
+    futures = [pool().submit(function, *args) for args in arguments]
+    if wait(futures, return_when=FIRST_EXCEPTION).not_done:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+    for future in futures:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            raise error
+    return [future.result() for future in futures]
 
 
 def buffer() -> memoryview:
