@@ -15,7 +15,6 @@ run record, so a resumed run keeps them; ``with_overrides`` changes only what wa
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
@@ -43,11 +42,12 @@ class LocalOptions:
     def __post_init__(self) -> None:
         _check_workers(self.workers)
         _check_memory(self.memory_limit_mb)
-        if self.start_method is not None and \
-                self.start_method not in multiprocessing.get_all_start_methods():
-            raise ConfigError("start_method", "must be one of "
-                              f"{', '.join(multiprocessing.get_all_start_methods())}, got "
-                              f"{str(self.start_method)[:40]!r}")
+        if self.start_method is not None:  # (multiprocessing only then: it costs a run)
+            import multiprocessing
+            methods = multiprocessing.get_all_start_methods()
+            if self.start_method not in methods:
+                raise ConfigError("start_method", f"must be one of {', '.join(methods)}, "
+                                  f"got {str(self.start_method)[:40]!r}")
 
 
 @dataclass(frozen=True)
