@@ -109,8 +109,8 @@ class _Worker:
                 self.process: Any = ForkedProcess(worker_main, args)
             else:
                 import multiprocessing
-                self.process = multiprocessing.get_context(method).Process(
-                    target=worker_main, args=args, daemon=True)
+                context: Any = multiprocessing.get_context(method)
+                self.process = context.Process(target=worker_main, args=args, daemon=True)
             self.process.start()
         except BaseException:
             _close(self.task_fd, self.result_fd)
