@@ -34,7 +34,7 @@ from ..extras import require
 from ..results import Attempt, RunRecord, RunStore
 from ..verify import Expected
 from ..workloads import resolve
-from . import asl, fetch
+from . import asl, fetch, subranges
 from .handlers import positioned_items
 from .names import CONTROL_KEY, ITEMS_PREFIX
 from .outcome import record_outcome, report_from_record, report_of, seconds_of
@@ -279,8 +279,8 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
         control["origin"] = {"Bucket": target.bucket, "Key": state.items_key}
     name = f"{record.run_id[:72]}-r{n}"
     arn = _start(target, name, record.input, control, state)
-    job.notify(f"stepmap: resuming with {len(missing):,} unfinished of {record.items:,} items "
-               f"in execution {arn}")
+    job.notify(f"stepmap: resuming with {record.items - done.total():,} unfinished of "
+               f"{record.items:,} items ({len(missing):,} map items) in execution {arn}")
     record.execution_arn, record.state_machine_arn = arn, target.state_machine_arn
     record.status = "RUNNING"
     record.attempts.append(_attempt(job, target, mode="resume", already=done.total()))
@@ -319,6 +319,9 @@ def _unfinished_items(job: RunJob, state: AwsState, done) -> list[dict]:
     if state.items_key:  # --items-from: the very list uploaded, kept with the run
         listed = json.loads(job.store.storage.get(job.store.key(ITEMS_COPY)))
         return [entry for entry in listed if entry["position"] not in done]
+    length = subranges.plan(job.start.items, job.start.batch_hint)
+    if length is not None:  # a long range: its unfinished positions as sub-ranges too
+        return subranges.unfinished(job.start.items, length, done.gaps(0, len(job.start.items)))
     return fetch.unfinished(job.start.items, done)
 
 

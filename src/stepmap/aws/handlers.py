@@ -52,7 +52,7 @@ from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
 from ..verify import Expected, seal
 from ..workloads import resolve
-from . import names
+from . import names, subranges
 from .names import CONTROL_KEY, POSITION_KEY, RESULTS_PREFIX
 
 # the names the stack sets and the driver uses (handlers.X stays patchable in tests)
@@ -101,15 +101,24 @@ def start(event: Any, context: Any = None) -> dict:
     started = _started(workload(), event)
     if control is not None:
         return _start_given(started, control)
-    items = list(started.items)
+    length = subranges.plan(started.items, started.batch_hint)
+    items = started.items if length is not None else list(started.items)
     out = {"params": started.params, "item_count": len(items), "summary": started.summary,
            "previous": []}
+    if length is not None:  # a long range: M sub-ranges, through the S3 ItemReader
+        body = _dumps(subranges.map_items(items, length)).encode("utf-8")
+        return {**out, **_put_items(body, context)}
     items_json = _dumps(items)
     if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:
         return {**out, "items": items, "items_in_s3": False}
+    return {**out, **_put_items(positioned_items(items), context)}
+
+
+def _put_items(body: bytes, context) -> dict:
+    """The map's item list in S3, for the MapFromS3 state's ItemReader."""
     bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
-    S3Storage(bucket).put(key, positioned_items(items))
-    return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
+    S3Storage(bucket).put(key, body)
+    return {"items_in_s3": True, "items_bucket": bucket, "items_key": key}
 
 
 def positioned_items(items, positions=None) -> bytes:
@@ -208,9 +217,13 @@ def compute_event(event: Any) -> dict:
         if isinstance(shared, Mapping) and set(shared) == {"params"}:
             shared = _params(shared["params"])
         items = event["Items"]
+        if isinstance(items, list) and items and any(map(subranges.is_span_item, items)):
+            return subranges.job_event(items, dict(shared))
         if isinstance(items, list):
             items = [_unwrap(item) if isinstance(item, Mapping) else item for item in items]
         job_event = {"Items": items, "BatchInput": shared}
+    elif subranges.is_span_item(event) and set(event) <= {ITEM_KEY, POSITION_KEY, "params"}:
+        return subranges.job_event([event], _params(event.get("params", {})))
     else:
         job_event = _unwrap(event)
     event_items(job_event)  # validates the shape; raises InvalidEvent with the reason
