@@ -38,7 +38,10 @@ def _read(emulated_stack, key):
                                                    Key=key)["Body"].read())
 
 
-def test_size_1024_yields_the_published_total_exactly(emulated):
+def test_size_1024_yields_the_published_total_exactly(emulated, monkeypatch):
+    """Listed item by item, inline (a longer range is sub-ranges: tests/test_aws_ranges.py)."""
+    from stepmap.aws import subranges
+    monkeypatch.setattr(subranges, "RANGE_LIST_ITEMS", 1024)
     with emulated() as stack:
         result = stack.run({"size": 1024})
         assert result["status"] == "SUCCEEDED", result
