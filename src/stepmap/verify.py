@@ -348,16 +348,16 @@ def input_spans(event: JSON) -> list[tuple[int, int, bool]] | None:
     found = [item.get(POSITION_KEY) if isinstance(item, dict) else None for item in listed]
     if not found or any(p is None for p in found):
         return None
-    spans = [(p, p + 1, False) if _is_position(p) else (p[0], p[1], True)
-             for p in found if _is_position(p) or _is_span(p)]
-    if len(spans) != len(found):
-        raise ResultsError("an item position in the Input is not a non-negative integer "
-                           "(or a sub-range's [first, end])")
+    spans: list[tuple[int, int, bool]] = []
+    for p in found:
+        if _is_span(p):
+            spans.append((p[0], p[1], True))
+        elif isinstance(p, int) and not isinstance(p, bool) and p >= 0:
+            spans.append((p, p + 1, False))
+        else:
+            raise ResultsError("an item position in the Input is not a non-negative integer "
+                               "(or a sub-range's [first, end])")
     return spans
-
-
-def _is_position(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],

@@ -320,9 +320,10 @@ def _unfinished_items(job: RunJob, state: AwsState, done) -> list[dict]:
     if state.items_key:  # --items-from: the very list uploaded, kept with the run
         listed = json.loads(job.store.storage.get(job.store.key(ITEMS_COPY)))
         return [entry for entry in listed if entry["position"] not in done]
-    length = subranges.plan(job.start.items, job.start.batch_hint)
-    if length is not None:  # a long range: its unfinished positions as sub-ranges too
-        return subranges.unfinished(job.start.items, length, done.gaps(0, len(job.start.items)))
+    ranged = subranges.plan(job.start.items, job.start.batch_hint)
+    if ranged is not None:  # a long range: its unfinished positions as sub-ranges too
+        values, length = ranged
+        return subranges.unfinished(values, length, done.gaps(0, len(values)))
     return fetch.unfinished(job.start.items, done)
 
 

@@ -101,12 +101,12 @@ def start(event: Any, context: Any = None) -> dict:
     started = _started(workload(), event)
     if control is not None:
         return _start_given(started, control)
-    length = subranges.plan(started.items, started.batch_hint)
-    items = started.items if length is not None else list(started.items)
+    ranged = subranges.plan(started.items, started.batch_hint)
+    items = ranged[0] if ranged is not None else list(started.items)
     out = {"params": started.params, "item_count": len(items), "summary": started.summary,
            "previous": []}
-    if length is not None:  # a long range: M sub-ranges, through the S3 ItemReader
-        body = _dumps(subranges.map_items(items, length)).encode("utf-8")
+    if ranged is not None:  # a long range: M sub-ranges, through the S3 ItemReader
+        body = _dumps(subranges.map_items(*ranged)).encode("utf-8")
         return {**out, **_put_items(body, context)}
     items_json = _dumps(items)
     if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:

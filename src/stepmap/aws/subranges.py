@@ -18,7 +18,7 @@ the inline map's position is the map index (``$$.Map.Item.Index``), not an item 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TypeGuard
 
 from ..errors import InvalidEvent
 from ..job import ITEM_KEY, RANGE_KEY, is_compact_range
@@ -39,9 +39,13 @@ def span_length(count: int, hint: int | None) -> int | None:
     return max(hint or 1, math.ceil(count / RANGE_MAP_ITEMS))
 
 
-def plan(items: Any, hint: int | None) -> int | None:
-    """The sub-range length for a start's items (None: not a long range, list them)."""
-    return span_length(len(items), hint) if is_compact_range(items) else None
+def plan(items: Any, hint: int | None) -> tuple[range, int] | None:
+    """A start's items as (range, sub-range length); None when they are not a long range
+    (list them)."""
+    if not is_compact_range(items):
+        return None
+    length = span_length(len(items), hint)
+    return None if length is None else (items, length)
 
 
 def map_items(values: range, length: int,
@@ -84,13 +88,14 @@ def _bounds(item: Any) -> tuple[int, int]:
     value = item.get(ITEM_KEY) if isinstance(item, Mapping) else None
     bounds = value.get(RANGE_KEY) if isinstance(value, Mapping) else None
     span = item.get(POSITION_KEY) if isinstance(item, Mapping) else None
-    if not (_pair(bounds) and _pair(span) and set(value) == {RANGE_KEY}
-            and 0 <= span[0] < span[1] and bounds[1] - bounds[0] == span[1] - span[0]):
+    if not (isinstance(value, Mapping) and set(value) == {RANGE_KEY} and _pair(bounds)
+            and _pair(span) and 0 <= span[0] < span[1]
+            and bounds[1] - bounds[0] == span[1] - span[0]):
         raise InvalidEvent(f"a sub-range item must be {{{ITEM_KEY!r}: {{{RANGE_KEY!r}: [v0, v1]}}, "
                            f"{POSITION_KEY!r}: [p0, p1]}} with v1 - v0 = p1 - p0 > 0")
     return bounds[0], bounds[1]
 
 
-def _pair(value: Any) -> bool:
+def _pair(value: Any) -> TypeGuard[list[int]]:
     return (isinstance(value, list) and len(value) == 2
             and all(type(v) is int for v in value))
