@@ -85,6 +85,28 @@ def test_unfinished_positions_of_a_range_stay_sub_ranges():
                      {"index": {"Range": [77, 107]}, "position": [70, 100]}]
 
 
+def test_progress_counts_items_not_sub_ranges():
+    """DescribeMapRun counts map items: 5 of 8 sub-ranges done (1 failed) of an 800-item
+    run is 500 items done, 100 failed; a listed run's counts pass unchanged."""
+    from stepmap.aws import driver
+
+    class FakeSfn:
+        def describe_execution(self, executionArn):
+            return {"status": "SUCCEEDED"}
+
+        def list_map_runs(self, executionArn):
+            return {"mapRuns": [{"mapRunArn": "arn:maprun"}]}
+
+        def describe_map_run(self, mapRunArn):
+            return {"itemCounts": {"total": 8, "succeeded": 4, "failed": 1}}
+
+    for items, expected in ((800, [(500, 100)]), (8, [(5, 1)]), (None, [(5, 1)])):
+        seen: list = []
+        driver.watch(FakeSfn(), "arn:exec", poll=0.0, items=items,
+                     progress=lambda done, failed: seen.append((done, failed)))
+        assert seen == expected
+
+
 # ---------------------------------------------------------------- compute
 
 PARAMS = s3keys.WORKLOAD.start({"size": 1024, "method": "jump"}).params

@@ -343,7 +343,8 @@ def _follow(store: RunStore, record: RunRecord, state: AwsState, target: Target,
     shifted = (lambda done, failed: progress(already + done, failed)) if progress else None
     try:
         with aws_errors():
-            described, _ = watch(target.sfn, arn, progress=shifted, poll=target.poll)
+            described, _ = watch(target.sfn, arn, progress=shifted, poll=target.poll,
+                                 items=(record.items - already) if record.items else None)
     except KeyboardInterrupt:
         if target.detachable:
             return RunReport(record.run_id, "DETACHED", record.engine, record.items or 0,
@@ -375,9 +376,11 @@ def _keep_results(store: RunStore, state: AwsState, target: Target, arn: str) ->
 
 
 def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, poll: float,
-          sleep: Any = time.sleep) -> tuple[dict, dict]:
+          sleep: Any = time.sleep, items: int | None = None) -> tuple[dict, dict]:
     """Poll until the execution stops; return (DescribeExecution, final map-run item counts).
-    DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait."""
+    DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait.
+    ``items``: the run's items this map runs; when its map items are fewer (sub-ranges of a
+    long range), progress is reported in items, pro rata."""
     interval, map_run_arn, counts = poll, None, {}
     while True:
         try:
@@ -386,8 +389,9 @@ def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, p
             if map_run_arn:  # read after the execution stopped, these counts are final
                 counts = sfn.describe_map_run(mapRunArn=map_run_arn)["itemCounts"]
                 if progress is not None:
-                    progress(counts.get("succeeded", 0) + counts.get("failed", 0),
-                             counts.get("failed", 0))
+                    scale = _items_per_map_item(counts, items)
+                    progress(int((counts.get("succeeded", 0) + counts.get("failed", 0)) * scale),
+                             int(counts.get("failed", 0) * scale))
             interval = poll
         except Exception as exc:  # botocore's ClientError: only throttling is waited out
             if error_code(exc) not in ("ThrottlingException", "TooManyRequestsException"):
@@ -398,6 +402,11 @@ def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, p
         if described["status"] != "RUNNING":
             return described, counts
         sleep(interval)
+
+
+def _items_per_map_item(counts: dict, items: int | None) -> float:
+    total = counts.get("total") or 0
+    return items / total if items and total and total < items else 1.0
 
 
 def _latest_map_run(sfn: Any, execution_arn: str) -> str | None:
