@@ -31,6 +31,10 @@ listed item SUCCEEDED, none FAILED or PENDING). Each child's item is Step Functi
 entry, ``{"Key", "Size", "Etag", "LastModified", "StorageClass"}``; compute renames ``Etag``
 to ``ETag``, the spelling of the ListObjectsV2 API and of stepmap's own listing.
 
+A start step whose items are a long ``range`` emits sub-ranges instead, one map item per
+span of positions (subranges.py): each child computes one range event, its ResultWriter
+entry's Input stays a few bytes whatever N, and reduce proves the spans against the range.
+
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
 to S3 with a pointer in its place, and a large total is written next to the ResultWriter
