@@ -375,3 +375,30 @@ def test_foreign_sub_range_entries_are_recomputed_not_summed_on_aws(cli, tmp_pat
     check_published_1024(out.splitlines()[-1])
     assert "ignored 8 result entries that failed verification" in err
     assert "its Input is not this run's item and params at its position" in err
+
+
+def test_a_sub_range_entry_is_not_an_items_from_runs(s3):
+    """An --items-from run's items are a list, not a range: a sub-range entry (even over the
+    same values) is not what its start emits, so it is missing, never counted."""
+    lengths = list(range(100, 110))
+    s3.put_object(Bucket=BUCKET, Key="items/r/items.json",
+                  Body=handlers.positioned_items(lengths))
+    params = s3keys.WORKLOAD.start({"size": 1}).params
+    child = {"index": {"Range": [100, 110]}, "position": [0, 10], "params": params}
+    details = _write(s3, "process_output/m", [child])
+    where = {"Bucket": BUCKET, "Key": "items/r/items.json"}
+    run_input = {"size": 1, "stepmap": {"items": where, "item_count": 10, "previous": [],
+                                        "origin": where}}
+    with pytest.raises(IncompleteRunError, match="cover 0 of 10 items.*child-0: its Input"):
+        _reduce(details, run_input, 10)
+
+
+def test_sub_range_entries_count_their_spans_without_the_execution_input(s3):
+    """A reduce event without the execution input (an older stack's) proves by checksum and
+    positions only: sub-range spans still count their items and must not overlap."""
+    details = _write(s3, "process_output/m", _children(RUN, _cut(0, 1024, 300)))
+    out = handlers.reduce({"results": {"ResultWriterDetails": details}, "item_count": 1024})
+    assert out["total"] == local_total({"size": 1024}) and out["items"] == 1024
+    overlap = _write(s3, "process_output/o", _children(RUN, [(0, 600), (500, 1024)]))
+    with pytest.raises(ResultsError, match="item 500 is in two result entries"):
+        handlers.reduce({"results": {"ResultWriterDetails": overlap}, "item_count": 1024})
