@@ -20,7 +20,7 @@ import json
 import math
 import time
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from .records import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor

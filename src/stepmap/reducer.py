@@ -9,7 +9,7 @@ counts as missing (resume recomputes it) and is reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .records import dataclass, field
 from typing import Mapping
 
 from .errors import IncompleteRunError, ResultsError

@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field
+from .records import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 

@@ -17,12 +17,12 @@ This module is the only one that knows file names and entry shapes.
 
 from __future__ import annotations
 
-import dataclasses
+from . import records
 import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from .records import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -148,7 +148,7 @@ class Attempt:
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        out = {k: v for k, v in records.asdict(self).items() if k != "extra"}
         return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
 
     @classmethod
@@ -190,7 +190,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
-        for f in dataclasses.fields(self):
+        for f in records.fields(self):
             value = getattr(self, f.name)
             if f.name in ("extra", "attempts"):
                 continue
@@ -217,7 +217,7 @@ class RunRecord:
 def _known(cls: type, data: dict[str, Any], *, defaults: dict[str, Any]) -> dict[str, Any]:
     """Split ``data`` into ``cls``'s fields (with ``defaults``) and the rest (kept in
     ``extra``, so a newer version's keys survive a read-modify-write by this one)."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    names = {f.name for f in records.fields(cls)} - {"extra"}
     values = {**defaults, **{k: v for k, v in data.items() if k in names}}
     values["extra"] = {k: v for k, v in data.items() if k not in names}
     return values

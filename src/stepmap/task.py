@@ -12,7 +12,7 @@ import json
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from .records import dataclass
 
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
 from .job import EventSpec, built

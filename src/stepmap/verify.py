@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from .records import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
 
 from .errors import ResultsError

@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 from typing import Any
 from datetime import datetime, timezone
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from ..records import asdict, dataclass, fields
 
 from ..errors import UsageError
 from ..workloads import is_builtin

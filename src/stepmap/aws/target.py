@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 from typing import Any, Iterator
 
 from ..errors import EngineError, StepmapError, UsageError

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
+from ..records import asdict
 
 from .. import runner
 from ..errors import ResultsError

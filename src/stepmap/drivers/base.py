@@ -11,7 +11,7 @@ serves the engines that run inside this process's control (local, dask, through
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..config import RunConfig

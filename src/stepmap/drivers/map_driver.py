@@ -13,11 +13,11 @@ damaged or foreign is counted.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+from .. import records
 import json
 import os
 import time
-from dataclasses import replace
+from ..records import replace
 from typing import Any, Iterable, Iterator
 
 from ..config import RunConfig
@@ -66,7 +66,7 @@ def open_executor(config: RunConfig, workload_ref: str) -> Executor:
     """The engine's executor, with the engine options that are set (and max_concurrency,
     which bounds a local pool's size)."""
     options: dict[str, Any] = {k: v for k, v in
-                               dataclasses.asdict(config.engine_options).items()  # type: ignore
+                               records.asdict(config.engine_options).items()
                                if v is not None}
     if config.policy.max_concurrency:
         options.setdefault("max_concurrency", config.policy.max_concurrency)

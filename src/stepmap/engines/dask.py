@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from ..records import dataclass
 
 import dask
 from distributed import Client, Future, LocalCluster, wait as wait_all

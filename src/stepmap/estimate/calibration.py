@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 
 from ..job import batch_event, item_event
 from .pricing import MAX_TASKS

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from ..records import asdict, dataclass
 from typing import Any
 
 from ..errors import UsageError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 from typing import Any
 
 # above these a start output's item list goes to S3, and a compute output is offloaded to S3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from ..records import dataclass, field
 from typing import Callable
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"

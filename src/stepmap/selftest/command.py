@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from ..records import asdict
 
 from ..errors import EXIT_INCOMPLETE, UsageError
 from .checks import Checklist
