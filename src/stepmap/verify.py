@@ -21,7 +21,7 @@ another is refused although its count is right; and (2) holds there too
 (``Expected.positions_in_input``): the Input must be the selector's event of this run's
 items at those positions and its params (the reduce Lambda re-runs the start for them).
 A sub-range child (stepmap.aws.subranges) names a [first, end] span as its ``position``:
-its span counts as one, and its range is compared with the run's range sliced there.
+the span is proven as a whole: its range must be the run's range sliced at the span.
 """
 
 from __future__ import annotations

@@ -279,9 +279,9 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
         control["origin"] = {"Bucket": target.bucket, "Key": state.items_key}
     name = f"{record.run_id[:72]}-r{n}"
     arn = _start(target, name, record.input, control, state)
+    plural = "" if len(missing) == 1 else "s"
     job.notify(f"stepmap: resuming with {record.items - done.total():,} unfinished of "
-               f"{record.items:,} items ({len(missing):,} map item{'' if len(missing) == 1 else 's'}) "
-               f"in execution {arn}")
+               f"{record.items:,} items ({len(missing):,} map item{plural}) in execution {arn}")
     record.execution_arn, record.state_machine_arn = arn, target.state_machine_arn
     record.status = "RUNNING"
     record.attempts.append(_attempt(job, target, mode="resume", already=done.total()))
