@@ -18,7 +18,7 @@ the inline map's position is the map index (``$$.Map.Item.Index``), not an item 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, TypeGuard
+from typing import Any, Iterable, Mapping, TypeGuard
 
 from ..errors import InvalidEvent
 from ..job import ITEM_KEY, RANGE_KEY, is_compact_range
@@ -49,10 +49,10 @@ def plan(items: Any, hint: int | None) -> tuple[range, int] | None:
 
 
 def map_items(values: range, length: int,
-              spans: Iterator[tuple[int, int]] | None = None) -> list[dict]:
+              spans: Iterable[tuple[int, int]] | None = None) -> list[dict]:
     """The map items of ``values`` at the given [first, end) position spans (all of them
     by default), each cut into pieces of at most ``length`` items."""
-    spans = spans if spans is not None else iter([(0, len(values))])
+    spans = spans if spans is not None else [(0, len(values))]
     out = []
     for first, end in spans:
         for p0 in range(first, end, length):
@@ -64,7 +64,7 @@ def map_items(values: range, length: int,
 
 def unfinished(values: range, length: int, gaps: list[tuple[int, int]]) -> list[dict]:
     """The map items of a resume: the positions without a result, as sub-ranges."""
-    return map_items(values, length, iter(gaps))
+    return map_items(values, length, gaps)
 
 
 def is_span_item(item: Any) -> bool:
