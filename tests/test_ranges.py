@@ -16,7 +16,7 @@ from stepmap import runner
 from stepmap.errors import InvalidEvent
 from stepmap.job import (EventSpec, RangeItems, batch_event, event_items, event_range,
                          item_count)
-from stepmap.mapper import Intervals, batches
+from stepmap.mapper import Intervals, Taper, batches
 from stepmap.results import RunStore
 from stepmap.workloads import s3keys_math as maths
 
@@ -69,6 +69,25 @@ def test_batches_of_a_range_are_sub_ranges_around_the_skipped_positions():
     assert out == [((0, 2), range(100, 102)), ((5, 6), range(105, 106)),
                    ((6, 9), range(106, 109)), ((12, 14), range(112, 114))]
     assert all(spec.batched for _, spec in batches(range(10**12), {}, 10**11))
+
+
+@pytest.mark.parametrize("skip", [None, Intervals([(40, 47), (250, 260)])])
+def test_tapered_batches_shrink_towards_the_end_and_cover_every_position_once(skip):
+    """Auto batching's guided sizes: full batches first, then smaller ones, never below an
+    eighth; a list and a range are cut alike; skipped positions stay skipped."""
+    taper = Taper(300, 2)
+    of_range = [(p, list(spec.values)) for p, spec in
+                batches(range(300), {}, 38, skip=skip, taper=taper)]
+    of_list = [(p, list(spec.values)) for p, spec in
+               batches(list(range(300)), {}, 38, skip=skip, taper=taper)]
+    assert of_range == of_list
+    covered = [v for _, values in of_range for v in values]
+    expected = [p for p in range(300) if skip is None or p not in skip]
+    assert covered == expected
+    if skip is None:
+        sizes = [end - first for (first, end), _ in of_range]
+        assert sizes[:4] == [38] * 4 and sizes == sorted(sizes, reverse=True)
+        assert min(sizes[:-1]) == 38 // 8 and len(sizes) == 16  # 8 equal batches untapered
 
 
 # ------------------------------------------------------------------ through the engines
