@@ -157,8 +157,18 @@ class FakeLambda:
             return
         items = event.get("Items", [event]) if isinstance(event, dict) else []
         for item in items:
-            if isinstance(item, dict) and item.get("index") in self.faults.fail_items:
-                raise InjectedFault(f"item {item['index']} was told to fail (emulator fault)")
+            value = item.get("index") if isinstance(item, dict) else None
+            for index in _failing(value, self.faults.fail_items):
+                raise InjectedFault(f"item {index} was told to fail (emulator fault)")
+
+
+def _failing(value, fail_items: frozenset) -> list:
+    """The fault list's items that a child item holds: for a sub-range ``{"Range": [a,
+    b]}``, those in a..b-1 (the range is never listed); else the item itself, if listed."""
+    bounds = value.get("Range") if isinstance(value, dict) else None
+    if isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds):
+        return sorted(i for i in fail_items if type(i) is int and bounds[0] <= i < bounds[1])
+    return [value] if isinstance(value, (int, str)) and value in fail_items else []
 
 
 @dataclass
