@@ -17,7 +17,6 @@ import os
 import select
 import signal
 import sys
-import traceback
 
 
 class ForkedProcess:
@@ -49,6 +48,7 @@ class ForkedProcess:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # the child's last words go to stderr, as multiprocessing's do
+            import traceback
             traceback.print_exc()
         finally:
             try:
