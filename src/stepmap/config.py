@@ -14,15 +14,15 @@ run record, so a resumed run keeps them; ``with_overrides`` changes only what wa
 
 from __future__ import annotations
 
-from . import records
 import re
-from .records import dataclass, field
 from typing import Any, Mapping, Union
 
+from . import records
 from .aws import DEFAULT_STACK
 from .engines import ALL_ENGINES, MAP_ENGINES, REMOTE_ENGINES
 from .errors import ConfigError, UnknownName
 from .mapper import MapPolicy
+from .records import dataclass, field
 
 DEFAULT_RUNS_DIR = "stepmap-runs"
 ITEM_FORMATS = ("json", "jsonl", "csv", "s3-listing")

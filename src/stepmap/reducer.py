@@ -9,11 +9,11 @@ counts as missing (resume recomputes it) and is reported.
 
 from __future__ import annotations
 
-from .records import dataclass, field
 from typing import Mapping
 
 from .errors import IncompleteRunError, ResultsError
 from .job import JSON, Workload, item_count
+from .records import dataclass, field
 from .results import RunStore, entry_input
 from .verify import Expected, Verified, check_results, entry_positions
 

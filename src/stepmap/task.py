@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from .records import dataclass
 
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
 from .job import EventSpec, built
+from .records import dataclass
 from .verify import checksum
 from .workloads import resolve
 

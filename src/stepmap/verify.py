@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from .records import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
 
 from .errors import ResultsError
 from .job import JSON, RANGE_KEY, is_compact_range, item_count
+from .records import dataclass, field
 from .results import RunStore, entry_input, entry_output
 
 CHECKSUM_KEY = "Checksum"

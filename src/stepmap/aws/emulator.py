@@ -36,14 +36,14 @@ import threading
 import time
 import traceback
 import uuid
-from ..records import dataclass, field
 from typing import Any
 from datetime import datetime, timezone
 
-from ..errors import EngineError
 from . import asl
 from .stack_config import StackConfig
 from .templates import template_for
+from ..errors import EngineError
+from ..records import dataclass, field
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -4,12 +4,12 @@ list, and whether a resume can work."""
 
 from __future__ import annotations
 
-from .. import records
-from ..records import dataclass, field
 from typing import Any
 
-from ..results import RunRecord
 from .names import RESULTS_PREFIX
+from .. import records
+from ..records import dataclass, field
+from ..results import RunRecord
 
 
 @dataclass

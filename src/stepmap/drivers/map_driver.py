@@ -13,23 +13,23 @@ damaged or foreign is counted.
 from __future__ import annotations
 
 import contextlib
-from .. import records
 import json
 import os
 import time
-from ..records import replace
 from typing import Any, Iterable, Iterator
 
+from .base import NotifyFn, ProgressFn, RunJob, RunReport
+from .. import records
 from ..config import RunConfig
 from ..engines import Executor, get_engine
 from ..errors import IncompleteRunError, StepmapError
 from ..job import JSON, Start, is_compact_range
 from ..mapper import Intervals, MapOutcome, Taper, auto_batch_size, batches, run_map
+from ..records import replace
 from ..reducer import reduce_run
 from ..results import Attempt, RunRecord, RunStore, ResultSink
 from ..verify import Expected, check_results
 from ..workloads import resolve
-from .base import NotifyFn, ProgressFn, RunJob, RunReport
 
 #: A copy of an --items-from source's items, kept in a local run's directory.
 ITEMS_SNAPSHOT = "items.jsonl"
