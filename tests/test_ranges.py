@@ -160,3 +160,38 @@ def test_a_big_range_runs_in_bounded_memory(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 10**8 * (10**8 - 1) // 2
+
+
+class _CountingExecutor:
+    """Two slots, two queued tasks each; records how many tasks were in flight at each
+    submit, and finishes the oldest task at each poll."""
+    slots, queue_depth = 2, 2
+
+    def __init__(self):
+        self.inflight: list[int] = []
+        self.at_submit: list[int] = []
+
+    def submit(self, task_id, event, timeout):
+        self.at_submit.append(len(self.inflight))
+        self.inflight.append(task_id)
+
+    def poll(self, wait):
+        from stepmap.task import Completion
+        return [Completion(self.inflight.pop(0), True, output_json="0")] if self.inflight else []
+
+    def close(self, cancel=False):
+        pass
+
+
+def test_the_last_tasks_go_one_per_worker_to_a_free_one(tmp_path):
+    """While tasks remain, each worker has one queued behind the one it runs; the last
+    (up to slots x depth) are only submitted when fewer than one per worker is in flight,
+    so none waits behind a slow task while a worker idles."""
+    from stepmap.mapper import MapPolicy, run_map
+    from stepmap.results import ResultSink
+    executor = _CountingExecutor()
+    store = RunStore.open(str(tmp_path), "tail")
+    outcome = run_map(executor, batches(range(10), {}, 1), MapPolicy(), ResultSink(store))
+    assert outcome.succeeded == 10 and len(executor.at_submit) == 10
+    assert max(executor.at_submit[:6]) == 3  # queued: up to 4 in flight
+    assert max(executor.at_submit[6:]) <= 1  # the last 4: at most one per worker

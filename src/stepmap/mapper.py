@@ -20,6 +20,7 @@ import json
 import math
 import time
 from bisect import bisect_right
+from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
@@ -255,20 +256,26 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
     retry_queue: list[_Task] = []
     ids = itertools.count()
     source = iter(tasks)
+    ahead: deque = deque()  # tasks taken from the source, not submitted yet
     exhausted = False
     seen_items = 0
     try:
         while True:
             now = time.monotonic()
-            while outcome.stopped_because is None and len(inflight) < limit:
+            while not exhausted and len(ahead) <= limit:  # one more: so we know the end
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    ahead.append(nxt)
+            # The last tasks go one per worker, each to a worker that is free: queued behind
+            # a slow task, one would hold up the end of the run while another worker idles.
+            cap = min(limit, executor.slots) if exhausted else limit
+            while outcome.stopped_because is None and len(inflight) < cap:
                 if retry_queue and retry_queue[0].not_before <= now:
                     task = heapq.heappop(retry_queue)
-                elif not exhausted:
-                    nxt = next(source, None)
-                    if nxt is None:
-                        exhausted = True
-                        continue
-                    task = _Task(0.0, next(ids), *nxt)
+                elif ahead:
+                    task = _Task(0.0, next(ids), *ahead.popleft())
                     seen_items += task.items
                     outcome.tasks += 1
                 else:
@@ -276,7 +283,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                 task.attempts += 1
                 executor.submit(task.task_id, task.event, policy.timeout)
                 inflight[task.task_id] = task
-            if not inflight and (outcome.stopped_because or (exhausted and not retry_queue)):
+            if not inflight and (outcome.stopped_because or
+                                 (exhausted and not ahead and not retry_queue)):
                 break
             wait = 0.25
             if retry_queue:
@@ -320,7 +328,7 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
     executor.close(cancel=stopping)
     leftovers = sorted(list(inflight.values()) + retry_queue, key=lambda t: t.positions)
     if stopping:
-        leftovers += [_Task(0.0, -1, *rest) for rest in source]
+        leftovers += [_Task(0.0, -1, *rest) for rest in itertools.chain(ahead, source)]
     for task in leftovers:
         sink.add(pending_entry(_json(task.event), task.positions))
         outcome.pending += task.items
