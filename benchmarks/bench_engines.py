@@ -205,12 +205,20 @@ def interleaved(commands: dict[str, list[str]], repeat: int) -> dict[str, list[f
     for _ in range(repeat):
         for name, command in commands.items():
             began = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
             times[name].append(time.perf_counter() - began)
             assert done.returncode == 0, (command, done.stderr[-2000:])
             outputs.add(done.stdout.strip())
     assert len(outputs) == 1, f"the commands disagree: {[o[:60] for o in outputs]}"
     return times
+
+
+def stepmap_command() -> list[str]:
+    """The installed ``stepmap`` script, as a user runs it (``python -m stepmap`` also pays
+    for runpy), or ``python -m stepmap`` where the script is not installed."""
+    script = Path(sys.executable).parent / "stepmap"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stepmap"]
 
 
 def ratio_row(label: str, bare: list[float], ours: list[float], goal: float) -> str:
@@ -239,7 +247,7 @@ def process_sections(repeat: int, sizes: list[int], s3keys: bool = True) -> list
         for n in sizes:
             times = interleaved({
                 "bare": [sys.executable, "-c", BARE_POOL, str(n)],
-                "stepmap": [sys.executable, "-m", "stepmap", "run", TINY_REF, "--items",
+                "stepmap": [*stepmap_command(), "run", TINY_REF, "--items",
                             str(n), "--quiet", "--results", runs]}, repeat)
             out.append(ratio_row(f"{n:,} items", times["bare"], times["stepmap"], 1.3))
             print(out[-1], flush=True)
@@ -247,7 +255,7 @@ def process_sections(repeat: int, sizes: list[int], s3keys: bool = True) -> list
         if s3keys:
             times = interleaved({
                 "bare": [sys.executable, "-c", BARE.format(size=size)],
-                "stepmap": [sys.executable, "-m", "stepmap", "run", "s3keys", "--size",
+                "stepmap": [*stepmap_command(), "run", "s3keys", "--size",
                             str(size), "--quiet", "--results", runs]}, repeat)
             out += ["", f"### (e) `stepmap run s3keys --size {size}` vs a bare `python -c` "
                     f"recurrence loop; interleaved, median of {repeat}", ""] + header

@@ -80,3 +80,23 @@ def test_the_private_name_check_finds_what_it_should():
     text = "from .storage import _unique\nfrom . import mapper\nx = mapper._check\n"
     assert _private_uses(PACKAGE / "probe.py", text, "stepmap.probe") == [
         "stepmap.probe: from stepmap.storage import _unique", "stepmap.probe: mapper._check"]
+
+
+def test_a_default_run_imports_none_of_the_costly_modules(tmp_path):
+    """A run's fixed cost is mostly imports (README, Benchmarks: fixed cost): a default
+    `stepmap run` (local engine, fork) must not bring back multiprocessing (its forked
+    workers are started by engines/forked.py), dataclasses and inspect (stepmap.records),
+    or tempfile, shutil and the compression modules (multiprocessing.connection's), pathlib
+    (storage uses os.path), traceback (imported when a step fails)."""
+    code = ("import sys\n"
+            "from stepmap.cli import main\n"
+            f"code = main(['run', 's3keys', '--size', '64', '--quiet', '--results', "
+            f"{str(tmp_path)!r}])\n"
+            "costly = {'multiprocessing', 'dataclasses', 'inspect', 'tempfile', 'shutil',\n"
+            "          'bz2', 'lzma', 'random', 'socket', 'subprocess', 'asyncio', 'pathlib',\n"
+            "          'traceback'}\n"
+            "print(code, sorted(costly & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 []"

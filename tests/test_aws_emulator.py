@@ -38,7 +38,10 @@ def _read(emulated_stack, key):
                                                    Key=key)["Body"].read())
 
 
-def test_size_1024_yields_the_published_total_exactly(emulated):
+def test_size_1024_yields_the_published_total_exactly(emulated, monkeypatch):
+    """Listed item by item, inline (a longer range is sub-ranges: tests/test_aws_ranges.py)."""
+    from stepmap.aws import subranges
+    monkeypatch.setattr(subranges, "RANGE_LIST_ITEMS", 1024)
     with emulated() as stack:
         result = stack.run({"size": 1024})
         assert result["status"] == "SUCCEEDED", result
@@ -141,3 +144,22 @@ def test_list_map_runs_before_moto_set_up_the_execution_reads_as_none_yet():
     client = _RaceSafeStepFunctions(Early())
     assert client.list_map_runs(executionArn="arn") == {"mapRuns": []}
     assert client.describe_execution(executionArn="arn") == {"status": "RUNNING"}
+
+
+def test_a_failing_item_fails_its_sub_range_with_no_total(emulated, monkeypatch):
+    """A long range (sub-ranges of 250 here): the one holding item 1500 fails, its 250
+    items are reported failed, and the FAILED entry's Input is that sub-range."""
+    from stepmap.aws import subranges
+    monkeypatch.setattr(subranges, "RANGE_LIST_ITEMS", 100)
+    monkeypatch.setattr(subranges, "RANGE_MAP_ITEMS", 8)
+    with emulated(faults=Faults(fail_items=frozenset({1500}))) as stack:
+        result = stack.run({"size": 2000, "method": "jump"})
+        assert (result["status"], result["error"]) == ("FAILED", "IncompleteRunError")
+        assert "250 item(s) did not succeed (250 failed" in json.loads(
+            result["cause"])["errorMessage"]
+        assert stack.lambdas.invocations == {"start": 1, "compute": 8 + 2, "reduce": 1}  # 2 retries
+        (failed_key,) = [k for k in _objects(stack, "process_output/") if "FAILED_" in k]
+        (entry,) = _read(stack, failed_key)
+        child = json.loads(entry["Input"])
+        assert child["position"] == [1500, 1750]
+        assert child["index"] == {"Range": [1500, 1750]}  # s3keys: length p at position p

@@ -14,7 +14,7 @@ import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from stepmap.aws import handlers  # noqa: E402
+from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
 from stepmap.verify import SEAL_KEY, canonical, checksum, unseal  # noqa: E402
@@ -50,7 +50,8 @@ def test_start_returns_items_inline_with_params_and_count():
     json.dumps(out)  # a valid Lambda response
 
 
-def test_start_writes_a_long_item_list_to_s3(s3):
+def test_start_writes_a_long_item_list_to_s3(s3, monkeypatch):
+    monkeypatch.setattr(subranges, "RANGE_LIST_ITEMS", 10**7)  # listed, not sub-ranges
     out = handlers.start({"size": 1_000_000}, None)
     assert out["items_in_s3"] is True and "items" not in out
     assert out["item_count"] == 1_000_000 and out["items_bucket"] == BUCKET

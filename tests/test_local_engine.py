@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from stepmap import runner
+from stepmap.engines.forked import ForkedProcess
 from stepmap.engines.local import LocalEngine, LocalExecutor
 from stepmap.errors import UsageError
 from stepmap.job import EventSpec
@@ -58,7 +59,7 @@ def test_the_start_method_is_an_engine_option(runs, monkeypatch):
     assert report.status == "SUCCEEDED" and int(report.total) == _sum_of_squares(50)
     executor = LocalEngine().open("chaos", {"start_method": "forkserver"})
     try:
-        assert executor._context.get_start_method() == "forkserver"
+        assert executor.start_method == "forkserver"
     finally:
         executor.close()
 
@@ -254,6 +255,7 @@ def test_workers_die_with_a_killed_parent_and_the_run_resumes(runs, cli, method)
 
 HANGING_PARENT = """
 import sys
+from stepmap.engines.forked import ForkedProcess
 from stepmap.engines.local import LocalEngine, LocalExecutor
 from stepmap.errors import UsageError
 executor = LocalExecutor("chaos", workers=1, start_method=sys.argv[1])
@@ -328,3 +330,47 @@ def test_a_pool_whose_pipes_are_numbered_above_1023_still_works():
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert sorted(int(json.loads(c.output_json)) for c in done.values()) == [0, 1, 4, 9, 16, 25]
+
+
+# ---- the fork start method's own process class (no multiprocessing on the default path)
+
+def _exit_with(code):
+    raise SystemExit(code)
+
+
+def _raise():
+    raise ValueError("boom")
+
+
+def _report_stdin(fd):
+    os.write(fd, repr(sys.stdin.read()).encode())
+
+
+@pytest.mark.parametrize("target, args, code", [
+    (_exit_with, (3,), 3), (_raise, (), 1), (lambda: None, (), 0)])
+def test_a_forked_process_reports_its_exit_code(target, args, code):
+    process = ForkedProcess(target, args)
+    process.start()
+    process.join(30)
+    assert process.exitcode == code and not process.is_alive()
+
+
+def test_a_forked_process_killed_reports_the_signal_and_join_times_out_while_it_runs():
+    process = ForkedProcess(time.sleep, (60,))
+    process.start()
+    process.join(0.05)
+    assert process.is_alive() and process.exitcode is None
+    process.kill()
+    process.join(30)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_a_forked_worker_reads_an_empty_stdin_not_the_parents(tmp_path):
+    read, write = os.pipe()
+    process = ForkedProcess(_report_stdin, (write,))
+    process.start()
+    os.close(write)
+    process.join(30)
+    with os.fdopen(read, "rb") as handle:
+        assert handle.read() == b"''"
+    assert process.exitcode == 0

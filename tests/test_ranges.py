@@ -16,7 +16,7 @@ from stepmap import runner
 from stepmap.errors import InvalidEvent
 from stepmap.job import (EventSpec, RangeItems, batch_event, event_items, event_range,
                          item_count)
-from stepmap.mapper import Intervals, batches
+from stepmap.mapper import Intervals, Taper, batches
 from stepmap.results import RunStore
 from stepmap.workloads import s3keys_math as maths
 
@@ -69,6 +69,25 @@ def test_batches_of_a_range_are_sub_ranges_around_the_skipped_positions():
     assert out == [((0, 2), range(100, 102)), ((5, 6), range(105, 106)),
                    ((6, 9), range(106, 109)), ((12, 14), range(112, 114))]
     assert all(spec.batched for _, spec in batches(range(10**12), {}, 10**11))
+
+
+@pytest.mark.parametrize("skip", [None, Intervals([(40, 47), (250, 260)])])
+def test_tapered_batches_shrink_towards_the_end_and_cover_every_position_once(skip):
+    """Auto batching's guided sizes: full batches first, then smaller ones, never below an
+    eighth; a list and a range are cut alike; skipped positions stay skipped."""
+    taper = Taper(300, 2)
+    of_range = [(p, list(spec.values)) for p, spec in
+                batches(range(300), {}, 38, skip=skip, taper=taper)]
+    of_list = [(p, list(spec.values)) for p, spec in
+               batches(list(range(300)), {}, 38, skip=skip, taper=taper)]
+    assert of_range == of_list
+    covered = [v for _, values in of_range for v in values]
+    expected = [p for p in range(300) if skip is None or p not in skip]
+    assert covered == expected
+    if skip is None:
+        sizes = [end - first for (first, end), _ in of_range]
+        assert sizes[:4] == [38] * 4 and sizes == sorted(sizes, reverse=True)
+        assert min(sizes[:-1]) == 38 // 8 and len(sizes) == 16  # 8 equal batches untapered
 
 
 # ------------------------------------------------------------------ through the engines
@@ -141,3 +160,38 @@ def test_a_big_range_runs_in_bounded_memory(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 10**8 * (10**8 - 1) // 2
+
+
+class _CountingExecutor:
+    """Two slots, two queued tasks each; records how many tasks were in flight at each
+    submit, and finishes the oldest task at each poll."""
+    slots, queue_depth = 2, 2
+
+    def __init__(self):
+        self.inflight: list[int] = []
+        self.at_submit: list[int] = []
+
+    def submit(self, task_id, event, timeout):
+        self.at_submit.append(len(self.inflight))
+        self.inflight.append(task_id)
+
+    def poll(self, wait):
+        from stepmap.task import Completion
+        return [Completion(self.inflight.pop(0), True, output_json="0")] if self.inflight else []
+
+    def close(self, cancel=False):
+        pass
+
+
+def test_the_last_tasks_go_one_per_worker_to_a_free_one(tmp_path):
+    """While tasks remain, each worker has one queued behind the one it runs; the last
+    (up to slots x depth) are only submitted when fewer than one per worker is in flight,
+    so none waits behind a slow task while a worker idles."""
+    from stepmap.mapper import MapPolicy, run_map
+    from stepmap.results import ResultSink
+    executor = _CountingExecutor()
+    store = RunStore.open(str(tmp_path), "tail")
+    outcome = run_map(executor, batches(range(10), {}, 1), MapPolicy(), ResultSink(store))
+    assert outcome.succeeded == 10 and len(executor.at_submit) == 10
+    assert max(executor.at_submit[:6]) == 3  # queued: up to 4 in flight
+    assert max(executor.at_submit[6:]) <= 1  # the last 4: at most one per worker

@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -110,7 +111,7 @@ def test_cli_prints_the_summary_and_writes_a_png_in_the_run_directory(cli, known
     assert "83.3 %" in out and "6 s" in out
     assert "median 1 s · p95 4 s · max 5 s" in out
     assert "stragglers   1 over 3× the median (3 s): f (5 s)" in out
-    png = LocalStorage(known_run).root / "known" / "report.png"
+    png = Path(LocalStorage(known_run).root) / "known" / "report.png"
     (width, height), size = _png_size(png)
     assert width == 1100 and 500 <= height <= 1300  # 11 in x 100 dpi
     assert 10_000 < size < 2_000_000
@@ -137,7 +138,7 @@ def test_a_real_local_run_reports(cli, runs):
     assert data["tasks"] == 30 and data["failed"] == 0 and 1 <= data["workers"] <= 2
     assert 0 < data["busy_percent"] <= 100
     assert data["median_seconds"] >= 0.009
-    _png_size(LocalStorage(runs).root / "real" / "report.png")
+    _png_size(Path(LocalStorage(runs).root) / "real" / "report.png")
 
 
 def test_an_aws_run_is_reported_from_downloaded_results_with_packed_lanes(cli, tmp_path):
@@ -179,7 +180,7 @@ def test_out_must_be_a_png(cli, known_run, tmp_path):
 def test_a_run_interrupted_before_its_manifest_is_read_from_its_files(cli, tmp_path):
     runs = tmp_path / "runs"
     store = write_run(runs, "cut", dict(list(TASKS.items())[:3]))
-    (LocalStorage(runs).root / "cut" / "manifest.json").unlink()
+    (Path(LocalStorage(runs).root) / "cut" / "manifest.json").unlink()
     assert isinstance(store.result_files()[0], ResultFile)
     code, out, err = cli("report", "cut", "--results", str(runs))
     assert code == 0, err

@@ -173,3 +173,19 @@ def test_batches_split_around_skipped_positions():
     assert [span for span, _ in singles] == [(i, i + 1) for i in range(5)]
     assert singles[3][1].build() == {"index": 3, "p": 2}  # an item event, as ItemSelector
     assert list(batches([], {}, 4)) == []
+
+
+def test_iso_time_writes_what_datetime_isoformat_writes():
+    """iso_time avoids importing datetime on the run path; its text must not change."""
+    import random
+    from datetime import datetime, timezone
+
+    from stepmap.results import iso_time, parse_time
+    randomness = random.Random(7)
+    times = [0.0, 1.5, 1776257438.8529994, 1765141384.9999996, -0.0000004] + \
+        [randomness.uniform(-1e9, 4e9) for _ in range(20_000)]
+    for epoch in times:
+        expected = datetime.fromtimestamp(epoch, timezone.utc) \
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso_time(epoch) == expected, epoch
+    assert parse_time(iso_time(12.345)) == 12.345

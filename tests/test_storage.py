@@ -3,6 +3,7 @@ RADOS Gateway, fixture s3_env): what the results store and the run lock use, and
 the runner has to ask 'which kind are you?' for."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_the_interface_behaves_alike(location):
     assert not storage.exists(key("a/x.json"))
     path = storage.local_path(key("top.json"))
     if isinstance(storage, LocalStorage):
-        assert path is not None and path.read_bytes() == b"top.json"
+        assert path is not None and Path(path).read_bytes() == b"top.json"
     else:
         assert path is None
 

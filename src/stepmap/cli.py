@@ -28,8 +28,13 @@ CORE_COMMANDS = ("run", "resume", "workloads", "runs")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; given the command about to run, only what it needs (the optional
-    command modules import subprocess, statistics, … which a `stepmap run` need not pay)."""
+    """The whole parser; given the command about to run, only that command's (the optional
+    command modules import subprocess, statistics, …, and even the core commands' options
+    cost argparse a few milliseconds, which a `stepmap run` need not pay)."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name or command not in CORE_COMMANDS
+
     parser = Parser(prog="stepmap", allow_abbrev=False,
                     description="Run start -> map -> reduce jobs on a local pool, Dask or AWS.")
     # prog given: argparse would otherwise build it with a HelpFormatter, whose shutil import
@@ -37,6 +42,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                 prog=parser.prog)
 
+    if wanted("run"):
+        _run_parser(sub)
+    if wanted("resume"):
+        _resume_parser(sub)
+    if wanted("workloads"):
+        workloads = sub.add_parser("workloads", help="list workloads and their parameters")
+        workloads.set_defaults(func=cmd_workloads)
+    if wanted("runs"):
+        runs = sub.add_parser("runs", help="list past runs, or show one")
+        runs.add_argument("run_id", nargs="?")
+        runs.add_argument("--results", default=None, metavar="DIR",
+                          help="runs directory or s3://")
+        runs.add_argument("--json", action="store_true")
+        runs.set_defaults(func=cmd_runs)
+    if command not in CORE_COMMANDS:
+        _register_optional_commands(sub)
+    return parser
+
+
+def _run_parser(sub) -> None:
     run = sub.add_parser("run", allow_abbrev=False, help="run a job and print its total",
                          description="Workload parameters are options too, e.g. --size 1024.")
     run.add_argument("workload", help="a built-in workload name or module:attribute")
@@ -54,6 +79,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _output_options(run)
     run.set_defaults(func=cmd_run)
 
+
+def _resume_parser(sub) -> None:
     resume = sub.add_parser("resume", allow_abbrev=False,
                             help="finish an incomplete run: compute only what is missing",
                             description="Continues with the engine and settings the run was "
@@ -64,18 +91,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _engine_options(resume)
     _output_options(resume)
     resume.set_defaults(func=cmd_resume)
-
-    workloads = sub.add_parser("workloads", help="list workloads and their parameters")
-    workloads.set_defaults(func=cmd_workloads)
-
-    runs = sub.add_parser("runs", help="list past runs, or show one")
-    runs.add_argument("run_id", nargs="?")
-    runs.add_argument("--results", default=None, metavar="DIR", help="runs directory or s3://")
-    runs.add_argument("--json", action="store_true")
-    runs.set_defaults(func=cmd_runs)
-    if command not in CORE_COMMANDS:
-        _register_optional_commands(sub)
-    return parser
 
 
 def _aws_run_options(parser: argparse.ArgumentParser) -> None:

@@ -14,16 +14,15 @@ run record, so a resumed run keeps them; ``with_overrides`` changes only what wa
 
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing
 import re
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
+from . import records
 from .aws import DEFAULT_STACK
 from .engines import ALL_ENGINES, MAP_ENGINES, REMOTE_ENGINES
 from .errors import ConfigError, UnknownName
 from .mapper import MapPolicy
+from .records import dataclass, field
 
 DEFAULT_RUNS_DIR = "stepmap-runs"
 ITEM_FORMATS = ("json", "jsonl", "csv", "s3-listing")
@@ -43,11 +42,12 @@ class LocalOptions:
     def __post_init__(self) -> None:
         _check_workers(self.workers)
         _check_memory(self.memory_limit_mb)
-        if self.start_method is not None and \
-                self.start_method not in multiprocessing.get_all_start_methods():
-            raise ConfigError("start_method", "must be one of "
-                              f"{', '.join(multiprocessing.get_all_start_methods())}, got "
-                              f"{str(self.start_method)[:40]!r}")
+        if self.start_method is not None:  # (multiprocessing only then: it costs a run)
+            import multiprocessing
+            methods = multiprocessing.get_all_start_methods()
+            if self.start_method not in methods:
+                raise ConfigError("start_method", f"must be one of {', '.join(methods)}, "
+                                  f"got {str(self.start_method)[:40]!r}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ EngineOptions = Union[LocalOptions, DaskOptions, AwsOptions]
 OPTIONS_FOR: dict[str, type] = {"local": LocalOptions, "dask": DaskOptions,
                                 "aws": AwsOptions, "aws-emulated": AwsOptions}
 
-POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(MapPolicy))
+POLICY_FIELDS = tuple(f.name for f in records.fields(MapPolicy))
 #: The policy fields each engine applies. On ``aws`` the deployed state machine fixes them all
 #: (retries, timeout, batching, tolerance are in its definition); ``aws-emulated`` synthesizes
 #: its stack for each run from the fields it lists.
@@ -150,7 +150,7 @@ def where_set(name: str, engine: str) -> str:
 
 def _option_names(engine: str) -> tuple[str, ...]:
     refused = OPTIONS_REFUSED.get(engine, ())
-    return tuple(f.name for f in dataclasses.fields(OPTIONS_FOR[engine])
+    return tuple(f.name for f in records.fields(OPTIONS_FOR[engine])
                  if f.name not in refused)
 
 
@@ -234,8 +234,8 @@ class RunConfig:
             elif name in TOP_FIELDS:
                 top[name] = value
             elif any(name in _option_names(e) for e in ALL_ENGINES) or name in (
-                    f.name for f in dataclasses.fields(AwsOptions)):
-                if name not in (f.name for f in dataclasses.fields(OPTIONS_FOR[engine])):
+                    f.name for f in records.fields(AwsOptions)):
+                if name not in (f.name for f in records.fields(OPTIONS_FOR[engine])):
                     raise ConfigError(name, f"cannot apply to engine {engine}: "
                                       f"{where_set(name, engine)}")
                 options[name] = value
@@ -247,11 +247,11 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """The flat fields that differ from their defaults (what ``build`` would need)."""
         flat: dict[str, Any] = {}
-        for name, default in dataclasses.asdict(MapPolicy()).items():
+        for name, default in records.asdict(MapPolicy()).items():
             if getattr(self.policy, name) != default:
                 flat[name] = getattr(self.policy, name)
         defaults = OPTIONS_FOR[self.engine]()
-        for f in dataclasses.fields(self.engine_options):  # type: ignore[arg-type]
+        for f in records.fields(self.engine_options):
             value = getattr(self.engine_options, f.name)
             if value != getattr(defaults, f.name):
                 flat[f.name] = value
@@ -285,8 +285,8 @@ class RunConfig:
     # ------------------------------------------------------------ saving
     def to_dict(self) -> dict[str, Any]:
         """The settings as saved in run.json (the runs location is where run.json is)."""
-        return {"engine": self.engine, "policy": dataclasses.asdict(self.policy),
-                "engine_options": dataclasses.asdict(self.engine_options),  # type: ignore
+        return {"engine": self.engine, "policy": records.asdict(self.policy),
+                "engine_options": records.asdict(self.engine_options),
                 "run_id": self.run_id, "items_from": self.items_from,
                 "items_format": self.items_format}
 
@@ -299,7 +299,7 @@ class RunConfig:
         policy = data.get("policy") or {}
         options = data.get("engine_options") or {}
         kind = OPTIONS_FOR.get(engine, LocalOptions)
-        names = {f.name for f in dataclasses.fields(kind)} - set(OPTIONS_REFUSED.get(engine, ()))
+        names = {f.name for f in records.fields(kind)} - set(OPTIONS_REFUSED.get(engine, ()))
         return cls(engine=engine,
                    policy=MapPolicy(**{k: v for k, v in policy.items() if k in POLICY_FIELDS
                                        and k in POLICY_APPLIES.get(engine, ())}),

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeGuard, overload
 
 from .bigint import parse_int_strict, reject_constant
 from .errors import InvalidEvent, UsageError
+from .records import dataclass, field
 
 JSON = Any
 

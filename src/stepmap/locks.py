@@ -30,7 +30,6 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 from .errors import ResultsError, RunLockedError, UsageError
@@ -104,10 +103,10 @@ def lock_holder(store: RunStore) -> str | None:
 # ---------------------------------------------------------------- local
 
 @contextlib.contextmanager
-def _local_lock(store: RunStore, path: Path) -> Iterator[None]:
+def _local_lock(store: RunStore, path: str) -> Iterator[None]:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not path.is_file():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path) and not os.path.isfile(path):
             raise ResultsError(f"{path} is not a file: remove it (a run's lock must be a file)")
         with _HELD_GUARD:  # no thread of ours takes or drops a lock meanwhile
             fd, ident = _take(store, path)
@@ -123,7 +122,7 @@ def _local_lock(store: RunStore, path: Path) -> Iterator[None]:
             os.close(fd)  # closing drops the record lock
 
 
-def _take(store: RunStore, path: Path) -> tuple[int, tuple[int, int]]:
+def _take(store: RunStore, path: str) -> tuple[int, tuple[int, int]]:
     """Open and lock ``path`` (call with _HELD_GUARD held). A file this process already
     locks is refused before it is opened: closing a second descriptor would drop the lock."""
     import fcntl
@@ -153,7 +152,7 @@ def _holder_text(fd: int) -> str:
         return ""
 
 
-def _lock_owner(fd: int, path: Path) -> int | None:
+def _lock_owner(fd: int, path: str) -> int | None:
     """The pid holding a write lock on the file, None if unlocked (F_GETLK: no lock taken)."""
     import fcntl
     if sys.platform.startswith("linux") and struct.calcsize("P") == 8:

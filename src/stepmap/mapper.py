@@ -20,12 +20,13 @@ import json
 import math
 import time
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
 from .errors import ConfigError, EngineLost
 from .job import JSON, EventSpec, built, is_compact_range
+from .records import dataclass, field
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
 #: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
@@ -146,37 +147,65 @@ class Intervals:
 
 
 def batches(items: Iterable[JSON], params: dict, size: int,
-            skip: Intervals | None = None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
+            skip: Intervals | None = None, taper: Taper | None = None
+            ) -> Iterator[tuple[tuple[int, int], EventSpec]]:
     """Consecutive item positions grouped into events; a batch never spans a skipped item.
 
     Items are taken ``size`` at a time with islice (no per-item Python loop: this is the hot
     path for millions of tiny items), then split around any skipped positions. A ``range``
-    of step 1 is sliced instead: its batches are sub-ranges, never materialized."""
+    of step 1 is sliced instead: its batches are sub-ranges, never materialized. With a
+    ``taper``, batches shrink towards the end of the items (see :class:`Taper`)."""
+    batched = size != 1
+    sizes = taper.sizes(size) if taper else itertools.repeat(size)
     if is_compact_range(items):
-        yield from _range_batches(items, params, size, skip)
+        yield from _range_batches(items, params, sizes, batched, skip)
         return
     source = iter(items)
     first = 0
-    while True:
-        chunk = list(itertools.islice(source, size))
+    for step in sizes:
+        chunk = list(itertools.islice(source, step))
         if not chunk:
             return
         for start, end in (skip.gaps(first, first + len(chunk)) if skip else
                            [(first, first + len(chunk))]):
-            yield _event(start, chunk[start - first:end - first], params, size)
+            yield _event(start, chunk[start - first:end - first], params, batched)
         first += len(chunk)
 
 
-def _range_batches(items: range, params: dict, size: int,
+class Taper:
+    """Guided batch sizes, for items of uneven cost: full-size batches while more than
+    2 × ``slots`` of them remain (with the auto size, the first half of the items), then
+    each batch ``remaining / (2 × slots)`` items, so the batches shrink geometrically, down to
+    an eighth of the full size. A slow item then holds up the end of a run by a small batch,
+    not a full one (OpenMP's "guided" schedule; Pool.map's equal chunks can leave one worker
+    finishing a heavy chunk alone). It costs about twice as many tasks as equal batches."""
+
+    def __init__(self, count: int, slots: int):
+        self.count, self.slots = count, max(1, slots)
+
+    def sizes(self, size: int) -> Iterator[int]:
+        floor, done = max(1, size // 8), 0
+        while True:
+            step = max(floor, min(size, math.ceil((self.count - done) / (2 * self.slots))))
+            yield step
+            done += step
+
+
+def _range_batches(items: range, params: dict, sizes: Iterator[int], batched: bool,
                    skip: Intervals | None) -> Iterator[tuple[tuple[int, int], EventSpec]]:
-    for first in range(0, len(items), size):
-        end = min(first + size, len(items))
+    first = 0
+    for step in sizes:
+        if first >= len(items):
+            return
+        end = min(first + step, len(items))
         for start, stop in (skip.gaps(first, end) if skip else [(first, end)]):
-            yield (start, stop), EventSpec(items[start:stop], params, batched=size != 1)
+            yield (start, stop), EventSpec(items[start:stop], params, batched=batched)
+        first = end
 
 
-def _event(first: int, group: list, params: dict, size: int) -> tuple[tuple[int, int], EventSpec]:
-    return (first, first + len(group)), EventSpec(group, params, batched=size != 1)
+def _event(first: int, group: list, params: dict,
+           batched: bool) -> tuple[tuple[int, int], EventSpec]:
+    return (first, first + len(group)), EventSpec(group, params, batched=batched)
 
 
 @dataclass(order=True)
@@ -227,20 +256,26 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
     retry_queue: list[_Task] = []
     ids = itertools.count()
     source = iter(tasks)
+    ahead: deque = deque()  # tasks taken from the source, not submitted yet
     exhausted = False
     seen_items = 0
     try:
         while True:
             now = time.monotonic()
-            while outcome.stopped_because is None and len(inflight) < limit:
+            while not exhausted and len(ahead) <= limit:  # one more: so we know the end
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    ahead.append(nxt)
+            # The last tasks go one per worker, each to a worker that is free: queued behind
+            # a slow task, one would hold up the end of the run while another worker idles.
+            cap = min(limit, executor.slots) if exhausted else limit
+            while outcome.stopped_because is None and len(inflight) < cap:
                 if retry_queue and retry_queue[0].not_before <= now:
                     task = heapq.heappop(retry_queue)
-                elif not exhausted:
-                    nxt = next(source, None)
-                    if nxt is None:
-                        exhausted = True
-                        continue
-                    task = _Task(0.0, next(ids), *nxt)
+                elif ahead:
+                    task = _Task(0.0, next(ids), *ahead.popleft())
                     seen_items += task.items
                     outcome.tasks += 1
                 else:
@@ -248,7 +283,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                 task.attempts += 1
                 executor.submit(task.task_id, task.event, policy.timeout)
                 inflight[task.task_id] = task
-            if not inflight and (outcome.stopped_because or (exhausted and not retry_queue)):
+            if not inflight and (outcome.stopped_because or
+                                 (exhausted and not ahead and not retry_queue)):
                 break
             wait = 0.25
             if retry_queue:
@@ -292,7 +328,7 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
     executor.close(cancel=stopping)
     leftovers = sorted(list(inflight.values()) + retry_queue, key=lambda t: t.positions)
     if stopping:
-        leftovers += [_Task(0.0, -1, *rest) for rest in source]
+        leftovers += [_Task(0.0, -1, *rest) for rest in itertools.chain(ahead, source)]
     for task in leftovers:
         sink.add(pending_entry(_json(task.event), task.positions))
         outcome.pending += task.items

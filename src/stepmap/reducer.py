@@ -9,13 +9,13 @@ counts as missing (resume recomputes it) and is reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Mapping
 
 from .errors import IncompleteRunError, ResultsError
 from .job import JSON, Workload, item_count
+from .records import dataclass, field
 from .results import RunStore, entry_input
-from .verify import Expected, Verified, check_results
+from .verify import Expected, Verified, check_results, entry_positions
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:
     found = []
     for status in ("FAILED", "PENDING"):
         for entry in store.iter_entries(RunStore.manifest_keys(manifest, status)):
-            try:
-                count = item_count(entry_input(entry))
+            try:  # a sub-range child's Input (stepmap.aws) counts by its position span
+                spans = entry_positions(entry)
+                count = sum(end - first for first, end in spans) if spans is not None \
+                    else item_count(entry_input(entry))
             except ResultsError:
                 count = 1
             name = entry.get("Name", "?")

@@ -18,13 +18,13 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from .cli_common import runs_location
 from .errors import UsageError
 from .extras import require
+from .records import asdict, dataclass, field
 from .results import RunStore, parse_time
 
 STRAGGLER_FACTOR = 3.0  # a task this many times slower than the median is a straggler

@@ -17,17 +17,17 @@ This module is the only one that knows file names and entry shapes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from . import bigint  # noqa: F401  (lifts the int/str digit limit for result strings)
+from . import records
 from .errors import ResultsError, UsageError
+from .records import dataclass, field
 from .storage import Storage, parse_location
 
 STATUSES = ("SUCCEEDED", "FAILED", "PENDING")
@@ -42,7 +42,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: '$' takes
 
 
 def new_run_id(workload: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     name = re.sub(r"[^A-Za-z0-9]+", "-", workload.split(":")[-1]).strip("-")[:24] or "job"
     return f"{stamp}-{name}-{os.urandom(3).hex()}"
 
@@ -56,13 +56,22 @@ def check_run_id(run_id: str) -> str:
 
 
 def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    """UTC, to the millisecond (truncated, as datetime's isoformat): 2026-12-07T21:03:04.005Z.
+    Written with time.strftime: importing datetime would cost every run."""
+    fraction, seconds = math.modf(epoch)  # rounded to the microsecond as datetime does
+    micros = round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{micros // 1000:03d}Z")
 
 
 def parse_time(text: str | None) -> float | None:
     if not text:
         return None
+    from datetime import datetime
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
@@ -148,7 +157,7 @@ class Attempt:
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        out = {k: v for k, v in records.asdict(self).items() if k != "extra"}
         return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
 
     @classmethod
@@ -190,7 +199,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
-        for f in dataclasses.fields(self):
+        for f in records.fields(self):
             value = getattr(self, f.name)
             if f.name in ("extra", "attempts"):
                 continue
@@ -217,7 +226,7 @@ class RunRecord:
 def _known(cls: type, data: dict[str, Any], *, defaults: dict[str, Any]) -> dict[str, Any]:
     """Split ``data`` into ``cls``'s fields (with ``defaults``) and the rest (kept in
     ``extra``, so a newer version's keys survive a read-modify-write by this one)."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    names = {f.name for f in records.fields(cls)} - {"extra"}
     values = {**defaults, **{k: v for k, v in data.items() if k in names}}
     values["extra"] = {k: v for k, v in data.items() if k not in names}
     return values

@@ -13,7 +13,7 @@ is missing. Every attempt's effective settings are recorded in run.json.
 
 from __future__ import annotations
 
-import dataclasses
+from . import records
 import time
 from typing import Any, Callable, Mapping
 
@@ -54,7 +54,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
     store.storage.ensure_writable()
     if store.has_record():
         raise UsageError(f"run {run_id} already exists in {config.runs}; use 'stepmap resume'")
-    config = dataclasses.replace(config, run_id=run_id)
+    config = records.replace(config, run_id=run_id)
     record = RunRecord(run_id, workload_ref, config.engine, input=run_input,
                        params=start.params, summary=start.summary, settings=config.to_dict(),
                        items=start.count, created=began, items_from=config.items_from,

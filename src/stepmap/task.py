@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
-from dataclasses import dataclass
 
 from . import bigint  # noqa: F401  (results may carry huge decimal strings)
 from .job import EventSpec, built
+from .records import dataclass
 from .verify import checksum
 from .workloads import resolve
 
@@ -79,6 +78,7 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
             raise ResultTooLarge(f"the result is {len(output_json):,} bytes of JSON; the limit "
                                  f"is {MAX_RESULT_BYTES:,}: return less, or use smaller batches")
     except (Exception, SystemExit) as exc:  # every failure of the step becomes task data
+        import traceback  # only now: its linecache and tokenize imports cost every run
         return Completion(task_id, False, input_json=input_json, error=type(exc).__name__,
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
                           started=started, stopped=time.time(), worker=worker_name())

@@ -20,17 +20,19 @@ there) proves exactly-once coverage, so a result set holding one item twice and 
 another is refused although its count is right; and (2) holds there too
 (``Expected.positions_in_input``): the Input must be the selector's event of this run's
 items at those positions and its params (the reduce Lambda re-runs the start for them).
+A sub-range child (stepmap.aws.subranges) names a [first, end] span as its ``position``:
+the span is proven as a whole: its range must be the run's range sliced at the span.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, TypeGuard
 
 from .errors import ResultsError
-from .job import JSON, is_compact_range, item_count
+from .job import JSON, RANGE_KEY, is_compact_range, item_count
+from .records import dataclass, field
 from .results import RunStore, entry_input, entry_output
 
 CHECKSUM_KEY = "Checksum"
@@ -118,6 +120,7 @@ class _Span:
     index: int
     name: str
     digest: bytes
+    ranged: bool = False  # a sub-range map item's [first, end] position (stepmap.aws)
 
 
 @dataclass
@@ -205,13 +208,14 @@ def _add_aws_entry(found: Verified, store: RunStore, own: list[_Span], key: str,
     (with the digest of its canonical Input when it is to be matched against the run's)."""
     name = str(entry.get("Name", "?"))
     try:
-        spans = entry_positions(entry)
+        spans = _entry_spans(entry)
         digest = _digest(canonical(entry_input(entry))) if with_digest else b""
     except ResultsError as exc:
         _reject(found, store, key, name, str(exc))
         return
     if spans is not None:
-        own.extend(_Span(first, end, key, index, name, digest) for first, end in spans)
+        own.extend(_Span(first, end, key, index, name, digest, ranged)
+                   for first, end, ranged in spans)
     elif positions_required:
         _reject(found, store, key, name, "its Input names no item position")
     else:  # no positions (results of an older stack): count the Input's items
@@ -223,13 +227,18 @@ def _match_aws_inputs(found: Verified, store: RunStore, spans: list[_Span],
                       expected: Expected) -> list[_Span]:
     """The spans (one per item) of the AWS entries whose Input is exactly what the state
     machine builds from this run's items at its positions and this run's params. The items
-    are read once, in position order; an entry is decided as soon as its items are seen."""
+    are read once, in position order; an entry is decided as soon as its items are seen.
+    Entries of sub-ranges are proven arithmetically against the run's range instead."""
     entries: dict[tuple[str, int], list[_Span]] = {}
     for span in spans:
         entries.setdefault((span.key, span.index), []).append(span)
+    ranged = {entry: group for entry, group in entries.items() if any(s.ranged for s in group)}
+    good = _match_aws_ranges(found, store, ranged, expected) if ranged else []
+    for entry in ranged:
+        del entries[entry]
+    spans = [span for group in entries.values() for span in group]
     waiting = {entry: len({s.first for s in group}) for entry, group in entries.items()}
     seen: dict[tuple[str, int], dict[int, JSON]] = {}
-    good: list[_Span] = []
     by_position = sorted(spans, key=lambda s: s.first)
     for span, item in zip(by_position, _items_at(expected.items(),
                                                  [s.first for s in by_position])):
@@ -249,6 +258,38 @@ def _match_aws_inputs(found: Verified, store: RunStore, spans: list[_Span],
     for entry in waiting:
         _reject(found, store, entry[0], entries[entry][0].name, "positions beyond the run's items")
     return good
+
+
+def _match_aws_ranges(found: Verified, store: RunStore, entries: dict[tuple[str, int],
+                      list[_Span]], expected: Expected) -> list[_Span]:
+    """The spans of the sub-range entries whose Input is exactly what the state machine
+    builds from this run's range at its position spans and this run's params: each span's
+    values are the run's range sliced, compared by digest, never listed item by item."""
+    items = expected.items()
+    good: list[_Span] = []
+    for group in entries.values():
+        first = group[0]
+        if is_compact_range(items) and any(s.end > len(items) for s in group):
+            problem = "positions beyond the run's items"
+        elif is_compact_range(items) and first.digest in _aws_range_digests(
+                group, items, expected.params):
+            good.extend(group)
+            continue
+        else:
+            problem = "its Input is not this run's item and params at its position"
+        _reject(found, store, first.key, first.name, problem)
+    return good
+
+
+def _aws_range_digests(group: list[_Span], items: range, params: dict) -> set[bytes]:
+    """The digests of the Inputs the state machine gives a child for these sub-ranges
+    (stepmap.aws.subranges): a batch and, for one sub-range, the single event."""
+    listed = [{"index": {RANGE_KEY: [items[s.first], items[s.end - 1] + 1]},
+               POSITION_KEY: [s.first, s.end]} for s in group]
+    events: list[JSON] = [{"Items": listed, "BatchInput": {"params": params}}]
+    if len(listed) == 1:
+        events.append({**listed[0], "params": params})
+    return {_digest(canonical(event)) for event in events}
 
 
 _BEYOND = object()  # no item at this position: the run has fewer items
@@ -284,28 +325,41 @@ def _aws_digests(group: list[_Span], items: dict[int, JSON], params: dict) -> se
 def entry_positions(entry: dict) -> list[tuple[int, int]] | None:
     """The [first, end) item positions a result entry covers: its ``ItemPositions``
     (stepmap's engines), or each item's ``position`` in its Input (stepmap's state
-    machine); None when it names neither."""
+    machine: an item's position, or a sub-range's [first, end]); None when it names
+    neither."""
+    spans = _entry_spans(entry)
+    return None if spans is None else [(first, end) for first, end, _ in spans]
+
+
+def _entry_spans(entry: dict) -> list[tuple[int, int, bool]] | None:
+    """entry_positions, each span marked True when it is a sub-range item's."""
     span = entry.get("ItemPositions")
     if _is_span(span):
-        return [(span[0], span[1])]
+        return [(span[0], span[1], False)]
     if "ItemPositions" in entry:
         raise ResultsError("corrupt ItemPositions")
-    found = input_positions(entry_input(entry))
-    return None if found is None else [(p, p + 1) for p in found]
+    return input_spans(entry_input(entry))
 
 
-def input_positions(event: JSON) -> list[int] | None:
-    """The ``position`` of each item of a child Input (one item, or an ItemBatcher batch),
-    or None when the Input names none."""
+def input_spans(event: JSON) -> list[tuple[int, int, bool]] | None:
+    """The positions of each item of a child Input (one item, or an ItemBatcher batch) as
+    ([first, end), is a sub-range): ``position`` p is (p, p + 1, False), a sub-range's
+    ``position`` [p0, p1] is (p0, p1, True); None when the Input names none."""
     items = event.get("Items") if isinstance(event, dict) else None
     listed = items if isinstance(items, list) else [event]
     found = [item.get(POSITION_KEY) if isinstance(item, dict) else None for item in listed]
     if not found or any(p is None for p in found):
         return None
-    positions = [p for p in found if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
-    if len(positions) != len(found):
-        raise ResultsError("an item position in the Input is not a non-negative integer")
-    return positions
+    spans: list[tuple[int, int, bool]] = []
+    for p in found:
+        if _is_span(p):
+            spans.append((p[0], p[1], True))
+        elif isinstance(p, int) and not isinstance(p, bool) and p >= 0:
+            spans.append((p, p + 1, False))
+        else:
+            raise ResultsError("an item position in the Input is not a non-negative integer "
+                               "(or a sub-range's [first, end])")
+    return spans
 
 
 def _match_inputs(found: Verified, store: RunStore, spans: list[_Span],

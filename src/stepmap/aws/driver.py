@@ -34,7 +34,7 @@ from ..extras import require
 from ..results import Attempt, RunRecord, RunStore
 from ..verify import Expected
 from ..workloads import resolve
-from . import asl, fetch
+from . import asl, fetch, subranges
 from .handlers import positioned_items
 from .names import CONTROL_KEY, ITEMS_PREFIX
 from .outcome import record_outcome, report_from_record, report_of, seconds_of
@@ -279,8 +279,9 @@ def _resume_new_execution(target: Target, job: RunJob, progress: ProgressFn | No
         control["origin"] = {"Bucket": target.bucket, "Key": state.items_key}
     name = f"{record.run_id[:72]}-r{n}"
     arn = _start(target, name, record.input, control, state)
-    job.notify(f"stepmap: resuming with {len(missing):,} unfinished of {record.items:,} items "
-               f"in execution {arn}")
+    plural = "" if len(missing) == 1 else "s"
+    job.notify(f"stepmap: resuming with {record.items - done.total():,} unfinished of "
+               f"{record.items:,} items ({len(missing):,} map item{plural}) in execution {arn}")
     record.execution_arn, record.state_machine_arn = arn, target.state_machine_arn
     record.status = "RUNNING"
     record.attempts.append(_attempt(job, target, mode="resume", already=done.total()))
@@ -319,6 +320,10 @@ def _unfinished_items(job: RunJob, state: AwsState, done) -> list[dict]:
     if state.items_key:  # --items-from: the very list uploaded, kept with the run
         listed = json.loads(job.store.storage.get(job.store.key(ITEMS_COPY)))
         return [entry for entry in listed if entry["position"] not in done]
+    ranged = subranges.plan(job.start.items, job.start.batch_hint)
+    if ranged is not None:  # a long range: its unfinished positions as sub-ranges too
+        values, length = ranged
+        return subranges.unfinished(values, length, done.gaps(0, len(values)))
     return fetch.unfinished(job.start.items, done)
 
 
@@ -338,7 +343,8 @@ def _follow(store: RunStore, record: RunRecord, state: AwsState, target: Target,
     shifted = (lambda done, failed: progress(already + done, failed)) if progress else None
     try:
         with aws_errors():
-            described, _ = watch(target.sfn, arn, progress=shifted, poll=target.poll)
+            described, _ = watch(target.sfn, arn, progress=shifted, poll=target.poll,
+                                 items=(record.items - already) if record.items else None)
     except KeyboardInterrupt:
         if target.detachable:
             return RunReport(record.run_id, "DETACHED", record.engine, record.items or 0,
@@ -370,9 +376,11 @@ def _keep_results(store: RunStore, state: AwsState, target: Target, arn: str) ->
 
 
 def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, poll: float,
-          sleep: Any = time.sleep) -> tuple[dict, dict]:
+          sleep: Any = time.sleep, items: int | None = None) -> tuple[dict, dict]:
     """Poll until the execution stops; return (DescribeExecution, final map-run item counts).
-    DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait."""
+    DescribeMapRun is called at most once per ``poll`` seconds; throttling doubles the wait.
+    ``items``: the run's items this map runs; when its map items are fewer (sub-ranges of a
+    long range), progress is reported in items, pro rata."""
     interval, map_run_arn, counts = poll, None, {}
     while True:
         try:
@@ -381,8 +389,9 @@ def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, p
             if map_run_arn:  # read after the execution stopped, these counts are final
                 counts = sfn.describe_map_run(mapRunArn=map_run_arn)["itemCounts"]
                 if progress is not None:
-                    progress(counts.get("succeeded", 0) + counts.get("failed", 0),
-                             counts.get("failed", 0))
+                    scale = _items_per_map_item(counts, items)
+                    progress(int((counts.get("succeeded", 0) + counts.get("failed", 0)) * scale),
+                             int(counts.get("failed", 0) * scale))
             interval = poll
         except Exception as exc:  # botocore's ClientError: only throttling is waited out
             if error_code(exc) not in ("ThrottlingException", "TooManyRequestsException"):
@@ -393,6 +402,11 @@ def watch(sfn: Any, execution_arn: str, *, progress: ProgressFn | None = None, p
         if described["status"] != "RUNNING":
             return described, counts
         sleep(interval)
+
+
+def _items_per_map_item(counts: dict, items: int | None) -> float:
+    total = counts.get("total") or 0
+    return items / total if items and total and total < items else 1.0
 
 
 def _latest_map_run(sfn: Any, execution_arn: str) -> str | None:

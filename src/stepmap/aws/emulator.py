@@ -36,14 +36,14 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 from datetime import datetime, timezone
 
-from ..errors import EngineError
 from . import asl
 from .stack_config import StackConfig
 from .templates import template_for
+from ..errors import EngineError
+from ..records import dataclass, field
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -157,8 +157,18 @@ class FakeLambda:
             return
         items = event.get("Items", [event]) if isinstance(event, dict) else []
         for item in items:
-            if isinstance(item, dict) and item.get("index") in self.faults.fail_items:
-                raise InjectedFault(f"item {item['index']} was told to fail (emulator fault)")
+            value = item.get("index") if isinstance(item, dict) else None
+            for index in _failing(value, self.faults.fail_items):
+                raise InjectedFault(f"item {index} was told to fail (emulator fault)")
+
+
+def _failing(value, fail_items: frozenset) -> list:
+    """The fault list's items that a child item holds: for a sub-range ``{"Range": [a,
+    b]}``, those in a..b-1 (the range is never listed); else the item itself, if listed."""
+    bounds = value.get("Range") if isinstance(value, dict) else None
+    if isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds):
+        return sorted(i for i in fail_items if type(i) is int and bounds[0] <= i < bounds[1])
+    return [value] if isinstance(value, (int, str)) and value in fail_items else []
 
 
 @dataclass

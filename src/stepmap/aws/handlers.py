@@ -31,6 +31,10 @@ listed item SUCCEEDED, none FAILED or PENDING). Each child's item is Step Functi
 entry, ``{"Key", "Size", "Etag", "LastModified", "StorageClass"}``; compute renames ``Etag``
 to ``ETag``, the spelling of the ListObjectsV2 API and of stepmap's own listing.
 
+A start step whose items are a long ``range`` emits sub-ranges instead, one map item per
+span of positions (subranges.py): each child computes one range event, its ResultWriter
+entry's Input stays a few bytes whatever N, and reduce proves the spans against the range.
+
 Payload limits shape three details. A state's input/output is at most 256 KiB, so a long item
 list goes to S3 (read back by the Distributed Map's ItemReader), a large compute result goes
 to S3 with a pointer in its place, and a large total is written next to the ResultWriter
@@ -52,7 +56,7 @@ from ..results import MANIFEST, RunStore
 from ..storage import S3Storage
 from ..verify import Expected, seal
 from ..workloads import resolve
-from . import names
+from . import names, subranges
 from .names import CONTROL_KEY, POSITION_KEY, RESULTS_PREFIX
 
 # the names the stack sets and the driver uses (handlers.X stays patchable in tests)
@@ -101,15 +105,24 @@ def start(event: Any, context: Any = None) -> dict:
     started = _started(workload(), event)
     if control is not None:
         return _start_given(started, control)
-    items = list(started.items)
+    ranged = subranges.plan(started.items, started.batch_hint)
+    items = ranged[0] if ranged is not None else list(started.items)
     out = {"params": started.params, "item_count": len(items), "summary": started.summary,
            "previous": []}
+    if ranged is not None:  # a long range: M sub-ranges, through the S3 ItemReader
+        body = _dumps(subranges.map_items(*ranged)).encode("utf-8")
+        return {**out, **_put_items(body, context)}
     items_json = _dumps(items)
     if len(items_json) + len(_dumps(out)) <= INLINE_START_BYTES:
         return {**out, "items": items, "items_in_s3": False}
+    return {**out, **_put_items(positioned_items(items), context)}
+
+
+def _put_items(body: bytes, context) -> dict:
+    """The map's item list in S3, for the MapFromS3 state's ItemReader."""
     bucket, key = _bucket(), f"{ITEMS_PREFIX}/{_request_id(context)}.json"
-    S3Storage(bucket).put(key, positioned_items(items))
-    return {**out, "items_in_s3": True, "items_bucket": bucket, "items_key": key}
+    S3Storage(bucket).put(key, body)
+    return {"items_in_s3": True, "items_bucket": bucket, "items_key": key}
 
 
 def positioned_items(items, positions=None) -> bytes:
@@ -208,9 +221,13 @@ def compute_event(event: Any) -> dict:
         if isinstance(shared, Mapping) and set(shared) == {"params"}:
             shared = _params(shared["params"])
         items = event["Items"]
+        if isinstance(items, list) and items and any(map(subranges.is_span_item, items)):
+            return subranges.job_event(items, dict(shared))
         if isinstance(items, list):
             items = [_unwrap(item) if isinstance(item, Mapping) else item for item in items]
         job_event = {"Items": items, "BatchInput": shared}
+    elif subranges.is_span_item(event) and set(event) <= {ITEM_KEY, POSITION_KEY, "params"}:
+        return subranges.job_event([event], _params(event.get("params", {})))
     else:
         job_event = _unwrap(event)
     event_items(job_event)  # validates the shape; raises InvalidEvent with the reason

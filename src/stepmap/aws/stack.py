@@ -25,7 +25,9 @@ keys are only known at run time into the selector, so the compute handler unwrap
 ``params`` into the job contract's flat event (see handlers.py). The position is
 ``$$.Map.Item.Index`` for the inline and listing maps; an item list in S3 holds
 ``{"index", "position"}`` objects (so that a resume can run a subset of the items under their
-original positions), and the reduce step checks every position is covered exactly once.
+original positions), and the reduce step checks every position is covered exactly once. A
+long range's list in S3 holds sub-ranges, ``{"index": {"Range": [v0, v1]}, "position": [p0,
+p1]}`` (subranges.py): the same selector passes them on unchanged.
 
 The compute task retries Lambda's throttling and service errors, and then ANY error
 (States.ALL: a workload's own exception too) ``retries`` times from ``backoff_seconds`` with

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
 
-from ..errors import UsageError
-from ..workloads import is_builtin
 from .names import DEFAULT_BACKOFF_SECONDS, DEFAULT_RETRIES
+from ..errors import UsageError
+from ..records import asdict, dataclass, fields
+from ..workloads import is_builtin
 
 #: The Lambda Python runtimes a stack may use (stack.py maps them to CDK's).
 RUNTIMES = ("python3.12", "python3.13", "python3.14")

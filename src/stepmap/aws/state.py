@@ -4,12 +4,12 @@ list, and whether a resume can work."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..results import RunRecord
 from .names import RESULTS_PREFIX
+from .. import records
+from ..records import dataclass, field
+from ..results import RunRecord
 
 
 @dataclass
@@ -27,9 +27,9 @@ class AwsState:
     @classmethod
     def of(cls, record: RunRecord) -> "AwsState":
         saved = record.extra.get("aws")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in records.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in names}) \
             if isinstance(saved, dict) else cls()
 
     def save(self, record: RunRecord) -> None:
-        record.extra["aws"] = dataclasses.asdict(self)
+        record.extra["aws"] = records.asdict(self)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..errors import EngineError, StepmapError, UsageError
 from . import asl
+from ..errors import EngineError, StepmapError, UsageError
+from ..records import dataclass, field
 
 #: DescribeMapRun/DescribeExecution are throttled per account: poll gently on AWS.
 MIN_POLL_SECONDS = 2.0

@@ -18,14 +18,14 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
 
+from .maprun import MapRunPoller
 from .. import runner
 from ..errors import ResultsError
+from ..records import asdict
 from ..report import STRAGGLER_FACTOR, Summary, Task, summarize
 from ..results import RunStore, check_run_id, iso_time
 from ..storage import parse_location
-from .maprun import MapRunPoller
 
 #: Runs that are still going; everything else is final.
 LIVE_STATUSES = ("RUNNING",)

@@ -123,9 +123,9 @@ class RunDashboard:
     def for_run(cls, config, workload_ref: str):
         """(the config with its run id fixed now, the dashboard of that run): the URL must
         name the run before the run starts."""
-        import dataclasses
+        from ..records import replace
         from ..results import new_run_id
-        config = dataclasses.replace(config, run_id=config.run_id or new_run_id(workload_ref))
+        config = replace(config, run_id=config.run_id or new_run_id(workload_ref))
         return config, cls(config.runs, config.run_id)
 
     def __enter__(self) -> "RunDashboard":

@@ -11,11 +11,11 @@ serves the engines that run inside this process's control (local, dask, through
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..config import RunConfig
 from ..job import Start
+from ..records import dataclass, field
 from ..results import RunRecord, RunStore
 
 #: (items done, items failed so far) -> None; drawn by the CLI's progress bar

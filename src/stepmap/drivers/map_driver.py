@@ -13,23 +13,23 @@ damaged or foreign is counted.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
-from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
+from .base import NotifyFn, ProgressFn, RunJob, RunReport
+from .. import records
 from ..config import RunConfig
 from ..engines import Executor, get_engine
 from ..errors import IncompleteRunError, StepmapError
 from ..job import JSON, Start, is_compact_range
-from ..mapper import Intervals, MapOutcome, auto_batch_size, batches, run_map
+from ..mapper import Intervals, MapOutcome, Taper, auto_batch_size, batches, run_map
+from ..records import replace
 from ..reducer import reduce_run
 from ..results import Attempt, RunRecord, RunStore, ResultSink
 from ..verify import Expected, check_results
 from ..workloads import resolve
-from .base import NotifyFn, ProgressFn, RunJob, RunReport
 
 #: A copy of an --items-from source's items, kept in a local run's directory.
 ITEMS_SNAPSHOT = "items.jsonl"
@@ -67,7 +67,7 @@ def open_executor(config: RunConfig, workload_ref: str,
     """The engine's executor, with the engine options that are set (and max_concurrency,
     which bounds a local pool's size); the start step's ``workers_hint`` sizes a pool or
     local cluster the user did not size."""
-    given = dataclasses.asdict(config.engine_options)  # type: ignore
+    given = records.asdict(config.engine_options)
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if workers_hint and "workers" in given and "scheduler" not in options:
         options.setdefault("workers", workers_hint)
@@ -88,13 +88,18 @@ def _closing_on_error(executor: Executor) -> Iterator[None]:
 def _execute(job: RunJob, executor: Executor, done: Intervals,
              progress: ProgressFn | None) -> RunReport:
     store, record, config, start = job.store, job.record, job.config, job.start
-    size = config.policy.batch_size or start.batch_hint or auto_batch_size(
-        start.count, executor.slots, compact=is_compact_range(start.items))
+    size = config.policy.batch_size or start.batch_hint
+    taper = None  # a size the user or the workload chose is kept to the end
+    if not size:
+        size = auto_batch_size(start.count, executor.slots,
+                               compact=is_compact_range(start.items))
+        taper = Taper(start.count, executor.slots) if start.count and size > 1 else None
     sink = ResultSink(store)
     if record.items_from and store.storage.local_path(store.key(ITEMS_SNAPSHOT)) is not None:
         start = replace(start, items=_snapshot(store, record, start.items))
     already = done.total()
-    tasks = batches(start.items, start.params, size, skip=done if already else None)
+    tasks = batches(start.items, start.params, size, skip=done if already else None,
+                    taper=taper)
 
     def report_progress(o: MapOutcome) -> None:
         if progress:

@@ -45,7 +45,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
 
 import dask
 from distributed import Client, Future, LocalCluster, wait as wait_all
@@ -56,6 +55,7 @@ from ..bigint import flag_float
 from ..config import is_scheduler_address
 from ..errors import EngineError, EngineLost, UsageError
 from ..job import EventSpec
+from ..records import dataclass
 from ..task import Completion, execute
 
 #: seconds between looks at a task that is past its deadline but has not started executing

@@ -22,18 +22,19 @@ workers die with their parent, is in :mod:`stepmap.engines.local_worker`.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import select
 import selectors
 import signal
+import sys
 import time
 from collections import deque
 from typing import Any
 
 from ..errors import EngineError, UsageError
 from ..task import Completion
+from .forked import ForkedProcess, join
 from .local_worker import STOP, frame, load_prctl, read_frame, worker_main
 
 #: Tasks handed to one worker at a time: the one it runs and the one it runs next.
@@ -57,6 +58,7 @@ class LocalEngine:
 
 
 def _available() -> list[str]:
+    import multiprocessing
     return [m for m in multiprocessing.get_all_start_methods() if m in START_METHODS]
 
 
@@ -69,21 +71,24 @@ def start_method_from_env() -> str | None:
     return method
 
 
-def start_method_context(method: str | None):
-    """The multiprocessing context for ``method`` (None: fork where available, else spawn)."""
-    available = _available()
+def checked_start_method(method: str | None) -> str:
+    """``method``, checked (None: fork where the platform has it, else spawn). The default
+    fork is settled without importing multiprocessing (see :mod:`.forked`)."""
+    has_fork = hasattr(os, "fork") and sys.platform != "win32"
     if method is None:
-        method = "fork" if "fork" in available else "spawn"
+        return "fork" if has_fork else "spawn"
+    if method == "fork" and has_fork:
+        return method
+    available = _available()
     if method not in available:
         raise UsageError(f"start_method must be one of {', '.join(available)}, "
                          f"got {str(method)[:40]!r}")
-    return multiprocessing.get_context(method)
+    return method
 
 
 class _Worker:
-    def __init__(self, context, workload_ref: str, memory_limit_mb: int | None,
+    def __init__(self, method: str, workload_ref: str, memory_limit_mb: int | None,
                  inherited: list[int]):
-        method = context.get_start_method()
         task_r, self.task_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         children: list[int] = [task_r, result_w]  # the worker's ends: closed here once it has them
@@ -98,10 +103,14 @@ class _Worker:
                 ends = [Connection(task_r, writable=False), Connection(result_w, readable=False)]
                 children = []  # the Connections own (and close) them
             parent = None if method == "forkserver" else os.getpid()
-            self.process = context.Process(
-                target=worker_main, daemon=True,
-                args=(*ends, workload_ref, memory_limit_mb, tuple(inherited), parent,
-                      method != "fork"))
+            args = (*ends, workload_ref, memory_limit_mb, tuple(inherited), parent,
+                    method != "fork")
+            if method == "fork":
+                self.process: Any = ForkedProcess(worker_main, args)
+            else:
+                import multiprocessing
+                context: Any = multiprocessing.get_context(method)
+                self.process = context.Process(target=worker_main, args=args, daemon=True)
             self.process.start()
         except BaseException:
             _close(self.task_fd, self.result_fd)
@@ -171,7 +180,7 @@ class _Worker:
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
-        self.process.join(5)
+        join(self.process, 5)
         self.release()
 
     def release(self) -> None:
@@ -222,7 +231,7 @@ class LocalExecutor:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024:
             raise UsageError(f"--workers must be between 1 and 1024, got {workers}")
-        self._context = start_method_context(start_method)
+        self.start_method = checked_start_method(start_method)
         self._ref, self._memory = workload_ref, memory_limit_mb
         self.slots = workers
         self._workers: list[_Worker] = []
@@ -231,7 +240,7 @@ class LocalExecutor:
         inherited = [fd for w in self._workers if not w.closed
                      for fd in (w.task_fd, w.result_fd)]
         try:
-            worker = _Worker(self._context, self._ref, self._memory, inherited)
+            worker = _Worker(self.start_method, self._ref, self._memory, inherited)
         except OSError as exc:
             raise EngineError(f"cannot start a worker process: {exc}") from None
         self._workers.append(worker)
@@ -294,7 +303,7 @@ class LocalExecutor:
             pass
         if not worker.queue or worker.process.is_alive():
             return done
-        worker.process.join(1)
+        join(worker.process, 1)
         code = worker.process.exitcode
         if code is not None and code < 0:
             why = f"worker process was killed by {signal.Signals(-code).name}"
@@ -349,8 +358,8 @@ class LocalExecutor:
             if not worker.closed:
                 worker.kill()
         for process in released:  # they read their stop and exit at once
-            process.join(max(0.0, until - time.monotonic()))
+            join(process, max(0.0, until - time.monotonic()))
             if process.is_alive():
                 process.kill()
-                process.join(1)
+                join(process, 1)
         self._workers = []

@@ -14,10 +14,10 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from ..job import batch_event, item_event
 from .pricing import MAX_TASKS
+from ..job import batch_event, item_event
+from ..records import dataclass, field
 
 CALIBRATION_SECONDS = 2.0  # per configuration: the whole command stays at a few seconds
 _NOISE_FLOOR = 0.001  # samples faster than this say little about how cost grows

@@ -7,15 +7,15 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import UsageError
 from .calibration import (CALIBRATION_SECONDS, Calibration, calibrate, calibrate_for, indexable,
                           rebin, timed_samples)
 from .pricing import (FULL_VCPU_MB, INLINE_OUTPUT_BYTES, MAX_BATCH_INPUT_BYTES, MAX_TASKS, PRICES,
                       RESULT_ENTRY_BYTES,
                       Plan, price)
+from ..errors import UsageError
+from ..records import asdict, dataclass
 
 ORIGINAL: dict[str, Any] = {"memory_mb": 4096, "batch_size": 1, "method": "multinomial"}
 RECOMMENDED_METHODS = ("jump", "closed")  # s3keys: the recommendation is the cheaper one

@@ -9,12 +9,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 # above these a start output's item list goes to S3, and a compute output is offloaded to S3
 # (one PUT, one GET): the handlers' own limits, from aws/names.py (which imports no CDK)
 from ..aws.names import INLINE_OUTPUT_BYTES, INLINE_START_BYTES
+from ..records import dataclass
 
 
 #: us-east-1 on-demand list prices (first pricing tier) as published on aws.amazon.com/lambda/,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import Callable
+
+from ..records import dataclass, field
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 

@@ -7,11 +7,11 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 
-from ..errors import EXIT_INCOMPLETE, UsageError
 from .checks import Checklist
 from .session import ENGINES, run_selftest
+from ..errors import EXIT_INCOMPLETE, UsageError
+from ..records import asdict
 
 
 def register(sub, *, engine_options, output_options) -> None:

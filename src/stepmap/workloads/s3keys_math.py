@@ -129,7 +129,8 @@ def assigned_counts() -> tuple[Counts, str]:
 
 
 _CHOICES = "article, scalar, assigned or c1,c2,c3,c4"
-_EXPLICIT = re.compile(r"\s*([0-9]+)\s*,\s*([0-9]+)\s*,\s*([0-9]+)\s*,\s*([0-9]+)\s*")
+#: compiled (and cached by re) on first use: not every run parses one
+_EXPLICIT = r"\s*([0-9]+)\s*,\s*([0-9]+)\s*,\s*([0-9]+)\s*,\s*([0-9]+)\s*"
 
 
 def resolve_alphabet(spec: str) -> tuple[Counts, str]:
@@ -144,7 +145,7 @@ def resolve_alphabet(spec: str) -> tuple[Counts, str]:
         return counts, f"assigned (Unicode {version}: {counts})"
     if "," in spec:
         # [0-9] not \d: int() would also accept other scripts' digits.
-        m = _EXPLICIT.fullmatch(spec)
+        m = re.fullmatch(_EXPLICIT, spec)
         explicit = tuple(int(g) for g in m.groups()) if m else ()
         if len(explicit) != 4 or max(explicit) > MAX_EXPLICIT_COUNT:
             raise ValueError(
