@@ -139,3 +139,25 @@ def test_a_failed_batch_leaves_no_copy_running(bucket, tmp_path, small_pool):
         _compute(bucket, "g/", dest, [gone] + listing)
     assert hashlib.sha256((dest / "big").read_bytes()).digest() == hashlib.sha256(data).digest()
     assert not list(dest.rglob(".*stepmap-part-*"))
+
+
+def test_a_forked_child_copies_with_its_own_pool_and_client(bucket, tmp_path):
+    """A process that copied (its pool's threads and its client's connections made) and then
+    forks, as the local engine's parent may: the child's copy neither hangs on the pool's
+    threads, which the fork did not copy, nor shares the parent's connections."""
+    import multiprocessing
+    client = make_s3_client()
+    data = _multipart(client, bucket, "k/big", [os.urandom(8 * MiB), os.urandom(8 * MiB + 1)])
+    client.put_object(Bucket=bucket, Key="k/small", Body=b"small")
+    listing = {o["Key"]: o for o in _listing(client, bucket, "k/")}
+    assert _compute(bucket, "k/", tmp_path / "parent", [listing["k/big"]])["copied"] == 1
+    child = multiprocessing.get_context("fork").Process(
+        target=_compute, args=(bucket, "k/", tmp_path / "child", list(listing.values())))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert child.exitcode == 0
+    assert (tmp_path / "child" / "big").read_bytes() == data
+    assert (tmp_path / "child" / "small").read_bytes() == b"small"

@@ -155,6 +155,10 @@ def _client():
     return make_s3_client(connections=s3fetch.THREADS)
 
 
+# A forked child makes its own client: the parent's pooled connections are not its to use.
+os.register_at_fork(after_in_child=_client.cache_clear)
+
+
 def _identical(target: Path, obj: dict, bucket: str) -> bool:
     try:
         if not target.is_file() or target.stat().st_size != obj["Size"]:

@@ -41,6 +41,16 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_pool() -> None:
+    """In a forked child: none of the parent's pool threads exist there (work queued on the
+    inherited pool would never run), so the child makes its own pool."""
+    global _pool, _POOL_LOCK
+    _pool, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_all(function: Callable, arguments: Iterable[tuple]) -> list:
     """``function(*args)`` for each, on the pool; their results in order. On a failure the
     calls not started are cancelled and the running ones finish before the first error is
