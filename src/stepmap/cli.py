@@ -325,5 +325,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def console_main() -> int:
+    """The ``stepmap`` command: :func:`main`, then freeze what the collector tracks, so that
+    the interpreter's exit does not walk every object of the run again (about 5 ms of a
+    `stepmap run s3keys --size 1024`). Files are flushed, fsynced and closed before this;
+    only the process ends after it. (Not in :func:`main`: a program that calls main() many
+    times would keep each call's garbage.)"""
+    code = main()
+    import gc
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
