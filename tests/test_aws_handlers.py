@@ -11,9 +11,8 @@ import pytest
 from aws_fixtures import check_published_1024, local_total
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
-import boto3  # noqa: E402
-from moto import mock_aws  # noqa: E402
 
+from s3_objects import handler_bucket  # noqa: E402
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
@@ -27,12 +26,7 @@ PARAMS_1024 = s3keys.WORKLOAD.start({"size": 1024}).params
 
 @pytest.fixture
 def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv(handlers.BUCKET_ENV, BUCKET)
-    monkeypatch.setenv(handlers.WORKLOAD_ENV, "s3keys")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with handler_bucket(monkeypatch, BUCKET) as client:
         yield client
 
 

@@ -18,9 +18,8 @@ from aws_fixtures import check_published_1024, local_total
 from published import sum_of_squares
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
-import boto3  # noqa: E402
-from moto import mock_aws  # noqa: E402
 
+from s3_objects import handler_bucket  # noqa: E402
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import batch_event  # noqa: E402
@@ -33,12 +32,7 @@ BUCKET = "range-test-bucket"
 
 @pytest.fixture
 def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv(handlers.BUCKET_ENV, BUCKET)
-    monkeypatch.setenv(handlers.WORKLOAD_ENV, "s3keys")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with handler_bucket(monkeypatch, BUCKET) as client:
         yield client
 
 

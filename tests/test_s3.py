@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from s3_objects import upload_multipart
+
 from published import is_published_total, sum_of_squares
 from stepmap import runner, sources
 from stepmap.errors import ResultsError
@@ -126,17 +128,6 @@ def _put(client, bucket, key, data):
     return data
 
 
-def _multipart(client, bucket, key, parts):
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
-    done = []
-    for number, data in enumerate(parts, 1):
-        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
-                                  PartNumber=number, Body=data)
-        done.append({"PartNumber": number, "ETag": part["ETag"]})
-    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
-                                     MultipartUpload={"Parts": done})
-    return b"".join(parts)
-
 
 def test_s3copy_copies_verifies_skips_and_refuses(bucket, cli, runs, tmp_path):
     client = make_s3_client()
@@ -146,10 +137,10 @@ def test_s3copy_copies_verifies_skips_and_refuses(bucket, cli, runs, tmp_path):
                                         os.urandom(3000)),
         "empty": _put(client, bucket, "src/empty", b""),
         # 52 MiB in 7 parts of 8 MiB, as boto3 and the AWS CLI upload it
-        "big/multi.bin": _multipart(client, bucket, "src/big/multi.bin",
+        "big/multi.bin": upload_multipart(client, bucket, "src/big/multi.bin",
                                     [os.urandom(8 * MiB)] * 6 + [os.urandom(4 * MiB)]),
         # a layout no common client uses: copied, size-checked, reported as unverified
-        "odd/parts.bin": _multipart(client, bucket, "src/odd/parts.bin",
+        "odd/parts.bin": upload_multipart(client, bucket, "src/odd/parts.bin",
                                     [os.urandom(6 * MiB + 1), os.urandom(1000)]),
     }
     _put(client, bucket, "src/../escape.txt", b"evil")
@@ -183,10 +174,10 @@ def test_s3copy_fetches_big_multipart_objects_by_parallel_ranges(bucket, cli, ru
     (size-checked only, as when no guessed layout reproduces the ETag)."""
     client = make_s3_client()
     expected = {
-        "a.bin": _multipart(client, bucket, "big/a.bin", [os.urandom(8 * MiB)] * 3 +
+        "a.bin": upload_multipart(client, bucket, "big/a.bin", [os.urandom(8 * MiB)] * 3 +
                             [os.urandom(MiB)]),
-        "b.bin": _multipart(client, bucket, "big/b.bin", [os.urandom(10 * MiB)] * 2),
-        "c.bin": _multipart(client, bucket, "big/c.bin", [os.urandom(17 * MiB + 1),
+        "b.bin": upload_multipart(client, bucket, "big/b.bin", [os.urandom(10 * MiB)] * 2),
+        "c.bin": upload_multipart(client, bucket, "big/c.bin", [os.urandom(17 * MiB + 1),
                                                           os.urandom(MiB)]),
     }
     dest = tmp_path / "efs"

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from s3_objects import upload_multipart
+
 from stepmap.storage import make_s3_client
 from stepmap.workloads import s3copy, s3fetch
 
@@ -37,17 +39,6 @@ def small_pool(monkeypatch):
     pool.shutdown()
 
 
-def _multipart(client, bucket, key, parts):
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
-    done = []
-    for number, data in enumerate(parts, 1):
-        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
-                                  PartNumber=number, Body=data)
-        done.append({"PartNumber": number, "ETag": part["ETag"]})
-    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
-                                     MultipartUpload={"Parts": done})
-    return b"".join(parts)
-
 
 def _listing(client, bucket, prefix):
     return [{"Key": o["Key"], "Size": o["Size"], "ETag": o["ETag"]}
@@ -65,7 +56,7 @@ def test_more_big_objects_than_threads_share_the_pool(bucket, tmp_path, small_po
     """Six 2-part objects on two threads: each object's thread fetches its ranges itself
     while its queued helper waits; all verified from the ranges' MD5s, none read back."""
     client = make_s3_client()
-    expected = {f"o{i}": _multipart(client, bucket, f"big/o{i}", [os.urandom(8 * MiB),
+    expected = {f"o{i}": upload_multipart(client, bucket, f"big/o{i}", [os.urandom(8 * MiB),
                                                                   os.urandom(MiB + i)])
                 for i in range(6)}
     reread = []
@@ -86,10 +77,10 @@ def test_a_tampered_or_short_object_is_caught(bucket, tmp_path, small_pool):
     still copies afterwards."""
     client = make_s3_client()
     client.put_object(Bucket=bucket, Key="t/plain", Body=os.urandom(3 * MiB))
-    _multipart(client, bucket, "t/multi", [os.urandom(8 * MiB)] * 3 + [os.urandom(MiB)])
+    upload_multipart(client, bucket, "t/multi", [os.urandom(8 * MiB)] * 3 + [os.urandom(MiB)])
     stale = {o["Key"]: o for o in _listing(client, bucket, "t/")}
     client.put_object(Bucket=bucket, Key="t/plain", Body=os.urandom(3 * MiB))
-    _multipart(client, bucket, "t/multi", [os.urandom(8 * MiB), os.urandom(2 * MiB)])
+    upload_multipart(client, bucket, "t/multi", [os.urandom(8 * MiB), os.urandom(2 * MiB)])
     dest = tmp_path / "d"
     with pytest.raises(IOError, match="checksum mismatch"):
         _compute(bucket, "t/", dest, [stale["t/plain"]])
@@ -131,7 +122,7 @@ def test_a_failed_batch_leaves_no_copy_running(bucket, tmp_path, small_pool):
     big object copied beside it has finished: a retry of the batch never races a copy
     still writing from the failed attempt."""
     client = make_s3_client()
-    data = _multipart(client, bucket, "g/big", [os.urandom(8 * MiB)] * 2 + [os.urandom(MiB)])
+    data = upload_multipart(client, bucket, "g/big", [os.urandom(8 * MiB)] * 2 + [os.urandom(MiB)])
     listing = _listing(client, bucket, "g/")
     gone = {"Key": "g/gone", "Size": 10, "ETag": '"' + "0" * 32 + '"'}
     dest = tmp_path / "d"
@@ -147,7 +138,7 @@ def test_a_forked_child_copies_with_its_own_pool_and_client(bucket, tmp_path):
     threads, which the fork did not copy, nor shares the parent's connections."""
     import multiprocessing
     client = make_s3_client()
-    data = _multipart(client, bucket, "k/big", [os.urandom(8 * MiB), os.urandom(8 * MiB + 1)])
+    data = upload_multipart(client, bucket, "k/big", [os.urandom(8 * MiB), os.urandom(8 * MiB + 1)])
     client.put_object(Bucket=bucket, Key="k/small", Body=b"small")
     listing = {o["Key"]: o for o in _listing(client, bucket, "k/")}
     assert _compute(bucket, "k/", tmp_path / "parent", [listing["k/big"]])["copied"] == 1

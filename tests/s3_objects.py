@@ -1,0 +1,36 @@
+"""Test helpers shared by the S3 tests: a multipart upload as S3 clients make one, and the
+handler tests' bucket on moto's in-memory S3 (no AWS account is reachable from here; the
+handlers read and write through boto3 exactly as in Lambda)."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def upload_multipart(client, bucket: str, key: str, parts: list[bytes]) -> bytes:
+    """Upload ``parts`` as one multipart object; its whole content."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    done = []
+    for number, data in enumerate(parts, 1):
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                  PartNumber=number, Body=data)
+        done.append({"PartNumber": number, "ETag": part["ETag"]})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": done})
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def handler_bucket(monkeypatch, bucket: str, workload: str = "s3keys"):
+    """moto's S3 with ``bucket``, and the Lambda handlers' environment naming it."""
+    import boto3
+    from moto import mock_aws
+
+    from stepmap.aws import handlers
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv(handlers.BUCKET_ENV, bucket)
+    monkeypatch.setenv(handlers.WORKLOAD_ENV, workload)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        yield client
