@@ -34,3 +34,19 @@ def handler_bucket(monkeypatch, bucket: str, workload: str = "s3keys"):
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=bucket)
         yield client
+
+
+def write_map_run(client, bucket: str, prefix: str, children: list[dict], compute) -> str:
+    """A map run's ResultWriter files, as Step Functions writes them: one SUCCEEDED file of
+    each child's Input and ``compute(child)`` as its Output, and the manifest (its key)."""
+    import json
+    entries = [{"Name": f"child-{n}", "Status": "SUCCEEDED", "Input": json.dumps(child),
+                "Output": json.dumps(compute(child))}
+               for n, child in enumerate(children)]
+    body = json.dumps(entries).encode()
+    client.put_object(Bucket=bucket, Key=f"{prefix}/SUCCEEDED_0.json", Body=body)
+    files = {"SUCCEEDED": [{"Key": f"{prefix}/SUCCEEDED_0.json", "Size": len(body)}],
+             "FAILED": [], "PENDING": []}
+    client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json",
+                      Body=json.dumps({"DestinationBucket": bucket, "ResultFiles": files}))
+    return f"{prefix}/manifest.json"

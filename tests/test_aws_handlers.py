@@ -12,7 +12,7 @@ from aws_fixtures import check_published_1024, local_total
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 
-from s3_objects import handler_bucket  # noqa: E402
+from s3_objects import handler_bucket, write_map_run  # noqa: E402
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
@@ -322,15 +322,7 @@ def _run_of(client, run_input: dict, prefix: str, *, batch: int = 0):
     else:
         children = [{"index": v, "position": p, "params": started.params}
                     for p, v in enumerate(items)]
-    entries = [{"Name": f"child-{n}", "Status": "SUCCEEDED", "Input": json.dumps(child),
-                "Output": json.dumps(handlers.compute(child))}
-               for n, child in enumerate(children)]
-    body = json.dumps(entries).encode()
-    client.put_object(Bucket=BUCKET, Key=f"{prefix}/SUCCEEDED_0.json", Body=body)
-    files = {"SUCCEEDED": [{"Key": f"{prefix}/SUCCEEDED_0.json", "Size": len(body)}],
-             "FAILED": [], "PENDING": []}
-    client.put_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json",
-                      Body=json.dumps({"DestinationBucket": BUCKET, "ResultFiles": files}))
+    write_map_run(client, BUCKET, prefix, children, handlers.compute)
     return {"results": {"ResultWriterDetails": {"Bucket": BUCKET,
                                                 "Key": f"{prefix}/manifest.json"}},
             "item_count": len(items), "execution_input": run_input}

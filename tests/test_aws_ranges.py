@@ -19,7 +19,7 @@ from published import sum_of_squares
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 
-from s3_objects import handler_bucket  # noqa: E402
+from s3_objects import handler_bucket, write_map_run  # noqa: E402
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import batch_event  # noqa: E402
@@ -138,16 +138,8 @@ def test_compute_refuses_a_malformed_sub_range(child):
 
 def _write(client, prefix: str, children: list[dict]) -> dict:
     """A map run's ResultWriter files: each child's Input and its sealed Output."""
-    entries = [{"Name": f"child-{n}", "Status": "SUCCEEDED", "Input": json.dumps(child),
-                "Output": json.dumps(handlers.compute(child))}
-               for n, child in enumerate(children)]
-    body = json.dumps(entries).encode()
-    client.put_object(Bucket=BUCKET, Key=f"{prefix}/SUCCEEDED_0.json", Body=body)
-    files = {"SUCCEEDED": [{"Key": f"{prefix}/SUCCEEDED_0.json", "Size": len(body)}],
-             "FAILED": [], "PENDING": []}
-    client.put_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json",
-                      Body=json.dumps({"DestinationBucket": BUCKET, "ResultFiles": files}))
-    return {"Bucket": BUCKET, "Key": f"{prefix}/manifest.json"}
+    return {"Bucket": BUCKET,
+            "Key": write_map_run(client, BUCKET, prefix, children, handlers.compute)}
 
 
 def _children(run_input: dict, spans, *, batch: int = 0) -> list[dict]:
