@@ -243,3 +243,26 @@ def test_a_workload_that_kills_its_process_does_not_take_the_command_down(cli):
 def test_bad_input_exits_2_with_one_line(cli, argv, message):
     code, out, err = cli("estimate", *argv)
     assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_long_range_is_priced_as_the_sub_ranges_aws_lists(cli):
+    """A range over 1,000 items reaches AWS as sub-ranges (aws/subranges.py): a child gets
+    whole ones, so a batch of 64 items is one sub-range of 100, and 1,000 children, not
+    1,563; the original job (no sub-ranges) still has one child per item."""
+    code, out, err = cli("estimate", "s3keys", "--size", "100000", "--method", "jump",
+                         "--batch-size", "64", "--json", "--calibration-seconds", "0.5")
+    assert code == 0, err
+    configurations = json.loads(out)["configurations"]
+    original, recommended = configurations["original"], configurations["recommended"]
+    assert (original["children"], original["subrange_length"]) == (100_000, None)
+    assert (recommended["batch_size"], recommended["children"]) == (100, 1000)
+    assert recommended["subrange_length"] == 100
+    assert recommended["batch_input_bytes"] < 400  # one sub-range item, not 100 items
+    code, out, err = cli("estimate", "s3keys", "--size", "100000", "--method", "jump",
+                         "--calibration-seconds", "0.5")
+    assert code == 0, err
+    chosen = re.search(r"sub-ranges of 100 .*?--batch-size ([0-9,]+)", " ".join(out.split()))
+    assert chosen, out
+    batch = int(next(line for line in out.splitlines()
+                     if line.startswith("items per child execution")).split()[-1].replace(",", ""))
+    assert batch % 100 == 0 and int(chosen[1].replace(",", "")) == batch // 100

@@ -84,6 +84,11 @@ def format_notes(result: dict) -> str:
         if cal["extrapolated"]:
             line += (f"; extrapolated items {_ranges(cal['extrapolated'])} by a power law, "
                      f"cost ∝ position^{cal['exponent']:.2f}")
+        if c.get("subrange_length"):
+            length = c["subrange_length"]
+            line += (f"; AWS lists the {c['items']:,} items as {math.ceil(c['items'] / length):,} "
+                     f"sub-ranges of {length:,} (docs/aws.md), so a child gets whole ones: "
+                     f"`stepmap deploy --batch-size {max(1, c['batch_size'] // length):,}`")
         if each != c["batch_size"]:
             line += (f"; batches of {c['batch_size']:,} items are priced as the sample batches "
                      "they cover")

@@ -14,6 +14,7 @@ from .calibration import (CALIBRATION_SECONDS, Calibration, calibrate, calibrate
 from .pricing import (FULL_VCPU_MB, INLINE_OUTPUT_BYTES, MAX_BATCH_INPUT_BYTES, MAX_TASKS, PRICES,
                       RESULT_ENTRY_BYTES,
                       Plan, price)
+from ..aws import subranges
 from ..errors import UsageError
 from ..records import asdict, dataclass
 
@@ -27,6 +28,7 @@ class Setting:
     event: dict
     memory_mb: int
     batch_size: int | None  # None: choose (recommended)
+    subranges: bool = True  # a long range reaches AWS as sub-ranges (not in the original job)
 
 
 def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
@@ -43,9 +45,19 @@ def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
     params_bytes = len(json.dumps({"params": start.params}, separators=(",", ":")))
     # a child's input (one ItemBatcher batch) is capped at 256 KiB like every state input
     max_batch = max(1, (MAX_BATCH_INPUT_BYTES - params_bytes - 32) // (item_bytes + 1))
+    cut = subranges.plan(start.items, start.batch_hint) if setting.subranges else None
     size = setting.batch_size
+    if cut is not None:  # AWS lists sub-ranges of `length` items: a child has whole ones
+        length = cut[1]
+        max_batch = length * max(1, (MAX_BATCH_INPUT_BYTES - params_bytes - 32)
+                                 // (_subrange_bytes(cut) + 1))
+        if size is not None:
+            size = _whole_subranges(size, length, total)
     if size is None:
         size, cal = _choose_batch(workload, start, total, max_batch, budget, clock)
+        if cut is not None and size != _whole_subranges(size, cut[1], total):
+            size = _whole_subranges(size, cut[1], total)
+            cal = rebin(cal, size, total)
     else:
         cal = calibrate_for(workload, start, size, total, budget, clock)
     t0 = clock()  # the start handler serialises every item (to its output or to S3)
@@ -53,6 +65,10 @@ def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
     start_seconds += (clock() - t0) * total / max(1, len(sample))
     start_output = dumped * max(1, total) // max(1, len(sample)) + params_bytes + 100
     batch_input = params_bytes + 32 + (item_bytes + 1) * min(size, total)
+    if cut is not None:  # the start lists sub-ranges, a child gets size / length of them
+        each = _subrange_bytes(cut) + 1
+        start_output = each * math.ceil(total / cut[1]) + params_bytes + 100
+        batch_input = params_bytes + 32 + each * math.ceil(min(size, total) / cut[1])
     out_bytes = sum(b * n for b, n in cal.output_bytes)
     plan = Plan(total, size, setting.memory_mb, cal.tasks,
                 max_concurrency=max_concurrency, arch=arch,
@@ -63,6 +79,27 @@ def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
                 result_bytes=out_bytes + (batch_input + RESULT_ENTRY_BYTES) * len(cal.tasks),
                 offloaded_outputs=sum(n for b, n in cal.output_bytes if b > INLINE_OUTPUT_BYTES))
     return plan, cal, batch_input
+
+
+def _subrange_bytes(cut: tuple[range, int]) -> int:
+    """The JSON size of one sub-range map item of ``cut`` (they are all about this size)."""
+    values, length = cut
+    return len(json.dumps(subranges.map_items(values, length, [(0, min(length, len(values)))])[0],
+                          separators=(",", ":")))
+
+
+def _subrange_length(workload, setting: Setting) -> int | None:
+    """How many items each AWS map item stands for, when the items are a long range."""
+    if not setting.subranges:
+        return None
+    start = workload.start(dict(setting.event))
+    cut = subranges.plan(start.items, start.batch_hint)
+    return None if cut is None else cut[1]
+
+
+def _whole_subranges(size: int, length: int, total: int) -> int:
+    """``size`` rounded to whole sub-ranges of ``length`` items (at least one; at most all)."""
+    return min(total, length * max(1, round(size / length)))
 
 
 def _choose_batch(workload, start, total: int, max_batch: int, budget: float,
@@ -111,7 +148,8 @@ def estimate(workload_ref: str, event: dict, *, memory_mb: int | None = None,
                            "configurations": {}}
     priced = {}
     for label, setting, share in (
-            [("original", Setting(original, ORIGINAL["memory_mb"], ORIGINAL["batch_size"]), 1)]
+            [("original", Setting(original, ORIGINAL["memory_mb"], ORIGINAL["batch_size"],
+                                  subranges=False), 1)]
             + [(f"candidate {i}", Setting(c, memory_mb or FULL_VCPU_MB, batch_size),
                 len(candidates)) for i, c in enumerate(candidates)]):
         plan, cal, batch_input = build_plan(workload, setting, max_concurrency=max_concurrency,
@@ -120,6 +158,7 @@ def estimate(workload_ref: str, event: dict, *, memory_mb: int | None = None,
             "method": plan.method, "batch_size": plan.batch_size, "memory_mb": plan.memory_mb,
             "max_concurrency": plan.max_concurrency, "arch": plan.arch, "items": plan.items,
             "batch_input_bytes": batch_input, **asdict(price(plan)),
+            "subrange_length": _subrange_length(workload, setting),
             "calibration": _describe(cal)}
     out["configurations"]["original"] = priced.pop("original")
     ranked = sorted(priced.values(), key=lambda c: (c["total_usd"], c["wall_seconds"]))
