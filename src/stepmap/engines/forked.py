@@ -54,7 +54,7 @@ class ForkedProcess:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
-            except BaseException:
+            except (OSError, ValueError):  # a closed or broken stream: nothing left to save
                 pass
         return code
 
