@@ -112,3 +112,17 @@ def test_a_field_without_default_after_one_with_default_is_refused():
 
     with pytest.raises(ValueError):
         records.field(default=1, default_factory=list)
+
+
+def test_methods_the_class_body_defines_are_kept():
+    @dataclass(frozen=True)
+    class Named:
+        name: str
+
+        def __repr__(self):
+            return f"<{self.name}>"
+
+        def __hash__(self):
+            return 7
+
+    assert repr(Named("x")) == "<x>" and hash(Named("x")) == 7 and Named("x") == Named("x")

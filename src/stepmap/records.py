@@ -88,18 +88,20 @@ def _build(cls: Any, frozen: bool, order: bool) -> Any:
             raise TypeError(f"non-default argument {f.name!r} follows default argument")
         seen_default = seen_default or has_default
     setattr(cls, _FIELDS, all_fields)
-    cls.__init__ = _init
-    cls.__repr__ = _repr
-    cls.__eq__ = _eq
+    own = cls.__dict__
+    # as dataclasses: a method the class body defines is kept (a body's __eq__ sets __hash__
+    # to None implicitly, which is not an explicit hash)
+    explicit_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+    methods = {"__init__": _init, "__repr__": _repr, "__eq__": _eq}
     if frozen:
-        cls.__setattr__ = _frozen_setattr
-        cls.__delattr__ = _frozen_delattr
-        cls.__hash__ = _hash
-    else:
-        cls.__hash__ = None  # mutable and compared by value: unhashable, as a dataclass
+        methods.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr)
     if order:
-        cls.__lt__, cls.__le__ = _lt, _le
-        cls.__gt__, cls.__ge__ = _gt, _ge
+        methods.update(__lt__=_lt, __le__=_le, __gt__=_gt, __ge__=_ge)
+    for name, method in methods.items():
+        if name not in own:
+            setattr(cls, name, method)
+    if not explicit_hash:  # mutable and compared by value: unhashable, as a dataclass
+        cls.__hash__ = _hash if frozen else None
     return cls
 
 
