@@ -14,7 +14,8 @@ to the item indices that suffer it:
             run in progress for as long as a test or a demo needs
 
 ``sleep`` adds a delay per item; with ``state_dir`` every computation leaves a marker file
-(``done-<index>-<pid>-<n>``), which lets tests prove what was (not) recomputed.
+when it starts (``start-<index>-<pid>-<n>``) and when it succeeds (``done-<index>-<pid>-<n>``),
+which lets tests prove what was (not) recomputed, and which process was running what.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def _misbehave(index: int, item: dict) -> None:
     state = Path(item["state_dir"]) if item.get("state_dir") else None
     if state is not None:  # e.g. under a Lambda function's /tmp, new in each environment
         state.mkdir(parents=True, exist_ok=True)
+        (state / f"start-{index}-{os.getpid()}-{time.monotonic_ns()}").touch()
     if item.get("sleep"):
         time.sleep(float(item["sleep"]))
     if index in faults.get("flaky", []):
