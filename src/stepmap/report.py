@@ -261,8 +261,6 @@ def register(sub, *, engine_options, output_options) -> None:
 
 
 def cmd_report(args, extra: list[str]) -> int:
-    if extra:
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
     require("matplotlib", "report", "stepmap report")
     record, entries, store = load_entries(runs_location(args.results), args.run_id)
     summary, tasks = summarize(args.run_id, entries)

@@ -41,8 +41,6 @@ def register(sub, *, engine_options, output_options) -> None:
 
 
 def cmd_dashboard(args, extra: list[str]) -> int:
-    if extra:
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
     from ..cli_common import runs_location
     location = runs_location(args.results)
     if args.run is not None:

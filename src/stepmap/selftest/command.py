@@ -36,8 +36,6 @@ def register(sub, *, engine_options, output_options) -> None:
 
 
 def cmd_selftest(args, extra: list[str]) -> int:
-    if extra:
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
     if args.engine != "aws" and (args.stack_name or args.keep):
         raise UsageError("--stack-name and --keep apply to --engine aws only")
     from ..drivers import for_engine
