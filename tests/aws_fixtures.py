@@ -113,3 +113,18 @@ def run_asl_validator(path: Path) -> subprocess.CompletedProcess:
 def dump(path: Path, value) -> Path:
     path.write_text(json.dumps(value), encoding="utf-8")
     return path
+
+
+def resume_with_scalar_files(cli, runs: str, *run_args: str) -> tuple[int, str, str]:
+    """Run s3keys ``run_args`` on aws-emulated as "article" and as an --alphabet scalar
+    "scalar" run, copy the scalar run's SUCCEEDED files over the article run's (every seal
+    valid, the same positions: foreign results), and resume "article": (code, out, err)."""
+    for run_id, extra in (("article", []), ("scalar", ["--alphabet", "scalar"])):
+        code, _, err = cli("run", "s3keys", *run_args, "--engine", "aws-emulated",
+                           "--results", runs, "--run-id", run_id, *extra)
+        assert code == 0, err
+    mine = sorted(Path(runs, "article").glob("SUCCEEDED_*.json"))
+    assert mine
+    for path in mine:
+        path.write_bytes((Path(runs, "scalar") / path.name).read_bytes())
+    return cli("resume", "article", "--results", runs)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
-from aws_fixtures import local_total
+from aws_fixtures import local_total, resume_with_scalar_files
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 from stepmap.results import RunStore  # noqa: E402
@@ -150,16 +150,7 @@ def test_foreign_result_files_are_recomputed_not_summed_on_aws(cli, tmp_path, sy
     valid, the same positions): the reduce Lambda proves each entry's Input against this
     run's start, so a resume recomputes those items, gives the exact article total and
     names the foreign entries."""
-    runs = str(tmp_path / "runs")
-    for run_id, extra in (("article", []), ("scalar", ["--alphabet", "scalar"])):
-        code, _, err = cli("run", "s3keys", "--size", "64", "--engine", "aws-emulated",
-                           "--results", runs, "--run-id", run_id, *extra)
-        assert code == 0, err
-    mine = sorted(Path(runs, "article").glob("SUCCEEDED_*.json"))
-    assert mine
-    for path in mine:
-        path.write_bytes((Path(runs, "scalar") / path.name).read_bytes())
-    code, out, err = cli("resume", "article", "--results", runs)
+    code, out, err = resume_with_scalar_files(cli, str(tmp_path / "runs"), "--size", "64")
     assert code == 0, err
     assert out.splitlines()[-1] == local_total({"size": 64})
     assert local_total({"size": 64}) != local_total({"size": 64, "alphabet": "scalar"})

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from aws_fixtures import synthesized  # noqa: F401  (the session fixture: one CDK App)
-from aws_fixtures import check_published_1024, local_total
+from aws_fixtures import check_published_1024, local_total, resume_with_scalar_files
 from published import sum_of_squares
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
@@ -347,16 +346,8 @@ def test_foreign_sub_range_entries_are_recomputed_not_summed_on_aws(cli, tmp_pat
                                                                     synthesized, small_cuts):
     """An --alphabet scalar run's result files in place of the article run's (the same
     spans, every seal valid): the resume recomputes them and gives the article total."""
-    runs = str(tmp_path / "runs")
-    for run_id, extra in (("article", []), ("scalar", ["--alphabet", "scalar"])):
-        code, _, err = cli("run", "s3keys", "--size", "1024", "--method", "jump", "--engine",
-                           "aws-emulated", "--results", runs, "--run-id", run_id, *extra)
-        assert code == 0, err
-    mine = sorted(Path(runs, "article").glob("SUCCEEDED_*.json"))
-    assert mine
-    for path in mine:
-        path.write_bytes((Path(runs, "scalar") / path.name).read_bytes())
-    code, out, err = cli("resume", "article", "--results", runs)
+    code, out, err = resume_with_scalar_files(cli, str(tmp_path / "runs"),
+                                              "--size", "1024", "--method", "jump")
     assert code == 0, err
     check_published_1024(out.splitlines()[-1])
     assert "ignored 8 result entries that failed verification" in err
