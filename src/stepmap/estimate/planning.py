@@ -43,32 +43,29 @@ def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
     item_bytes = max((len(json.dumps({"index": v}, separators=(",", ":"))) for v in sample),
                      default=16)
     params_bytes = len(json.dumps({"params": start.params}, separators=(",", ":")))
-    # a child's input (one ItemBatcher batch) is capped at 256 KiB like every state input
-    max_batch = max(1, (MAX_BATCH_INPUT_BYTES - params_bytes - 32) // (item_bytes + 1))
+    # AWS lists a long range as sub-ranges of `per` items (aws/subranges.py): a map item is
+    # then one sub-range, and a child gets whole ones
     cut = subranges.plan(start.items, start.batch_hint) if setting.subranges else None
+    per = cut[1] if cut is not None else 1
+    map_item_bytes = _subrange_bytes(cut) if cut is not None else item_bytes
+    # a child's input (one ItemBatcher batch) is capped at 256 KiB like every state input
+    max_batch = per * max(1, (MAX_BATCH_INPUT_BYTES - params_bytes - 32) // (map_item_bytes + 1))
     size = setting.batch_size
-    if cut is not None:  # AWS lists sub-ranges of `length` items: a child has whole ones
-        length = cut[1]
-        max_batch = length * max(1, (MAX_BATCH_INPUT_BYTES - params_bytes - 32)
-                                 // (_subrange_bytes(cut) + 1))
-        if size is not None:
-            size = _whole_subranges(size, length, total)
+    if size is not None and cut is not None:
+        size = _whole_map_items(size, per, total)
     if size is None:
         size, cal = _choose_batch(workload, start, total, max_batch, budget, clock)
-        if cut is not None and size != _whole_subranges(size, cut[1], total):
-            size = _whole_subranges(size, cut[1], total)
+        if cut is not None and size != _whole_map_items(size, per, total):
+            size = _whole_map_items(size, per, total)
             cal = rebin(cal, size, total)
     else:
         cal = calibrate_for(workload, start, size, total, budget, clock)
     t0 = clock()  # the start handler serialises every item (to its output or to S3)
     dumped = len(json.dumps(list(sample), separators=(",", ":")))
     start_seconds += (clock() - t0) * total / max(1, len(sample))
-    start_output = dumped * max(1, total) // max(1, len(sample)) + params_bytes + 100
-    batch_input = params_bytes + 32 + (item_bytes + 1) * min(size, total)
-    if cut is not None:  # the start lists sub-ranges, a child gets size / length of them
-        each = _subrange_bytes(cut) + 1
-        start_output = each * math.ceil(total / cut[1]) + params_bytes + 100
-        batch_input = params_bytes + 32 + each * math.ceil(min(size, total) / cut[1])
+    start_output = (dumped * max(1, total) // max(1, len(sample)) if cut is None else
+                    (map_item_bytes + 1) * math.ceil(total / per)) + params_bytes + 100
+    batch_input = params_bytes + 32 + (map_item_bytes + 1) * math.ceil(min(size, total) / per)
     out_bytes = sum(b * n for b, n in cal.output_bytes)
     plan = Plan(total, size, setting.memory_mb, cal.tasks,
                 max_concurrency=max_concurrency, arch=arch,
@@ -77,7 +74,8 @@ def build_plan(workload, setting: Setting, *, max_concurrency: int, arch: str,
                 reduce_seconds=cal.reduce_seconds_per_byte * out_bytes,
                 start_output_bytes=start_output,
                 result_bytes=out_bytes + (batch_input + RESULT_ENTRY_BYTES) * len(cal.tasks),
-                offloaded_outputs=sum(n for b, n in cal.output_bytes if b > INLINE_OUTPUT_BYTES))
+                offloaded_outputs=sum(n for b, n in cal.output_bytes if b > INLINE_OUTPUT_BYTES),
+                subrange_length=cut[1] if cut is not None else None)
     return plan, cal, batch_input
 
 
@@ -88,18 +86,9 @@ def _subrange_bytes(cut: tuple[range, int]) -> int:
                           separators=(",", ":")))
 
 
-def _subrange_length(workload, setting: Setting) -> int | None:
-    """How many items each AWS map item stands for, when the items are a long range."""
-    if not setting.subranges:
-        return None
-    start = workload.start(dict(setting.event))
-    cut = subranges.plan(start.items, start.batch_hint)
-    return None if cut is None else cut[1]
-
-
-def _whole_subranges(size: int, length: int, total: int) -> int:
-    """``size`` rounded to whole sub-ranges of ``length`` items (at least one; at most all)."""
-    return min(total, length * max(1, round(size / length)))
+def _whole_map_items(size: int, per: int, total: int) -> int:
+    """``size`` rounded to whole map items of ``per`` items (at least one; at most all)."""
+    return min(total, per * max(1, round(size / per)))
 
 
 def _choose_batch(workload, start, total: int, max_batch: int, budget: float,
@@ -158,7 +147,7 @@ def estimate(workload_ref: str, event: dict, *, memory_mb: int | None = None,
             "method": plan.method, "batch_size": plan.batch_size, "memory_mb": plan.memory_mb,
             "max_concurrency": plan.max_concurrency, "arch": plan.arch, "items": plan.items,
             "batch_input_bytes": batch_input, **asdict(price(plan)),
-            "subrange_length": _subrange_length(workload, setting),
+            "subrange_length": plan.subrange_length,
             "calibration": _describe(cal)}
     out["configurations"]["original"] = priced.pop("original")
     ranked = sorted(priced.values(), key=lambda c: (c["total_usd"], c["wall_seconds"]))

@@ -66,6 +66,7 @@ class Plan:
     start_output_bytes: int = 0
     result_bytes: int = 0  # everything the ResultWriter writes
     offloaded_outputs: int = 0  # compute outputs over 200 KiB (each one S3 PUT + one GET)
+    subrange_length: int | None = None  # a long range's items per AWS map item (else None)
 
 
 @dataclass(frozen=True)
