@@ -82,7 +82,7 @@ class S3Copy(Workload):
         items = [_unpack(item) for item in event_items(event)]  # bad input fails up front
         _client()  # made once, before the threads share it
         stats = _empty_stats()
-        for outcome, key, size in s3fetch.run_all(_copy_one, items):  # raises: batch failed
+        for outcome, key, size in s3fetch.run_all(_copy_one, items, key=_biggest_first):
             if outcome == "refused":
                 stats["refused"] += 1
                 stats["refused_keys"].append(key)
@@ -103,6 +103,12 @@ class S3Copy(Workload):
             for key in total:
                 total[key] += output.get(key, [] if key == "refused_keys" else 0)
         return total
+
+
+def _biggest_first(call: tuple) -> int:
+    """run_all's order: big objects first, while the small ones can still fill the pool
+    around their last ranges (the longest jobs first shortens the batch)."""
+    return -call[0]["Size"]
 
 
 def _empty_stats() -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 #: GETs at once per process: objects, and ranges of big ones (also the connection pool size).
@@ -51,20 +51,62 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def run_all(function: Callable, arguments: Iterable[tuple]) -> list:
-    """``function(*args)`` for each, on the pool; their results in order. On a failure the
-    calls not started are cancelled and the running ones finish before the first error is
-    raised: a batch that fails never leaves a copy running that its retry would race."""
-    futures = [pool().submit(function, *args) for args in arguments]
-    if wait(futures, return_when=FIRST_EXCEPTION).not_done:
-        for future in futures:
-            future.cancel()
-        wait(futures)
-    for future in futures:
-        error = None if future.cancelled() else future.exception()
-        if error is not None:
-            raise error
-    return [future.result() for future in futures]
+def run_all(function: Callable, arguments: Iterable[tuple], *,
+            key: Callable[[tuple], object] | None = None) -> list:
+    """``function(*args)`` for each, on the pool; their results in the order given. Calls
+    start in ``sorted(arguments, key=key)`` order, at most THREADS queued or running at once:
+    a call queued next waits behind the range helpers a running big object has queued, so a
+    big object is fetched by the whole pool while the small ones wait, and finishes (and is
+    fsynced) early instead of last. On a failure no further call starts, and the running ones
+    finish before the first error is raised: a batch that fails never leaves a copy running
+    that its retry would race."""
+    calls = list(arguments)
+    feed = _Feed(function, calls, sorted(range(len(calls)), key=lambda i: key(calls[i]))
+                 if key else range(len(calls)))
+    return feed.run()
+
+
+class _Feed:
+    """Calls handed to the pool one by one as earlier ones finish (see run_all)."""
+
+    def __init__(self, function: Callable, calls: list[tuple], order: Iterable[int]):
+        self.function, self.calls, self.order = function, calls, iter(order)
+        self.results: list = [None] * len(calls)
+        self.error: BaseException | None = None
+        self.running = 0
+        self.changed = threading.Condition()
+
+    def run(self) -> list:
+        with self.changed:
+            starts = [index for index in (self._claim() for _ in range(THREADS))
+                      if index is not None]
+        for index in starts:
+            pool().submit(self._call, index)
+        with self.changed:
+            self.changed.wait_for(lambda: self.running == 0)
+            if self.error is not None:
+                raise self.error
+        return self.results
+
+    def _claim(self) -> int | None:
+        """The next call to start, counted as running (the lock held); None: none left."""
+        index = None if self.error is not None else next(self.order, None)
+        self.running += index is not None
+        return index
+
+    def _call(self, index: int) -> None:
+        try:
+            if self.error is None:  # queued before another call failed: not started
+                self.results[index] = self.function(*self.calls[index])
+        except BaseException as exc:  # kept, and raised by run() once nothing runs
+            with self.changed:
+                self.error = self.error or exc
+        with self.changed:
+            self.running -= 1
+            following = self._claim()
+            self.changed.notify_all()
+        if following is not None:
+            pool().submit(self._call, following)
 
 
 def buffer() -> memoryview:
