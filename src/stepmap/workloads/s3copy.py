@@ -37,7 +37,7 @@ from typing import Iterable
 
 from ..errors import InvalidEvent, UsageError
 from ..job import Param, Params, Start, Workload, event_items
-from . import s3fetch
+from . import s3fetch, s3get
 
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})(?:-(\d+))?"?$')
 MiB = 1 << 20
@@ -239,8 +239,11 @@ def _download(bucket: str, obj: dict, target: Path) -> bool:
         digest = hashlib.md5(usedforsecurity=False)  # a single-part ETag: no re-read
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            body = _client().get_object(Bucket=bucket, Key=obj["Key"])["Body"]
-            size = s3fetch.receive(body, fd, 0, digest)
+            body = s3get.get(_client(), bucket, obj["Key"])
+            try:
+                size = s3fetch.receive(body, fd, 0, digest)
+            finally:
+                body.close()
             os.fsync(fd)
         finally:
             os.close(fd)

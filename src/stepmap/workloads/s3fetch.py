@@ -22,6 +22,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
+from . import s3get
+
 #: GETs at once per process: objects, and ranges of big ones (also the connection pool size).
 THREADS = 16
 #: Bytes per read: the buffer each thread keeps.
@@ -52,7 +54,7 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def run_all(function: Callable, arguments: Iterable[tuple], *,
-            key: Callable[[tuple], object] | None = None) -> list:
+            key: Callable[[tuple], int] | None = None) -> list:
     """``function(*args)`` for each, on the pool; their results in the order given. Calls
     start in ``sorted(arguments, key=key)`` order, at most THREADS queued or running at once:
     a call queued next waits behind the range helpers a running big object has queued, so a
@@ -133,9 +135,12 @@ def receive(body, fd: int, offset: int, digest) -> int:
 
 def fetch_range(client, bucket: str, key: str, fd: int, start: int, end: int) -> bytes:
     """GET bytes [start, end) into the file at their offset; the MD5 of exactly those bytes."""
-    body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+    body = s3get.get(client, bucket, key, (start, end - 1))
     digest = hashlib.md5(usedforsecurity=False)
-    got = receive(body, fd, start, digest)
+    try:
+        got = receive(body, fd, start, digest)
+    finally:
+        body.close()
     if got != end - start:
         raise IOError(f"{key}: range {start}-{end - 1} gave {got} bytes")
     return digest.digest()

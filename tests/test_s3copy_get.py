@@ -1,0 +1,145 @@
+"""s3copy's GETs (stepmap.workloads.s3get) on the real Ceph S3 gateway: presigned GETs read
+straight from the client's connection pool, and every answer but the expected one handed
+to botocore's get_object, so errors are botocore's own: an object gone, a range past the
+end, a server that refuses presigned URLs, a wrong secret; a range of another length is
+refused before a byte is written, and connections go back to the pool (or are dropped)."""
+
+import hashlib
+import os
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+from stepmap.storage import make_s3_client
+from stepmap.workloads import s3copy, s3get
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def bucket(s3_env):
+    name = f"g-{uuid.uuid4().hex[:12]}"
+    make_s3_client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def client(s3_env, monkeypatch):
+    """A client like s3copy's; presigned GETs allowed again afterwards."""
+    monkeypatch.setattr(s3get, "_presigned_ok", True)
+    return make_s3_client(connections=4)
+
+
+def _read(body) -> bytes:
+    buffer, out = memoryview(bytearray(64 * 1024)), bytearray()
+    while read := body.readinto(buffer):
+        out += buffer[:read]
+    return bytes(out)
+
+
+def _connections_made(client) -> int:
+    """Connections the client's urllib3 pools have opened so far."""
+    pools = client._endpoint.http_session._manager.pools
+    return sum(pools[key].num_connections for key in pools.keys())
+
+
+def _no_get_object(client, monkeypatch):
+    """get_object made to fail loudly: a successful read then came from the fast path."""
+    calls = []
+
+    def refuse(**kwargs):
+        calls.append(kwargs)
+        raise AssertionError("botocore get_object called")
+    monkeypatch.setattr(client, "get_object", refuse)
+    return calls
+
+
+def test_whole_objects_and_ranges_come_from_presigned_gets(bucket, client, monkeypatch):
+    data = os.urandom(3 * MiB + 17)
+    client.put_object(Bucket=bucket, Key="a/b c+d", Body=data)  # a key that needs quoting
+    _no_get_object(client, monkeypatch)
+    assert _read(s3get.get(client, bucket, "a/b c+d")) == data
+    assert _read(s3get.get(client, bucket, "a/b c+d", (MiB, 2 * MiB - 1))) == data[MiB:2 * MiB]
+    assert _read(s3get.get(client, bucket, "a/b c+d", (3 * MiB, 3 * MiB + 16))) == data[3 * MiB:]
+
+
+def test_connections_go_back_to_the_pool_or_are_dropped(bucket, client):
+    """Twenty GETs read to the end reuse one connection; a body closed half-read drops its
+    connection instead of handing a dirty one to the next GET, which still reads right."""
+    data = os.urandom(MiB)
+    client.put_object(Bucket=bucket, Key="k", Body=data)
+    for _ in range(20):
+        assert _read(s3get.get(client, bucket, "k")) == data
+    assert _connections_made(client) == 1
+    body = s3get.get(client, bucket, "k")
+    assert body.readinto(memoryview(bytearray(1000))) == 1000
+    body.close()
+    assert _read(s3get.get(client, bucket, "k")) == data
+    assert _connections_made(client) == 2
+
+
+def test_an_object_gone_or_a_range_past_its_end_is_botocores_error(bucket, client):
+    client.put_object(Bucket=bucket, Key="short", Body=b"12345")
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        s3get.get(client, bucket, "gone")
+    with pytest.raises(ClientError, match="InvalidRange"):
+        s3get.get(client, bucket, "short", (10, 19))
+    assert s3get._presigned_ok  # botocore failed too: not the presigned URL's fault
+
+
+def test_a_range_of_another_length_is_refused_before_reading(bucket, client):
+    """The object is shorter than the range asked (replaced since it was listed): no byte
+    of it reaches the caller, and its connection is not reused half-read."""
+    client.put_object(Bucket=bucket, Key="k", Body=b"x" * 1500)
+    with pytest.raises(IOError, match=r"k: range 1000-1999 gave 500 bytes"):
+        s3get.get(client, bucket, "k", (1000, 1999))
+    assert _read(s3get.get(client, bucket, "k", (0, 9))) == b"x" * 10
+
+
+def test_a_server_refusing_presigned_urls_costs_one_extra_request(bucket, client,
+                                                                  monkeypatch):
+    """A presigned URL the server answers 403 (its signature spoiled here): the GET is made
+    again through get_object and succeeds, and no further presigned URL is made."""
+    client.put_object(Bucket=bucket, Key="k", Body=b"payload")
+    signed = client.generate_presigned_url
+    made = []
+
+    def spoiled(*args, **kwargs):
+        made.append(1)
+        return signed(*args, **kwargs).replace("Signature=", "Signature=00")
+    monkeypatch.setattr(client, "generate_presigned_url", spoiled)
+    assert _read(s3get.get(client, bucket, "k")) == b"payload"
+    assert _read(s3get.get(client, bucket, "k", (1, 3))) == b"ayl"
+    assert made == [1] and not s3get._presigned_ok
+
+
+def test_a_wrong_secret_is_botocores_error(bucket, s3_env, monkeypatch):
+    monkeypatch.setattr(s3get, "_presigned_ok", True)
+    make_s3_client().put_object(Bucket=bucket, Key="k", Body=b"payload")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied"):
+        s3get.get(make_s3_client(), bucket, "k")
+
+
+def test_a_copy_reads_through_presigned_gets_only(bucket, tmp_path, monkeypatch, client):
+    """A whole s3copy batch, small and multipart objects, without one botocore GET (the
+    range and single-part MD5s still verified); a tampered object still caught."""
+    from s3_objects import upload_multipart
+    monkeypatch.setattr(s3copy, "PARALLEL_MIN_BYTES", MiB)
+    copier = s3copy._client()
+    calls = _no_get_object(copier, monkeypatch)
+    big = upload_multipart(client, bucket, "c/big", [os.urandom(5 * MiB), os.urandom(MiB)])
+    client.put_object(Bucket=bucket, Key="c/small", Body=b"small")
+    listing = [{"Key": o["Key"], "Size": o["Size"], "ETag": o["ETag"]}
+               for o in client.list_objects_v2(Bucket=bucket, Prefix="c/")["Contents"]]
+    stats = s3copy.WORKLOAD.compute({"Items": [{"index": o} for o in listing], "BatchInput": {
+        "bucket": bucket, "prefix": "c/", "dest": str(tmp_path / "d")}})
+    assert (stats["copied"], stats["unverified"], calls) == (2, 0, [])
+    assert hashlib.sha256((tmp_path / "d" / "big").read_bytes()).digest() == \
+        hashlib.sha256(big).digest()
+    client.put_object(Bucket=bucket, Key="c/small", Body=b"SMALL")
+    with pytest.raises(IOError, match="checksum mismatch"):
+        s3copy.WORKLOAD.compute({"Items": [{"index": o} for o in listing[1:]], "BatchInput": {
+            "bucket": bucket, "prefix": "c/", "dest": str(tmp_path / "e")}})
+    assert not (tmp_path / "e" / "small").exists()
