@@ -2,10 +2,13 @@
 streaming through its own reused buffer into the file at the right offset (``pwrite``) while
 an MD5 is fed from the same buffer.
 
-    compute ──map(objects)──► pool (THREADS threads) ──GET──► buffer ──► pwrite + MD5
-                                  ▲            │
-                                  └─ helpers ──┘  a big object's ranges: its own thread
-                                                  and the helpers it queues claim them
+    compute ──run_all(objects, biggest first)──► pool (THREADS threads) ──GET──► buffer
+                  at most THREADS queued or running    ▲            │     ──► pwrite + MD5
+                                                       └─ helpers ──┘
+                      a big object's ranges: its own thread and the helpers it queues
+                      (ahead of the objects still waiting) claim them
+
+GETs go through :mod:`.s3get` (presigned, read straight from the socket).
 
 A big multipart object is fetched range by range by the thread that copies it and by helper
 tasks it queues on the same pool, each claiming the next range not yet taken: no thread sits
@@ -83,7 +86,7 @@ class _Feed:
             starts = [index for index in (self._claim() for _ in range(THREADS))
                       if index is not None]
         for index in starts:
-            pool().submit(self._call, index)
+            self._start(index)
         with self.changed:
             self.changed.wait_for(lambda: self.running == 0)
             if self.error is not None:
@@ -108,7 +111,16 @@ class _Feed:
             following = self._claim()
             self.changed.notify_all()
         if following is not None:
-            pool().submit(self._call, following)
+            self._start(following)
+
+    def _start(self, index: int) -> None:
+        try:
+            pool().submit(self._call, index)
+        except BaseException as exc:  # a pool shut down (the interpreter exiting): no hang
+            with self.changed:
+                self.error = self.error or exc
+                self.running -= 1
+                self.changed.notify_all()
 
 
 def buffer() -> memoryview:
@@ -122,7 +134,7 @@ def buffer() -> memoryview:
 
 def receive(body, fd: int, offset: int, digest) -> int:
     """Stream a GET's body into the file at ``offset``, feeding ``digest``; the number of
-    bytes received (botocore's body checks them against its Content-Length)."""
+    bytes received (the body checks them against its Content-Length)."""
     view, start = buffer(), offset
     while read := body.readinto(view):
         chunk = view[:read]
