@@ -6,6 +6,8 @@ refused before a byte is written, and connections go back to the pool (or are dr
 
 import hashlib
 import os
+import socket
+import threading
 import uuid
 
 import pytest
@@ -24,11 +26,22 @@ def bucket(s3_env):
     return name
 
 
-@pytest.fixture
-def client(s3_env, monkeypatch):
-    """A client like s3copy's; presigned GETs allowed again afterwards."""
+@pytest.fixture(params=["direct", "session"])
+def client(request, s3_env, monkeypatch):
+    """A client like s3copy's, its GETs made both ways: on this plain-HTTP endpoint straight
+    over http.client, and -- with a proxy configured (for https only, so botocore itself
+    still goes straight) -- through the client's own HTTP session. Presigned GETs allowed
+    again, and no connection kept from another test."""
     monkeypatch.setattr(s3get, "_presigned_ok", True)
-    return make_s3_client(connections=4)
+    monkeypatch.setattr(s3get, "_LOCAL", threading.local())
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if request.param == "session":
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    made = make_s3_client(connections=4)
+    url = made.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+    assert s3get._unproxied(made, url) == (request.param == "direct")
+    return made
 
 
 def _read(body) -> bytes:
@@ -36,12 +49,6 @@ def _read(body) -> bytes:
     while read := body.readinto(buffer):
         out += buffer[:read]
     return bytes(out)
-
-
-def _connections_made(client) -> int:
-    """Connections the client's urllib3 pools have opened so far."""
-    pools = client._endpoint.http_session._manager.pools
-    return sum(pools[key].num_connections for key in pools.keys())
 
 
 def _no_get_object(client, monkeypatch):
@@ -64,19 +71,24 @@ def test_whole_objects_and_ranges_come_from_presigned_gets(bucket, client, monke
     assert _read(s3get.get(client, bucket, "a/b c+d", (3 * MiB, 3 * MiB + 16))) == data[3 * MiB:]
 
 
-def test_connections_go_back_to_the_pool_or_are_dropped(bucket, client):
+def test_connections_are_kept_or_dropped(bucket, client, monkeypatch):
     """Twenty GETs read to the end reuse one connection; a body closed half-read drops its
     connection instead of handing a dirty one to the next GET, which still reads right."""
     data = os.urandom(MiB)
     client.put_object(Bucket=bucket, Key="k", Body=data)
+    connects = []
+    real = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect",
+                        lambda self, *args: (connects.append(args), real(self, *args))[1])
     for _ in range(20):
         assert _read(s3get.get(client, bucket, "k")) == data
-    assert _connections_made(client) == 1
+    assert len(connects) <= 1  # the session path may reuse put_object's connection
+    before = len(connects)
     body = s3get.get(client, bucket, "k")
     assert body.readinto(memoryview(bytearray(1000))) == 1000
     body.close()
     assert _read(s3get.get(client, bucket, "k")) == data
-    assert _connections_made(client) == 2
+    assert len(connects) == before + 1
 
 
 def test_an_object_gone_or_a_range_past_its_end_is_botocores_error(bucket, client):
@@ -114,19 +126,20 @@ def test_a_server_refusing_presigned_urls_costs_one_extra_request(bucket, client
     assert made == [1] and not s3get._presigned_ok
 
 
-def test_a_wrong_secret_is_botocores_error(bucket, s3_env, monkeypatch):
-    monkeypatch.setattr(s3get, "_presigned_ok", True)
-    make_s3_client().put_object(Bucket=bucket, Key="k", Body=b"payload")
+def test_a_wrong_secret_is_botocores_error(bucket, client, monkeypatch):
+    client.put_object(Bucket=bucket, Key="k", Body=b"payload")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied"):
         s3get.get(make_s3_client(), bucket, "k")
+    assert s3get._presigned_ok
 
 
-def test_a_copy_reads_through_presigned_gets_only(bucket, tmp_path, monkeypatch, client):
+def test_a_copy_reads_through_presigned_gets_only(bucket, tmp_path, monkeypatch):
     """A whole s3copy batch, small and multipart objects, without one botocore GET (the
     range and single-part MD5s still verified); a tampered object still caught."""
     from s3_objects import upload_multipart
     monkeypatch.setattr(s3copy, "PARALLEL_MIN_BYTES", MiB)
+    client = make_s3_client()
     copier = s3copy._client()
     calls = _no_get_object(copier, monkeypatch)
     big = upload_multipart(client, bucket, "c/big", [os.urandom(5 * MiB), os.urandom(MiB)])

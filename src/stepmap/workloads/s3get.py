@@ -1,4 +1,4 @@
-"""One GET for s3copy -- a whole object or one range of it -- at about a third of the CPU that
+"""One GET for s3copy -- a whole object or one range of it -- at about half the CPU that
 botocore's ``get_object`` spends per request (~1 ms, most of it holding the GIL: parameter
 validation, endpoint rules, a dozen event hooks, response parsing down to dates):
 
@@ -6,11 +6,12 @@ validation, endpoint rules, a dozen event hooks, response parsing down to dates)
       │
       ├─► a presigned URL (botocore signs it: SigV4 with the client's credentials, region,
       │   endpoint)
-      ├─► sent through the client's own HTTP session (its connection pool, proxies, TLS
-      │   settings and timeouts)
+      ├─► sent over a plain-HTTP endpoint with no proxy: straight over http.client, on a
+      │   keep-alive connection of this thread's own; otherwise through the client's own
+      │   HTTP session (its connection pool, proxies, TLS settings and timeouts)
       ├─► 200, or 206 with the length asked ──► _Body: read straight from the socket
-      └─► any other answer, or none ──► client.get_object: botocore's retries, redirects
-                                        and error messages, exactly as before
+      └─► any other answer, or none ──► client.get_object: botocore's retries,
+                                        redirects and error messages, as before
 
 The fast path changes nothing a caller can see but the CPU: the same bytes, the same
 checks by the caller (length, MD5), and every failure is botocore's own. A server that
@@ -20,7 +21,12 @@ once: the process then stops trying them.
 
 from __future__ import annotations
 
+import http.client
 import os
+import threading
+import weakref
+from typing import Callable
+from urllib.parse import urlsplit
 
 #: Answers to a presigned GET that only botocore's own request explains: after one of these
 #: was followed by a get_object that succeeded, this process makes no more presigned GETs.
@@ -28,9 +34,17 @@ _REFUSED = (301, 400, 403, 405, 501)
 _presigned_ok = True
 
 
+#: This thread's plain-HTTP keep-alive connections, by (host, port).
+_LOCAL = threading.local()
+#: Per client, per host: may its GETs go straight, no proxy in between?
+_UNPROXIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _forget() -> None:
-    global _presigned_ok
-    _presigned_ok = True
+    """In a forked child: presigned GETs may work again; the parent's connections are not
+    the child's to use."""
+    global _presigned_ok, _LOCAL
+    _presigned_ok, _LOCAL = True, threading.local()
 
 
 os.register_at_fork(after_in_child=_forget)
@@ -60,13 +74,59 @@ def get(client, bucket: str, key: str, span: tuple[int, int] | None = None):
 def _presigned(client, bucket: str, key: str, headers: dict):
     """(body, None) from a presigned GET, or (None, its status or None) when it did not give
     the expected answer (nothing read, its connection dropped)."""
+    from botocore.exceptions import BotoCoreError
+    try:
+        url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+    except BotoCoreError:  # e.g. no credentials: get_object says so
+        return None, None
+    parts = urlsplit(url)
+    if parts.scheme == "http" and _unproxied(client, url):
+        return _direct(client, parts, headers)
+    return _through_session(client, url, headers)
+
+
+def _unproxied(client, url: str) -> bool:
+    """No proxy configured for the client, nor in the environment for ``url``'s host (asked
+    once per client and host: the environment's proxies cost ~0.1 ms to look up)."""
+    from botocore.utils import get_environ_proxies
+    known = _UNPROXIED.setdefault(client, {})
+    host = urlsplit(url).netloc
+    if host not in known:
+        known[host] = not client.meta.config.proxies and not get_environ_proxies(url)
+    return known[host]
+
+
+def _direct(client, parts, headers: dict):
+    """A plain-HTTP GET on this thread's own keep-alive connection (http.client: no urllib3
+    URL parsing, no botocore send path); any failure drops the connection."""
+    address = (parts.hostname, parts.port or 80)
+    connections = _LOCAL.__dict__.setdefault("connections", {})
+    connection = connections.pop(address, None) or http.client.HTTPConnection(
+        *address, timeout=client.meta.config.read_timeout)
+    try:
+        connection.request("GET", f"{parts.path}?{parts.query}", headers=headers)
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException):  # e.g. a keep-alive the server closed
+        connection.close()
+        return None, None
+    length = response.getheader("Content-Length", "")
+    if response.status != (206 if headers else 200) or not length.isdigit():
+        connection.close()
+        return None, response.status
+
+    def keep() -> None:
+        connections.setdefault(address, connection)
+    return _Body(response, int(length), keep, connection.close), None
+
+
+def _through_session(client, url: str, headers: dict):
+    """A GET through the client's own HTTP session (its pool, proxies, TLS, timeouts)."""
     from botocore.awsrequest import AWSPreparedRequest
     from botocore.exceptions import BotoCoreError
     session = getattr(getattr(client, "_endpoint", None), "http_session", None)
     if session is None:  # not a botocore client as we know it: its own path
         return None, None
     try:
-        url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
         response = session.send(AWSPreparedRequest("GET", url, headers, None, True)).raw
     except BotoCoreError:  # no connection, a timeout: botocore's get_object retries it
         return None, None
@@ -74,17 +134,19 @@ def _presigned(client, bucket: str, key: str, headers: dict):
     if response.status != (206 if headers else 200) or not length.isdigit():
         response.close()
         return None, response.status
-    return _Body(response, int(length)), None
+    # http.client's response under urllib3's copying layers, read straight from the socket
+    return _Body(getattr(response, "_fp", None) or response, int(length),
+                 response.release_conn, response.close), None
 
 
 class _Body:
-    """A response body read straight from its socket (http.client's ``readinto``, under
-    urllib3's copying layers); its connection goes back to the pool once every byte is read,
-    and is dropped if the body is closed before."""
+    """A response body read straight into the caller's buffer; ``keep`` hands its connection
+    back for the next GET once every byte is read, ``drop`` closes it if the body is closed
+    before."""
 
-    def __init__(self, response, length: int):
-        self.response, self.left = response, length
-        self.stream = getattr(response, "_fp", None) or response
+    def __init__(self, stream, length: int, keep: Callable[[], None],
+                 drop: Callable[[], None]):
+        self.stream, self.left, self.keep, self.drop = stream, length, keep, drop
 
     def readinto(self, buffer) -> int:
         if not self.left:
@@ -95,10 +157,10 @@ class _Body:
             raise IOError(f"connection closed with {self.left} bytes of the body unread")
         self.left -= read
         if not self.left:
-            self.response.release_conn()
+            self.keep()
         return read
 
     def close(self) -> None:
         if self.left:
             self.left = 0
-            self.response.close()
+            self.drop()
