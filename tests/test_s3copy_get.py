@@ -30,17 +30,26 @@ def bucket(s3_env):
 def client(request, s3_env, monkeypatch):
     """A client like s3copy's, its GETs made both ways: on this plain-HTTP endpoint straight
     over http.client, and -- with a proxy configured (for https only, so botocore itself
-    still goes straight) -- through the client's own HTTP session. Presigned GETs allowed
-    again, and no connection kept from another test."""
+    still goes straight) -- through the client's own HTTP session."""
+    return _client_for(request.param, monkeypatch)
+
+
+@pytest.fixture
+def direct_client(s3_env, monkeypatch):
+    return _client_for("direct", monkeypatch)
+
+
+def _client_for(transport: str, monkeypatch):
+    """Presigned GETs allowed again, and no connection kept from another test."""
     monkeypatch.setattr(s3get, "_presigned_ok", True)
     monkeypatch.setattr(s3get, "_LOCAL", threading.local())
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    if request.param == "session":
+    if transport == "session":
         monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     made = make_s3_client(connections=4)
     url = made.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
-    assert s3get._unproxied(made, url) == (request.param == "direct")
+    assert s3get._unproxied(made, url) == (transport == "direct")
     return made
 
 
@@ -156,3 +165,20 @@ def test_a_copy_reads_through_presigned_gets_only(bucket, tmp_path, monkeypatch)
         s3copy.WORKLOAD.compute({"Items": [{"index": o} for o in listing[1:]], "BatchInput": {
             "bucket": bucket, "prefix": "c/", "dest": str(tmp_path / "e")}})
     assert not (tmp_path / "e" / "small").exists()
+
+
+def test_a_keep_alive_the_server_closed_falls_back_once(bucket, direct_client,
+                                                         monkeypatch):
+    """This thread's kept connection is shut down under it (as a server closes an idle
+    keep-alive): that GET is made by get_object instead, and the next one goes straight
+    again on a new connection (the session path's urllib3 pool checks its own)."""
+    client = direct_client
+    client.put_object(Bucket=bucket, Key="k", Body=b"payload")
+    assert _read(s3get.get(client, bucket, "k")) == b"payload"
+    [kept] = s3get._LOCAL.connections.values()
+    kept.sock.shutdown(socket.SHUT_RDWR)
+    real, calls = client.get_object, []
+    monkeypatch.setattr(client, "get_object", lambda **kw: (calls.append(kw), real(**kw))[1])
+    assert _read(s3get.get(client, bucket, "k")) == b"payload"
+    assert _read(s3get.get(client, bucket, "k")) == b"payload"
+    assert len(calls) == 1 and s3get._presigned_ok
