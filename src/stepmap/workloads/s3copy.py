@@ -16,11 +16,13 @@ relative to the prefix. Per object, compute:
   the final name.
 
 Throughput (see :mod:`.s3fetch`): one pool of threads per process copies a batch's objects,
-and a multipart object of at least PARALLEL_MIN_BYTES is fetched as ranged GETs, one per
-part, by its thread and by helpers on the same pool, each range written at its offset while
-its part's MD5 is computed from the bytes as they stream: the ETag is checked without reading
-the file back (only a layout that is not the first guess is re-read to try the others). One
-worker process by default (WORKER_PROCESSES): the threads are the parallelism.
+biggest first, and a multipart object of at least PARALLEL_MIN_BYTES is fetched as ranged
+GETs, one per part, by its thread and by helpers on the same pool, each range written at its
+offset while its part's MD5 is computed from the bytes as they stream: the ETag is checked
+without reading the file back (only a layout that is not the first guess is re-read to try
+the others). Each GET is a presigned one read straight from the socket (:mod:`.s3get`), at a
+fraction of botocore's CPU per request. One worker process by default (WORKER_PROCESSES):
+the threads are the parallelism.
 
 A transient S3 error raises, so the engine retries the batch; files already copied are then
 skipped. reduce reports files and bytes copied, skipped and refused.
