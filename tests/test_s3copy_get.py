@@ -182,3 +182,22 @@ def test_a_keep_alive_the_server_closed_falls_back_once(bucket, direct_client,
     assert _read(s3get.get(client, bucket, "k")) == b"payload"
     assert _read(s3get.get(client, bucket, "k")) == b"payload"
     assert len(calls) == 1 and s3get._presigned_ok
+
+
+def test_a_body_cut_short_raises_and_drops_its_connection():
+    """A connection that ends before Content-Length (http.client then reads 0, it does not
+    raise): an IOError, and the connection is dropped, never handed to the next GET."""
+    import io
+    done = []
+    body = s3get._Body("k", io.BytesIO(b"abc"), 10, lambda: done.append("kept"),
+                       lambda: done.append("dropped"))
+    buffer = memoryview(bytearray(8))
+    assert body.readinto(buffer) == 3
+    with pytest.raises(IOError, match="^k: connection closed with 7 bytes unread$"):
+        body.readinto(buffer)
+    assert done == ["dropped"]
+    whole = s3get._Body("k", io.BytesIO(b"abcdefghij"), 10, lambda: done.append("kept"),
+                        lambda: done.append("dropped"))
+    assert [whole.readinto(buffer), whole.readinto(buffer), whole.readinto(buffer)] == [8, 2, 0]
+    whole.close()
+    assert done == ["dropped", "kept"]

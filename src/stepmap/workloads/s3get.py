@@ -81,8 +81,8 @@ def _presigned(client, bucket: str, key: str, headers: dict):
         return None, None
     parts = urlsplit(url)
     if parts.scheme == "http" and _unproxied(client, url):
-        return _direct(client, parts, headers)
-    return _through_session(client, url, headers)
+        return _direct(client, key, parts, headers)
+    return _through_session(client, key, url, headers)
 
 
 def _unproxied(client, url: str) -> bool:
@@ -96,7 +96,7 @@ def _unproxied(client, url: str) -> bool:
     return known[host]
 
 
-def _direct(client, parts, headers: dict):
+def _direct(client, key: str, parts, headers: dict):
     """A plain-HTTP GET on this thread's own keep-alive connection (http.client: no urllib3
     URL parsing, no botocore send path); any failure drops the connection."""
     address = (parts.hostname, parts.port or 80)
@@ -116,10 +116,10 @@ def _direct(client, parts, headers: dict):
 
     def keep() -> None:
         connections.setdefault(address, connection)
-    return _Body(response, int(length), keep, connection.close), None
+    return _Body(key, response, int(length), keep, connection.close), None
 
 
-def _through_session(client, url: str, headers: dict):
+def _through_session(client, key: str, url: str, headers: dict):
     """A GET through the client's own HTTP session (its pool, proxies, TLS, timeouts)."""
     from botocore.awsrequest import AWSPreparedRequest
     from botocore.exceptions import BotoCoreError
@@ -135,7 +135,7 @@ def _through_session(client, url: str, headers: dict):
         response.close()
         return None, response.status
     # http.client's response under urllib3's copying layers, read straight from the socket
-    return _Body(getattr(response, "_fp", None) or response, int(length),
+    return _Body(key, getattr(response, "_fp", None) or response, int(length),
                  response.release_conn, response.close), None
 
 
@@ -144,17 +144,18 @@ class _Body:
     back for the next GET once every byte is read, ``drop`` closes it if the body is closed
     before."""
 
-    def __init__(self, stream, length: int, keep: Callable[[], None],
+    def __init__(self, key: str, stream, length: int, keep: Callable[[], None],
                  drop: Callable[[], None]):
-        self.stream, self.left, self.keep, self.drop = stream, length, keep, drop
+        self.key, self.stream, self.left, self.keep, self.drop = key, stream, length, keep, drop
 
     def readinto(self, buffer) -> int:
         if not self.left:
             return 0
         read = self.stream.readinto(buffer[:self.left] if len(buffer) > self.left else buffer)
-        if not read:  # http.client raises IncompleteRead itself; urllib3 may not
+        if not read:  # the connection ended early: http.client reads 0, it does not raise
+            unread = self.left
             self.close()
-            raise IOError(f"connection closed with {self.left} bytes of the body unread")
+            raise IOError(f"{self.key}: connection closed with {unread} bytes unread")
         self.left -= read
         if not self.left:
             self.keep()
