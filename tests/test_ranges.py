@@ -90,6 +90,23 @@ def test_tapered_batches_shrink_towards_the_end_and_cover_every_position_once(sk
         assert min(sizes[:-1]) == 38 // 8 and len(sizes) == 16  # 8 equal batches untapered
 
 
+def test_batches_that_finish_quickly_are_not_tapered():
+    """Tapering costs extra tasks; it is dropped once every batch so far took under the
+    taper's quick_seconds (the tail can be no longer than one of them), and kept otherwise."""
+    def sizes(taper, seen_after=0, seconds=0.0):
+        out = []
+        for (first, end), _ in batches(range(300), {}, 38, taper=taper):
+            out.append(end - first)
+            if len(out) == seen_after:
+                taper.observe(seconds)
+        return out
+    assert sizes(Taper(300, 2), 4, 0.001) == [38] * 7 + [34]  # known quick before the tail
+    assert len(sizes(Taper(300, 2), 4, 0.5)) == 16  # slow: tapered as before
+    late = sizes(Taper(300, 2), 6, 0.001)  # learnt mid-taper: full batches from then on
+    assert late[:6] == [38, 38, 38, 38, 37, 28] and set(late[6:-1]) == {38}
+    assert sum(late) == 300
+
+
 # ------------------------------------------------------------------ through the engines
 
 @pytest.mark.parametrize("batch_size", [None, 1, 100, 1000])
@@ -179,7 +196,7 @@ class _CountingExecutor:
         from stepmap.task import Completion
         return [Completion(self.inflight.pop(0), True, output_json="0")] if self.inflight else []
 
-    def close(self, cancel=False):
+    def close(self, cancel=False, wait=True):
         pass
 
 

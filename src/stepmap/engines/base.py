@@ -23,8 +23,10 @@ class Executor(Protocol):
     def poll(self, wait: float) -> list[Completion]:
         """Completions since the last call, waiting up to ``wait`` seconds for the first."""
 
-    def close(self, cancel: bool = False) -> None:
-        """Release workers; with ``cancel`` stop running tasks instead of waiting for them."""
+    def close(self, cancel: bool = False, wait: bool = True) -> None:
+        """Release workers; with ``cancel`` stop running tasks instead of waiting for them.
+        ``wait=False`` may return while released workers are still exiting; a later
+        ``close()`` waits for them (the run's files are written in between)."""
 
 
 class Engine(Protocol):
