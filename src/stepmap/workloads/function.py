@@ -111,6 +111,7 @@ class FunctionWorkload(Workload):
     def __init__(self, fn: Callable, reduce_fn: Callable | None = None, name: str = ""):
         self.fn, self.reduce_fn = fn, reduce_fn
         self.name = name or describe(fn)
+        self.total_is_item_count = reduce_fn is None  # a map: its results are read by the API
 
     def start(self, event: dict) -> Start:
         bounds = event.get("range")
@@ -142,7 +143,8 @@ class FunctionWorkload(Workload):
         return out if batched else out[0]
 
     def reduce(self, outputs: Iterable[Any]) -> Any:
-        if self.reduce_fn is None:  # a map: its total is how many results it has
+        if self.reduce_fn is None:  # a map: its total is how many results it has (the
+            # reduce step counts them itself: see total_is_item_count)
             return sum(len(o) if type(o) is list else 1 for o in outputs)
         return encode(self.reduce_fn([decode(v, allow_pickle=True) for v in flatten(outputs)]))
 
