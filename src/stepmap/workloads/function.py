@@ -127,7 +127,8 @@ class FunctionWorkload(Workload):
 
     def compute_values(self, values: list, batched: bool) -> Any:
         """fn over the item values of one event (task.execute calls this directly)."""
-        fn, out = self.fn, []
+        fn = self.fn
+        out: list = []
         append = out.append  # the loop that runs per item does nothing else
         try:
             for value in values:
