@@ -268,6 +268,9 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
         limit = policy.max_concurrency  # no queued tasks: they could start on idle workers
     else:  # a queued task per worker keeps it busy while we record the last result
         limit = executor.slots * getattr(executor, "queue_depth", 1)
+    # How many workers could start a task at once (an engine that knows: local); without
+    # it, the tail is held to one task in flight per worker, wherever they are queued.
+    free: Callable[[], int] | None = getattr(executor, "free_workers", None)
     inflight: dict[int, _Task] = {}
     retry_queue: list[_Task] = []
     ids = itertools.count()
@@ -286,8 +289,10 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                     ahead.append(nxt)
             # The last tasks go one per worker, each to a worker that is free: queued behind
             # a slow task, one would hold up the end of the run while another worker idles.
-            cap = min(limit, executor.slots) if exhausted else limit
+            cap = min(limit, executor.slots) if exhausted and not free else limit
             while outcome.stopped_because is None and len(inflight) < cap:
+                if exhausted and free and not free():
+                    break
                 if retry_queue and retry_queue[0].not_before <= now:
                     task = heapq.heappop(retry_queue)
                 elif ahead:

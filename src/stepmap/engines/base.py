@@ -13,6 +13,10 @@ from ..task import Completion
 
 
 class Executor(Protocol):
+    """Runs compute tasks for the mapper. An executor may also offer ``free_workers() ->
+    int`` (workers that would start a task at once): the mapper then sends the last tasks
+    of a run only to those (the local engine does; a Dask scheduler places tasks itself)."""
+
     #: how many tasks can run at the same time
     slots: int
 

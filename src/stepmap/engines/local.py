@@ -247,6 +247,12 @@ class LocalExecutor:
         self._workers.append(worker)
         return worker
 
+    def free_workers(self) -> int:
+        """Workers that would start a task at once: idle ones, and ones not started yet.
+        (The mapper sends the last tasks of a run only to these.)"""
+        healthy = [w for w in self._workers if not w.broken]
+        return self.slots - len(healthy) + sum(1 for w in healthy if not w.queue)
+
     def submit(self, task_id: int, event: object, timeout: float | None) -> None:
         self._send(self._choose(), (task_id, event, timeout))
 
