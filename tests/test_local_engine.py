@@ -291,15 +291,15 @@ def test_a_worker_stuck_in_a_task_dies_with_its_killed_parent(method):
 
 
 def test_idle_workers_exit_by_themselves_after_close():
-    # close() does not wait for idle workers (that would cost every run a round trip): they
-    # are sent their stop and must then exit on their own, promptly.
+    # close(wait=False) does not wait for idle workers (the run writes its files meanwhile):
+    # they are sent their stop and must then exit on their own, promptly.
     executor = LocalExecutor("chaos", workers=2)
     for task_id in range(4):
         executor.submit(task_id, {"index": task_id}, timeout=30)
     done = _drain(executor, 4)
     processes = [w.process for w in executor._workers]
     assert len(processes) == 2 and all(p.is_alive() for p in processes)
-    executor.close()
+    executor.close(wait=False)
     for process in processes:
         process.join(30)
         assert process.exitcode == 0  # exited normally at its stop, not killed

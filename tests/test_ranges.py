@@ -90,6 +90,23 @@ def test_tapered_batches_shrink_towards_the_end_and_cover_every_position_once(sk
         assert min(sizes[:-1]) == 38 // 8 and len(sizes) == 16  # 8 equal batches untapered
 
 
+def test_batches_that_finish_quickly_are_not_tapered():
+    """Tapering costs extra tasks; it is dropped once every batch so far took under the
+    taper's quick_seconds (the tail can be no longer than one of them), and kept otherwise."""
+    def sizes(taper, seen_after=0, seconds=0.0):
+        out = []
+        for (first, end), _ in batches(range(300), {}, 38, taper=taper):
+            out.append(end - first)
+            if len(out) == seen_after:
+                taper.observe(seconds)
+        return out
+    assert sizes(Taper(300, 2), 4, 0.001) == [38] * 7 + [34]  # known quick before the tail
+    assert len(sizes(Taper(300, 2), 4, 0.5)) == 16  # slow: tapered as before
+    late = sizes(Taper(300, 2), 6, 0.001)  # learnt mid-taper: full batches from then on
+    assert late[:6] == [38, 38, 38, 38, 37, 28] and set(late[6:-1]) == {38}
+    assert sum(late) == 300
+
+
 # ------------------------------------------------------------------ through the engines
 
 @pytest.mark.parametrize("batch_size", [None, 1, 100, 1000])
@@ -179,8 +196,52 @@ class _CountingExecutor:
         from stepmap.task import Completion
         return [Completion(self.inflight.pop(0), True, output_json="0")] if self.inflight else []
 
-    def close(self, cancel=False):
+    def close(self, cancel=False, wait=True):
         pass
+
+
+class _SlowAndFastWorkers:
+    """Two workers with their own queues, as the local engine has: a task goes to the
+    shorter queue; each poll finishes the fast worker's current task, and the slow one's
+    only every sixth poll. Counts polls made while a worker sat idle with tasks unsent."""
+    slots, queue_depth = 2, 2
+
+    def __init__(self, total):
+        self.queues: list[list[int]] = [[], []]  # slow, fast
+        self.total, self.sent, self.polls, self.idle_polls = total, 0, 0, 0
+
+    def free_workers(self):
+        return sum(1 for queue in self.queues if not queue)
+
+    def submit(self, task_id, event, timeout):
+        min(self.queues, key=len).append(task_id)
+        self.sent += 1
+
+    def poll(self, wait):
+        from stepmap.task import Completion
+        self.polls += 1
+        if self.sent < self.total and self.free_workers():
+            self.idle_polls += 1
+        done = [self.queues[1].pop(0)] if self.queues[1] else []
+        if self.queues[0] and self.polls % 6 == 0:
+            done.append(self.queues[0].pop(0))
+        return [Completion(task_id, True, output_json="0") for task_id in done]
+
+    def close(self, cancel=False, wait=True):
+        pass
+
+
+def test_no_worker_idles_while_tasks_wait_to_be_sent(tmp_path):
+    """At the end of a run the mapper sends each last task to a free worker as soon as one
+    is free, even while the slow worker still holds two tasks: holding the tail to one task
+    in flight per worker, wherever they sit, left the fast one idle (a heavy run: 110 ms)."""
+    from stepmap.mapper import MapPolicy, run_map
+    from stepmap.results import ResultSink
+    executor = _SlowAndFastWorkers(30)
+    store = RunStore.open(str(tmp_path), "idle")
+    outcome = run_map(executor, batches(range(30), {}, 1), MapPolicy(), ResultSink(store))
+    assert outcome.succeeded == 30 and executor.sent == 30
+    assert executor.idle_polls == 0
 
 
 def test_the_last_tasks_go_one_per_worker_to_a_free_one(tmp_path):

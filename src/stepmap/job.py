@@ -81,6 +81,9 @@ class Workload(ABC):
     name: str = ""
     summary: str = ""
     parameters: Mapping[str, Param] = {}
+    #: True when the total is just how many items succeeded (a plain map): the reduce step
+    #: then counts the verified items instead of reading every result back to call reduce.
+    total_is_item_count: bool = False
 
     @abstractmethod
     def start(self, event: dict) -> Start:

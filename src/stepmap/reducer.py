@@ -48,7 +48,10 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
     verified = check_results(store, keys, expected, written,
                              positions_required=positions_required)
     _check_coverage(verified, expected_items, store.run_id)
-    total = workload.reduce(verified.outputs(store, keys))
+    if workload.total_is_item_count:  # nothing to combine: the results stay unread here
+        total: JSON = verified.items
+    else:
+        total = workload.reduce(verified.outputs(store, keys))
     return Reduction(total, verified.items, verified.rejected)
 
 

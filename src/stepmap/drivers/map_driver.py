@@ -48,7 +48,7 @@ class MapDriver:
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
-        with _closing_on_error(executor):
+        with _closing(executor):
             return _execute(job, executor, Intervals(), progress)
 
     def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
@@ -58,7 +58,7 @@ class MapDriver:
                                                    if f.status == "SUCCEEDED"],
                                        _expected(job)).spans)
         executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
-        with _closing_on_error(executor):
+        with _closing(executor):
             return _execute(job, executor, done, progress)
 
 
@@ -77,12 +77,15 @@ def open_executor(config: RunConfig, workload_ref: str,
 
 
 @contextlib.contextmanager
-def _closing_on_error(executor: Executor) -> Iterator[None]:
+def _closing(executor: Executor) -> Iterator[None]:
+    """Close ``executor`` at the end: on an error, cancelling what runs; otherwise waiting
+    for the workers that run_map told to stop while the run's files were written."""
     try:
         yield
     except BaseException:
         executor.close(cancel=True)
         raise
+    executor.close()
 
 
 def _execute(job: RunJob, executor: Executor, done: Intervals,
@@ -102,6 +105,8 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
                     taper=taper)
 
     def report_progress(o: MapOutcome) -> None:
+        if taper and o.longest_task is not None:  # before the source's next batch is cut
+            taper.observe(o.longest_task)
         if progress:
             progress(already + o.succeeded + o.failed, o.failed)
 

@@ -13,6 +13,10 @@ from ..task import Completion
 
 
 class Executor(Protocol):
+    """Runs compute tasks for the mapper. An executor may also offer ``free_workers() ->
+    int`` (workers that would start a task at once): the mapper then sends the last tasks
+    of a run only to those (the local engine does; a Dask scheduler places tasks itself)."""
+
     #: how many tasks can run at the same time
     slots: int
 
@@ -23,8 +27,10 @@ class Executor(Protocol):
     def poll(self, wait: float) -> list[Completion]:
         """Completions since the last call, waiting up to ``wait`` seconds for the first."""
 
-    def close(self, cancel: bool = False) -> None:
-        """Release workers; with ``cancel`` stop running tasks instead of waiting for them."""
+    def close(self, cancel: bool = False, wait: bool = True) -> None:
+        """Release workers; with ``cancel`` stop running tasks instead of waiting for them.
+        ``wait=False`` may return while released workers are still exiting; a later
+        ``close()`` waits for them (the run's files are written in between)."""
 
 
 class Engine(Protocol):

@@ -305,7 +305,9 @@ class DaskExecutor:
             log.warning("stepmap: could not restart Dask worker %s after a task timeout: %s",
                         address, exc)
 
-    def close(self, cancel: bool = False) -> None:
+    def close(self, cancel: bool = False, wait: bool = True) -> None:
+        # ``wait`` is not used: a cluster's workers outlive this executor (or the local
+        # cluster's close stops them), so there is nothing to reap later.
         if self._client is None:
             return
         futures = [a.future for a in self._running.values()]

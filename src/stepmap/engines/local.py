@@ -235,6 +235,7 @@ class LocalExecutor:
         self._ref, self._memory = workload_ref, memory_limit_mb
         self.slots = workers
         self._workers: list[_Worker] = []
+        self._exiting: list[Any] = []  # processes sent their stop, not reaped yet
 
     def _spawn(self) -> _Worker:
         inherited = [fd for w in self._workers if not w.closed
@@ -245,6 +246,12 @@ class LocalExecutor:
             raise EngineError(f"cannot start a worker process: {exc}") from None
         self._workers.append(worker)
         return worker
+
+    def free_workers(self) -> int:
+        """Workers that would start a task at once: idle ones, and ones not started yet.
+        (The mapper sends the last tasks of a run only to these.)"""
+        healthy = [w for w in self._workers if not w.broken]
+        return self.slots - len(healthy) + sum(1 for w in healthy if not w.queue)
 
     def submit(self, task_id: int, event: object, timeout: float | None) -> None:
         self._send(self._choose(), (task_id, event, timeout))
@@ -334,11 +341,13 @@ class LocalExecutor:
         worker.queue.clear()
         self._workers.remove(worker)
 
-    def close(self, cancel: bool = False) -> None:
+    def close(self, cancel: bool = False, wait: bool = True) -> None:
         """Stop every worker: an idle one is sent its stop; one with tasks still queued
         finishes them first, or with ``cancel`` is killed. Returns once they have exited (at
-        most a few seconds), so a library caller's run leaves no process behind."""
-        draining, released = [], []
+        most a few seconds), so a library caller's run leaves no process behind; with
+        ``wait=False``, once each has its stop: the exits (about a millisecond each) overlap
+        the writing of the run's files, and the next ``close()`` reaps them."""
+        draining = []
         for worker in self._workers:
             if (cancel and worker.queue) or worker.broken:
                 worker.kill()
@@ -348,7 +357,7 @@ class LocalExecutor:
                 draining.append(worker)
             else:  # it has read every task: the stop is in its pipe, before the end of file
                 worker.release()
-                released.append(worker.process)
+                self._exiting.append(worker.process)
         until = time.monotonic() + 5
         while draining and time.monotonic() < until:
             for worker in _ready(draining, min(0.1, max(0.0, until - time.monotonic()))):
@@ -357,9 +366,15 @@ class LocalExecutor:
         for worker in self._workers:
             if not worker.closed:
                 worker.kill()
-        for process in released:  # they read their stop and exit at once
+        self._workers = []
+        if wait:
+            self._reap(until)
+
+    def _reap(self, until: float) -> None:
+        """Wait for the workers told to stop (they exit at once), killing any that hangs."""
+        exiting, self._exiting = self._exiting, []
+        for process in exiting:
             join(process, max(0.0, until - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 join(process, 1)
-        self._workers = []

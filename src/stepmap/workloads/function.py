@@ -111,6 +111,7 @@ class FunctionWorkload(Workload):
     def __init__(self, fn: Callable, reduce_fn: Callable | None = None, name: str = ""):
         self.fn, self.reduce_fn = fn, reduce_fn
         self.name = name or describe(fn)
+        self.total_is_item_count = reduce_fn is None  # a map: its results are read by the API
 
     def start(self, event: dict) -> Start:
         bounds = event.get("range")
@@ -126,25 +127,39 @@ class FunctionWorkload(Workload):
 
     def compute_values(self, values: list, batched: bool) -> Any:
         """fn over the item values of one event (task.execute calls this directly)."""
-        fn, out = self.fn, []
-        for position, value in enumerate(values):
-            try:
-                result = fn(value)
-            except BaseException as exc:
-                exc.add_note(ITEM_NOTE.format(position=position))
-                raise
-            kind = type(result)  # the common plain values inline: this runs per item
-            if (kind is int and -SAFE_INT < result < SAFE_INT) or kind is str \
-                    or (kind is float and math.isfinite(result)):
-                out.append(result)
-            else:
-                out.append(encode(result))
+        fn = self.fn
+        out: list = []
+        append = out.append  # the loop that runs per item does nothing else
+        try:
+            for value in values:
+                append(fn(value))
+        except BaseException as exc:
+            exc.add_note(ITEM_NOTE.format(position=len(out)))
+            raise
+        if not _all_inline(out):
+            out = [result if _inline(result) else encode(result) for result in out]
         return out if batched else out[0]
 
     def reduce(self, outputs: Iterable[Any]) -> Any:
-        if self.reduce_fn is None:  # a map: its total is how many results it has
+        if self.reduce_fn is None:  # a map: its total is how many results it has (the
+            # reduce step counts them itself: see total_is_item_count)
             return sum(len(o) if type(o) is list else 1 for o in outputs)
         return encode(self.reduce_fn([decode(v, allow_pickle=True) for v in flatten(outputs)]))
+
+
+def _inline(result: Any) -> bool:
+    """Whether a result is stored as itself (a JSON number or string), not encoded."""
+    kind = type(result)
+    return ((kind is int and -SAFE_INT < result < SAFE_INT) or kind is str
+            or (kind is float and math.isfinite(result)))
+
+
+def _all_inline(results: list) -> bool:
+    """_inline for every result, checked in bulk for the common all-int or all-str batch."""
+    kinds = set(map(type, results))
+    if kinds == {int}:
+        return -SAFE_INT < min(results) and max(results) < SAFE_INT
+    return kinds == {str} or not results
 
 
 def flatten(outputs: Iterable[Any]):
