@@ -81,16 +81,19 @@ def test_whole_objects_and_ranges_come_from_presigned_gets(bucket, client, monke
 
 
 def test_connections_are_kept_or_dropped(bucket, client, monkeypatch):
-    """Twenty GETs read to the end reuse one connection; a body closed half-read drops its
-    connection instead of handing a dirty one to the next GET, which still reads right."""
+    """Twenty GETs read to the end, and twenty of an empty object, reuse one connection; a
+    body closed half-read drops its connection instead of handing a dirty one to the next
+    GET, which still reads right."""
     data = os.urandom(MiB)
     client.put_object(Bucket=bucket, Key="k", Body=data)
     connects = []
     real = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect",
                         lambda self, *args: (connects.append(args), real(self, *args))[1])
+    client.put_object(Bucket=bucket, Key="empty", Body=b"")
     for _ in range(20):
         assert _read(s3get.get(client, bucket, "k")) == data
+        assert _read(s3get.get(client, bucket, "empty")) == b""
     assert len(connects) <= 1  # the session path may reuse put_object's connection
     before = len(connects)
     body = s3get.get(client, bucket, "k")

@@ -147,6 +147,9 @@ class _Body:
     def __init__(self, key: str, stream, length: int, keep: Callable[[], None],
                  drop: Callable[[], None]):
         self.key, self.stream, self.left, self.keep, self.drop = key, stream, length, keep, drop
+        if not length:  # an empty object: its response read (so closed), its connection free
+            stream.read()
+            keep()
 
     def readinto(self, buffer) -> int:
         if not self.left:
