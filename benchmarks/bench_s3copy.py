@@ -80,6 +80,7 @@ def main() -> None:
         env = {**os.environ, **s3_env(server), "PYTHONPATH": str(ROOT / "src")}
         os.environ.update(s3_env(server))
         sys.path.insert(0, str(ROOT / "src"))
+        from boto3.s3.inject import upload_fileobj
         from boto3.s3.transfer import TransferConfig
         from stepmap.storage import make_s3_client
         client = make_s3_client()
@@ -88,8 +89,8 @@ def main() -> None:
         for i in range(args.small):
             client.put_object(Bucket="bench", Key=f"data/small/{i:05d}", Body=small)
         for i in range(args.large):
-            client.upload_fileobj(io.BytesIO(large), "bench", f"data/large/{i:02d}",
-                                  Config=TransferConfig(multipart_chunksize=8 * MiB))
+            upload_fileobj(client, io.BytesIO(large), "bench", f"data/large/{i:02d}",
+                           Config=TransferConfig(multipart_chunksize=8 * MiB))
         total = args.small * len(small) + args.large * len(large)
         objects = args.small + args.large
         copiers = {

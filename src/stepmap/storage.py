@@ -284,20 +284,20 @@ class S3Storage:
 
 
 def make_s3_client(*, connections: int = 10):
-    """A boto3 S3 client; ``connections`` sizes its pool for callers that use it from that
-    many threads at once (boto3's default is 10)."""
+    """An S3 client (botocore's: boto3 adds only its transfer methods, and its import, with
+    s3transfer's, costs ~80 ms a run does not need); ``connections`` sizes its pool for
+    callers that use it from that many threads at once (botocore's default is 10)."""
     try:
-        import boto3
         from botocore.config import Config
     except ImportError:
         raise ResultsError("s3:// locations need boto3: pip install 'stepmap[s3]'") from None
     from botocore.exceptions import BotoCoreError
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"},
                     max_pool_connections=connections)
-    # A session of its own: boto3's default session caches the credentials it first resolved,
-    # and the environment (AWS_PROFILE, keys, endpoint) may have changed since.
+    # A session of its own: a shared session caches the credentials it first resolved, and
+    # the environment (AWS_PROFILE, keys, endpoint) may have changed since.
     try:
-        return _session(boto3).client("s3", config=config)
+        return _session().create_client("s3", config=config)
     except (BotoCoreError, ValueError) as exc:  # no such AWS_PROFILE; a malformed endpoint
         raise ResultsError(f"cannot set up S3 access: {exc}") from None
 
@@ -306,19 +306,18 @@ def make_s3_client(*, connections: int = 10):
 _LOADERS: dict = {}
 
 
-def _session(boto3):
-    """A new boto3 session sharing this process's botocore data loader: its credentials and
+def _session():
+    """A new botocore session sharing this process's data loader: its credentials and
     endpoint are resolved afresh, but the S3 model is parsed once per process (12 MiB and
     0.1 s of CPU per client otherwise), and a forked worker reuses its parent's."""
     import botocore.session
     core = botocore.session.get_session()
-    session = boto3.session.Session(botocore_session=core)
     path = core.get_config_variable("data_path")
     if path in _LOADERS:
         core.register_component("data_loader", _LOADERS[path])
     else:
         _LOADERS[path] = core.get_component("data_loader")
-    return session
+    return core
 
 
 #: Error codes that mean "not allowed": a wrong key, a wrong secret, a missing permission.
