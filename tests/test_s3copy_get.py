@@ -204,3 +204,17 @@ def test_a_body_cut_short_raises_and_drops_its_connection():
     assert [whole.readinto(buffer), whole.readinto(buffer), whole.readinto(buffer)] == [8, 2, 0]
     whole.close()
     assert done == ["dropped", "kept"]
+
+
+def test_s3copys_client_does_not_import_boto3(s3_env):
+    """boto3 (with s3transfer) would add ~80 ms to a run's serial start for transfer methods
+    stepmap never calls: the client s3copy and the results store use is botocore's own."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom stepmap.workloads import s3copy\n"
+            "s3copy._client().list_buckets()\nprint(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('boto3', 's3transfer')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                         timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, "[]"), out.stderr[-500:]
