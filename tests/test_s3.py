@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from s3_objects import upload_multipart
@@ -212,7 +213,15 @@ def test_s3copy_interrupted_then_resumed(s3_server, bucket, tmp_path):
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
+        # Mid-run for sure, however fast the copy: once three files are in place (so at
+        # least two tasks have finished), stop the worker processes; the parent still
+        # writes what finished (its results file, at most a second later); then kill all.
         deadline = time.time() + 120
+        while len(list(dest.glob("f*"))) < 3:
+            assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.005)
+        for worker in psutil.Process(proc.pid).children(recursive=True):
+            worker.send_signal(signal.SIGSTOP)
         while not list((runs / "copy").glob("SUCCEEDED_*.json")):
             assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
             time.sleep(0.02)
