@@ -9,7 +9,9 @@ Default data: 200 objects of 1 MiB and 4 of 64 MiB uploaded in 8 MiB parts (478 
 verifies every object (MD5 / multipart ETag) and fsyncs every file; the TransferManager does
 neither. Peak memory is the largest sum of resident set sizes over the copier process and its
 descendants (sampled every 20 ms); CPU seconds are the user + system time of the copier and
-every descendant it waited for (not the S3 server's, which serves both alike).
+every descendant it waited for (not the S3 server's, which serves both alike). Peak memory
+is given twice: summed RSS counts a page a forked worker shares with its parent twice, the
+proportional set size (PSS) once.
 """
 
 from __future__ import annotations
@@ -54,15 +56,17 @@ with TransferManager(client, TransferConfig(max_concurrency=16)) as manager:
 """
 
 
-def measure(cmd: list[str], env: dict) -> tuple[float, int, float, str]:
-    """(wall seconds, peak tree RSS, CPU seconds of the tree, stdout) of one run."""
+def measure(cmd: list[str], env: dict) -> tuple[float, int, int, float, str]:
+    """(wall seconds, peak tree RSS, peak tree PSS, CPU seconds of the tree, stdout) of one
+    run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds, peak, out, err, code = run_measured(cmd, env=env)
+    pss = [0]
+    seconds, peak, out, err, code = run_measured(cmd, env=env, pss=pss)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code:
         raise SystemExit(f"{cmd[:5]} failed: {err.decode()[-800:]}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return seconds, peak, cpu, out.decode()
+    return seconds, peak, pss[0], cpu, out.decode()
 
 
 def main() -> None:
@@ -112,8 +116,8 @@ def main() -> None:
             for name, command in copiers.items():
                 dest = work / f"dest-{attempt}"
                 loads.append(os.getloadavg()[0])
-                seconds, peak, cpu, out = measure(command(dest), env)
-                measured[name].append((seconds, peak, cpu))
+                seconds, peak, pss, cpu, out = measure(command(dest), env)
+                measured[name].append((seconds, peak, pss, cpu))
                 copied = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
                 assert copied == total, f"{name}: {copied} of {total} bytes"
                 if name.startswith("stepmap"):  # every object copied and verified
@@ -124,15 +128,18 @@ def main() -> None:
               f"64 MiB multipart); {os.cpu_count()} cores shared with the S3 server; load "
               f"{min(loads):.1f}–{max(loads):.1f} (median {statistics.median(loads):.1f}); "
               f"medians of {args.repeat}, interleaved\n")
-        print("| copier | seconds | MB/s | peak memory | CPU seconds | vs baseline |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| copier | seconds | MB/s | peak memory (RSS) | peak memory (PSS) | CPU seconds "
+              "| vs baseline |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         base = statistics.median(row[0] for row in next(iter(measured.values())))
         for name, rows in measured.items():
             seconds = statistics.median(row[0] for row in rows)
             peak = max(row[1] for row in rows)
-            cpu = statistics.median(row[2] for row in rows)
+            pss = max(row[2] for row in rows)
+            cpu = statistics.median(row[3] for row in rows)
             print(f"| {name} | {seconds:.2f} | {total / 1e6 / seconds:.0f} | "
-                  f"{peak / MiB:.0f} MiB | {cpu:.2f} | {base / seconds:.2f}× |")
+                  f"{peak / MiB:.0f} MiB | {pss / MiB:.0f} MiB | {cpu:.2f} | "
+                  f"{base / seconds:.2f}× |")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
