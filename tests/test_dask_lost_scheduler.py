@@ -84,6 +84,38 @@ def test_killed_scheduler_ends_the_run_interrupted_and_resume_finishes_it(tmp_pa
     assert out.strip() == squares(60)
 
 
+def test_dask_logs_of_a_closed_connection_stay_off_stderr_while_a_run_is_open(dask_cluster):
+    """Dask's batched comm logs a closed scheduler connection at INFO with a traceback; a
+    fresh-clone CI run of the test above once showed it on stderr between stepmap's lines.
+    While an executor is open that logger passes only warnings and errors; at close its level
+    is restored."""
+    import logging
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    dask_log, batched = logging.getLogger("distributed"), logging.getLogger("distributed.batched")
+    levels = dask_log.level, batched.level
+    dask_log.addHandler(handler)
+    dask_log.setLevel(logging.INFO)  # as Dask's own logging config sets it
+    try:
+        executor = get_engine("dask").open("chaos", {"scheduler": dask_cluster.address})
+        try:
+            try:
+                raise ConnectionError("comm closed")
+            except ConnectionError:
+                batched.info("Batched Comm Closed", exc_info=True)
+            batched.warning("a warning still shows")
+        finally:
+            executor.close()
+        assert [record.getMessage() for record in seen] == ["a warning still shows"]
+        assert batched.level == levels[1]
+        batched.info("after close: Dask's own level again")
+        assert seen[-1].getMessage() == "after close: Dask's own level again"
+    finally:
+        dask_log.removeHandler(handler)
+        dask_log.setLevel(levels[0])
+
+
 def test_a_result_that_never_arrives_is_a_lost_task_not_a_hang(tmp_path, monkeypatch):
     """Freeze (SIGSTOP) the worker holding a finished task's result: fetching it would wait
     forever; with STEPMAP_DASK_GATHER_TIMEOUT=2 the attempt is reported lost (and retried)."""

@@ -105,7 +105,7 @@ class DaskExecutor:
                  workers: int | None = None, memory_limit_mb: int | None = None):
         self._ref = workload_ref
         self._cluster: LocalCluster | None = None
-        self._client_log_level: int | None = None  # set while Dask's client log is quieted
+        self._log_levels: dict[str, int] = {}  # Dask loggers quieted meanwhile: their levels
         if scheduler:
             if workers is not None or memory_limit_mb is not None:
                 raise UsageError("--workers and --memory-limit size the local Dask cluster; "
@@ -123,6 +123,10 @@ class DaskExecutor:
                 self._cluster.close()
                 raise
         self.slots = sum(self._client.nthreads().values())
+        # A connection to the scheduler that closes (the scheduler killed, or gone) makes
+        # Dask's batched comm log an INFO line with a traceback on stderr: stepmap reports a
+        # lost scheduler in its own one line instead. Its warnings and errors still show.
+        self._quiet_log("distributed.batched", logging.WARNING)
         self._address = scheduler or "the local cluster"
         self._scheduler_timeout = _seconds(SCHEDULER_TIMEOUT_ENV, SCHEDULER_TIMEOUT)
         self._gather_timeout = _seconds(GATHER_TIMEOUT_ENV, GATHER_TIMEOUT)
@@ -208,12 +212,14 @@ class DaskExecutor:
 
     def _quiet_client_log(self) -> None:
         """From here on stepmap reports the lost scheduler in its own one line: Dask's client
-        would add "Failed to reconnect" and, as it closes, CancelledError tracebacks on stderr.
-        Its level is restored when this executor closes."""
-        client_log = logging.getLogger("distributed.client")
-        if self._client_log_level is None:
-            self._client_log_level = client_log.level
-            client_log.setLevel(logging.CRITICAL + 1)
+        would add "Failed to reconnect" and, as it closes, CancelledError tracebacks on stderr."""
+        self._quiet_log("distributed.client", logging.CRITICAL + 1)
+
+    def _quiet_log(self, name: str, level: int) -> None:
+        """Raise Dask logger ``name`` to ``level`` until this executor closes."""
+        logger = logging.getLogger(name)
+        self._log_levels.setdefault(name, logger.level)
+        logger.setLevel(level)
 
     def _lost(self) -> EngineLost:
         return EngineLost(f"lost the Dask scheduler at {self._address}: no connection for "
@@ -327,9 +333,9 @@ class DaskExecutor:
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
-            if self._client_log_level is not None:
-                logging.getLogger("distributed.client").setLevel(self._client_log_level)
-                self._client_log_level = None
+            for name, level in self._log_levels.items():
+                logging.getLogger(name).setLevel(level)
+            self._log_levels.clear()
 
 
 def _connect(address: str, timeout: float) -> Client:
