@@ -31,6 +31,16 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
+@pytest.fixture
+def bucket(s3_env):
+    """A new, empty bucket on the session's S3 server."""
+    import uuid
+    from stepmap.storage import make_s3_client
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    make_s3_client().create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture(scope="session")
 def dask_session_cluster():
     """A real Dask cluster for the session: `dask scheduler` and two `dask worker` processes

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
+#: the Lambda handlers' bucket in the handler tests (moto's, fresh for each test)
+HANDLER_BUCKET = "handler-test-bucket"
+
 
 def upload_multipart(client, bucket: str, key: str, parts: list[bytes]) -> bytes:
     """Upload ``parts`` as one multipart object; its whole content."""
@@ -34,6 +39,17 @@ def handler_bucket(monkeypatch, bucket: str, workload: str = "s3keys"):
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=bucket)
         yield client
+
+
+@pytest.fixture(name="s3")
+def handler_s3(monkeypatch):
+    """The handler tests' moto S3 client, with HANDLER_BUCKET (import it to use it)."""
+    with handler_bucket(monkeypatch, HANDLER_BUCKET) as client:
+        yield client
+
+
+def read_object(client, key: str) -> bytes:
+    return client.get_object(Bucket=HANDLER_BUCKET, Key=key)["Body"].read()
 
 
 def write_map_run(client, bucket: str, prefix: str, children: list[dict], compute) -> str:

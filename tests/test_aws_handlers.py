@@ -12,7 +12,8 @@ from aws_fixtures import check_published_1024, local_total
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 
-from s3_objects import handler_bucket, write_map_run  # noqa: E402
+from s3_objects import HANDLER_BUCKET, read_object, write_map_run  # noqa: E402
+from s3_objects import handler_s3  # noqa: E402,F401  (the fixture "s3")
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import item_event  # noqa: E402
@@ -20,18 +21,8 @@ from stepmap.verify import SEAL_KEY, canonical, checksum, unseal  # noqa: E402
 from stepmap.workloads import s3keys  # noqa: E402
 
 sys.set_int_max_str_digits(0)
-BUCKET = "handler-test-bucket"
+BUCKET = HANDLER_BUCKET
 PARAMS_1024 = s3keys.WORKLOAD.start({"size": 1024}).params
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    with handler_bucket(monkeypatch, BUCKET) as client:
-        yield client
-
-
-def _get(client, key):
-    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
 # ---------------------------------------------------------------- start
@@ -52,7 +43,7 @@ def test_start_writes_a_long_item_list_to_s3(s3, monkeypatch):
     assert out["items_key"].startswith("items/")
     assert len(json.dumps(out)) < 2048  # the state payload stays tiny
     # objects naming each item's position: the map's selector passes both to the child
-    assert json.loads(_get(s3, out["items_key"])) == [
+    assert json.loads(read_object(s3, out["items_key"])) == [
         {"index": i, "position": i} for i in range(1_000_000)]
 
 
@@ -106,7 +97,7 @@ def test_compute_offloads_an_output_too_large_for_the_state_payload(s3, monkeypa
     out = handlers.compute({"index": 1000, "params": PARAMS_1024})
     pointer = out[handlers.POINTER_KEY]
     assert pointer["Key"].startswith("outputs/") and pointer["Bucket"] == BUCKET
-    stored = json.loads(_get(s3, pointer["Key"]))
+    stored = json.loads(read_object(s3, pointer["Key"]))
     assert unseal(stored) == s3keys.WORKLOAD.compute(item_event(1000, PARAMS_1024))
 
 
@@ -203,7 +194,7 @@ def test_reduce_follows_offloaded_outputs_and_offloads_a_large_total(s3, monkeyp
     out = handlers.reduce({**_write_run(s3, outputs, positions={i: i - 600 for i in outputs}),
                            "item_count": 10})
     assert out["total"] is None and out["items"] == 10
-    stored = json.loads(_get(s3, out["total_s3"]["Key"]))
+    stored = json.loads(read_object(s3, out["total_s3"]["Key"]))
     assert stored == local_total({"lengths": "600-609"})
 
 
@@ -220,7 +211,7 @@ def test_reduce_ignores_entries_that_fail_their_checksum(s3, tamper):
     event = _write_run(s3, outputs)
     if tamper == "input":
         key = "process_output/run1/SUCCEEDED_0.json"
-        entries = json.loads(_get(s3, key))
+        entries = json.loads(read_object(s3, key))
         entries[2]["Input"] = json.dumps(_child(3, {3: 2}))
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
     with pytest.raises(IncompleteRunError, match="cover 3 of 4 items.*failed verification"):
@@ -251,7 +242,7 @@ def test_reduce_refuses_entries_that_name_no_position(s3):
     missing, whatever the count."""
     event = _write_run(s3, _outputs(range(2)))
     key = "process_output/run1/SUCCEEDED_0.json"
-    entries = json.loads(_get(s3, key))
+    entries = json.loads(read_object(s3, key))
     bare = {"index": 1, "params": PARAMS_1024}
     entries[1].update(Input=json.dumps(bare), Output=json.dumps(handlers.compute(bare)))
     s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
@@ -331,9 +322,9 @@ def _run_of(client, run_input: dict, prefix: str, *, batch: int = 0):
 def _swap_entries(client, event, other, names):
     """Put ``other`` run's entries of these names in place of ``event``'s."""
     mine = event["results"]["ResultWriterDetails"]["Key"].replace("manifest", "SUCCEEDED_0")
-    theirs = json.loads(_get(client, other["results"]["ResultWriterDetails"]["Key"].replace(
+    theirs = json.loads(read_object(client, other["results"]["ResultWriterDetails"]["Key"].replace(
         "manifest", "SUCCEEDED_0")))
-    entries = json.loads(_get(client, mine))
+    entries = json.loads(read_object(client, mine))
     for n, entry in enumerate(entries):
         if entry["Name"] in names:
             entries[n] = next(e for e in theirs if e["Name"] == entry["Name"])
@@ -367,7 +358,7 @@ def test_reduce_does_not_sum_an_entry_whose_item_was_edited_and_resealed(s3):
     run's start emits at position 5, so it is not counted."""
     event = _run_of(s3, {"size": 64}, "process_output/article")
     key = "process_output/article/SUCCEEDED_0.json"
-    entries = json.loads(_get(s3, key))
+    entries = json.loads(read_object(s3, key))
     forged = {"index": 6, "position": 5, "params": s3keys.WORKLOAD.start({"size": 64}).params}
     entries[5].update(Input=json.dumps(forged), Output=json.dumps(handlers.compute(forged)))
     s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())

@@ -18,7 +18,8 @@ from published import sum_of_squares
 
 import moto  # noqa: E402,F401  (the test extra: missing, fail rather than skip)
 
-from s3_objects import handler_bucket, write_map_run  # noqa: E402
+from s3_objects import HANDLER_BUCKET, read_object, write_map_run  # noqa: E402
+from s3_objects import handler_s3  # noqa: E402,F401  (the fixture "s3")
 from stepmap.aws import handlers, subranges  # noqa: E402
 from stepmap.errors import IncompleteRunError, InvalidEvent, ResultsError  # noqa: E402
 from stepmap.job import batch_event  # noqa: E402
@@ -26,17 +27,7 @@ from stepmap.verify import unseal  # noqa: E402
 from stepmap.workloads import s3keys  # noqa: E402
 
 sys.set_int_max_str_digits(0)
-BUCKET = "range-test-bucket"
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    with handler_bucket(monkeypatch, BUCKET) as client:
-        yield client
-
-
-def _get(client, key):
-    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+BUCKET = HANDLER_BUCKET
 
 
 # ---------------------------------------------------------------- start
@@ -47,7 +38,7 @@ def test_start_lists_a_long_range_as_a_bounded_number_of_sub_ranges(s3, size):
     cover positions 0..N-1 in order, each naming the run's values at its positions."""
     out = handlers.start({"size": size, "method": "jump"})
     assert out["items_in_s3"] is True and out["item_count"] == size
-    body = _get(s3, out["items_key"])
+    body = read_object(s3, out["items_key"])
     listed = json.loads(body)
     assert len(listed) == subranges.RANGE_MAP_ITEMS == 1000
     assert len(body) < 80 * 1000  # about 70 bytes a sub-range, never a byte per item
@@ -66,7 +57,7 @@ def test_start_keeps_a_short_range_listed_and_honours_the_batch_hint(s3):
     the default method's hint (one task for the whole range) gives one sub-range."""
     assert handlers.start({"size": 1000})["items"] == list(range(1000))
     out = handlers.start({"size": 10**7})
-    assert json.loads(_get(s3, out["items_key"])) == [
+    assert json.loads(read_object(s3, out["items_key"])) == [
         {"index": {"Range": [0, 10**7]}, "position": [0, 10**7]}]
 
 
@@ -180,7 +171,7 @@ def test_a_sub_range_entrys_input_does_not_grow_with_its_length(s3):
     for length in (10, 10**5):
         run = {"size": length, "method": "closed"}
         details = _write(s3, f"process_output/n{length}", _children(run, [(0, length)]))
-        (entry,) = json.loads(_get(s3, details["Key"].replace("manifest", "SUCCEEDED_0")))
+        (entry,) = json.loads(read_object(s3, details["Key"].replace("manifest", "SUCCEEDED_0")))
         sizes.append(len(entry["Input"]))
         assert _reduce(details, run, length)["items"] == length
     assert sizes[1] - sizes[0] == 3 * 4 and sizes[1] < 200  # two ends and the size: 4 digits more
@@ -188,7 +179,7 @@ def test_a_sub_range_entrys_input_does_not_grow_with_its_length(s3):
 
 def _tamper(client, details, n, child):
     key = details["Key"].replace("manifest", "SUCCEEDED_0")
-    entries = json.loads(_get(client, key))
+    entries = json.loads(read_object(client, key))
     entries[n].update(Input=json.dumps(child), Output=json.dumps(handlers.compute(child)))
     client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entries).encode())
 
@@ -228,7 +219,7 @@ def test_reduce_refuses_a_sub_range_beyond_the_run_or_a_digit_changed(s3):
         _reduce(details, RUN, 1024)
     details = _write(s3, "process_output/d", _children(RUN, _cut(0, 1024, 512)))
     key = details["Key"].replace("manifest", "SUCCEEDED_0")
-    entries = json.loads(_get(s3, key))
+    entries = json.loads(read_object(s3, key))
     output = json.loads(entries[0]["Output"])
     output["Output"] = "9" + output["Output"][1:]
     entries[0]["Output"] = json.dumps(output)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -32,13 +31,6 @@ def _env() -> dict:
 
 def _stepmap(*args: str) -> list[str]:
     return [sys.executable, "-m", "stepmap", *args]
-
-
-@pytest.fixture
-def bucket(s3_env):
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    make_s3_client().create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture(params=["local", "s3"])

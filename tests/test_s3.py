@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -25,13 +23,6 @@ from stepmap.storage import S3Storage, make_s3_client
 from support.s3server_fixture import s3_env as env_for
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def bucket(s3_env):
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    make_s3_client().create_bucket(Bucket=name)
-    return name
 
 
 def test_results_on_s3_in_resultwriter_layout(bucket, cli):

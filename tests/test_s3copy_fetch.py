@@ -21,13 +21,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def bucket(s3_env):
-    name = f"f-{uuid.uuid4().hex[:12]}"
-    make_s3_client().create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
 def small_pool(monkeypatch):
     """A pool of two threads for this test (and big objects from 1 MiB): every thread then
     owns a big object while the helpers they queue wait behind them."""

@@ -8,7 +8,6 @@ import hashlib
 import os
 import socket
 import threading
-import uuid
 
 import pytest
 from botocore.exceptions import ClientError
@@ -17,13 +16,6 @@ from stepmap.storage import make_s3_client
 from stepmap.workloads import s3copy, s3get
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def bucket(s3_env):
-    name = f"g-{uuid.uuid4().hex[:12]}"
-    make_s3_client().create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture(params=["direct", "session"])
