@@ -200,6 +200,36 @@ class _CountingExecutor:
         pass
 
 
+class _TimedExecutor(_CountingExecutor):
+    """_CountingExecutor whose tasks report having run ``seconds`` each."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.sizes = seconds, []
+
+    def submit(self, task_id, event, timeout):
+        self.sizes.append(len(event.values))
+        super().submit(task_id, event, timeout)
+
+    def poll(self, wait):
+        from stepmap.task import Completion
+        return [Completion(c.task_id, True, output_json="0", started=100.0,
+                           stopped=100.0 + self.seconds) for c in super().poll(wait)]
+
+
+@pytest.mark.parametrize("seconds, tasks", [(0.001, 8), (0.5, 16)])
+def test_run_map_tells_the_taper_how_long_tasks_ran(tmp_path, seconds, tasks):
+    """Through run_map: quick tasks keep every batch full (8 of 38), slow ones taper."""
+    from stepmap.mapper import MapPolicy, run_map
+    from stepmap.results import ResultSink
+    executor, taper = _TimedExecutor(seconds), Taper(300, 2)
+    store = RunStore.open(str(tmp_path), "timed")
+    outcome = run_map(executor, batches(range(300), {}, 38, taper=taper), MapPolicy(),
+                      ResultSink(store), on_task_seconds=taper.observe)
+    assert outcome.succeeded == 300 and len(executor.sizes) == tasks
+    assert executor.sizes[:4] == [38] * 4 and sum(executor.sizes) == 300
+
+
 class _SlowAndFastWorkers:
     """Two workers with their own queues, as the local engine has: a task goes to the
     shorter queue; each poll finishes the fast worker's current task, and the slow one's

@@ -246,7 +246,6 @@ class MapOutcome:
     stopped_because: str | None = None  # None: ran to the end
     interrupted: bool = False  # by Ctrl-C
     lost: str | None = None  # why the engine went away mid-run (EngineLost)
-    longest_task: float | None = None  # seconds, of the slowest task that succeeded
 
     @property
     def items(self) -> int:
@@ -261,8 +260,10 @@ def _json(event) -> str:
 
 def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec]],
             policy: MapPolicy, sink: ResultSink, *, total_items: int | None = None,
-            on_progress: Callable[[MapOutcome], None] = lambda outcome: None) -> MapOutcome:
-    """Run every task to success, final failure or cancellation; record each outcome."""
+            on_progress: Callable[[MapOutcome], None] = lambda outcome: None,
+            on_task_seconds: Callable[[float], None] | None = None) -> MapOutcome:
+    """Run every task to success, final failure or cancellation; record each outcome.
+    ``on_task_seconds`` hears how long each task that succeeded ran (Taper.observe)."""
     outcome = MapOutcome()
     if policy.max_concurrency and policy.max_concurrency < executor.slots:
         limit = policy.max_concurrency  # no queued tasks: they could start on idle workers
@@ -313,9 +314,8 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
             for done in executor.poll(wait):
                 task = inflight.pop(done.task_id)
                 if done.ok:
-                    seconds = max(0.0, done.stopped - done.started)
-                    if outcome.longest_task is None or seconds > outcome.longest_task:
-                        outcome.longest_task = seconds
+                    if on_task_seconds:
+                        on_task_seconds(max(0.0, done.stopped - done.started))
                     sink.add(success_entry(done.input_json or _json(task.event),
                                            done.output_json or "null", positions=task.positions,
                                            started=done.started, stopped=done.stopped,

@@ -105,8 +105,6 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
                     taper=taper)
 
     def report_progress(o: MapOutcome) -> None:
-        if taper and o.longest_task is not None:  # before the source's next batch is cut
-            taper.observe(o.longest_task)
         if progress:
             progress(already + o.succeeded + o.failed, o.failed)
 
@@ -114,7 +112,8 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
                       already_done=already)
     with _failed_on_error(store, record):  # e.g. the results disk filled up, a corrupt file
         outcome = run_map(executor, tasks, config.policy, sink, total_items=start.count,
-                          on_progress=report_progress)
+                          on_progress=report_progress,
+                          on_task_seconds=taper.observe if taper else None)
         report_progress(outcome)
         item_total = start.count if start.count is not None else already + outcome.items
         _write_manifest(store, sink, config.engine)
