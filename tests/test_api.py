@@ -185,6 +185,28 @@ def test_timeout_fails_the_item_as_timeout_error(options):
     assert info.value.error_type == "TaskTimeout" and info.value.item == 2
 
 
+
+def test_maps_from_several_threads_share_one_runs_directory(options):
+    """A threaded program (a web handler, a notebook's background cells) maps concurrently
+    into one runs directory: each call is its own run and gets its own results."""
+    import threading
+    results: dict = {}
+
+    def one(k: int) -> None:
+        try:
+            results[k] = stepmap.map(abs, range(-300 * (k + 1), 0), **options)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[k] = exc
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {k: list(range(300 * (k + 1), 0, -1)) for k in range(3)}
+    records = [json.loads(p.read_text()) for p in Path(options["runs"]).glob("*/run.json")]
+    assert sorted(r["status"] for r in records) == ["SUCCEEDED"] * 3
+
+
 # ------------------------------------------------------------ resume
 
 def test_same_run_id_resumes_without_recomputing(options, tmp_path):

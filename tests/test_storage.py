@@ -2,6 +2,7 @@
 RADOS Gateway, fixture s3_env): what the results store and the run lock use, and nothing
 the runner has to ask 'which kind are you?' for."""
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -68,3 +69,27 @@ def test_each_s3_client_resolves_credentials_afresh(s3_env, monkeypatch):
         make_s3_client().list_objects_v2(Bucket=bucket)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     assert make_s3_client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+def test_threads_checking_one_directory_do_not_trip_over_each_other(tmp_path):
+    """Each check writes and removes its own probe file: with one name per process, a thread
+    removed another's probe and that run failed as 'not writable' (three concurrent
+    stepmap.map calls from threads, sharing a runs directory)."""
+    storage = LocalStorage(str(tmp_path))
+    start, errors = threading.Barrier(8), []
+
+    def check() -> None:
+        start.wait()
+        for _ in range(200):
+            try:
+                storage.ensure_writable()
+            except Exception as exc:  # noqa: BLE001 - the test reports any failure
+                errors.append(exc)
+                return
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list(tmp_path.iterdir()) == []  # no probe left behind

@@ -65,8 +65,9 @@ class LocalStorage:
     def ensure_writable(self) -> None:
         try:
             os.makedirs(self.root, exist_ok=True)
-            probe = os.path.join(self.root, f".probe-{os.getpid()}")
-            with open(probe, "wb"):
+            # a name of its own: threads of one process check the same directory at once
+            probe = _temporary(os.path.join(self.root, "probe"), "probe")
+            with open(probe, "xb"):
                 pass
             os.unlink(probe)
         except OSError as exc:
