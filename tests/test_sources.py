@@ -33,6 +33,25 @@ def test_jsonl_and_csv(tmp_path):
                                                     {"name": "c", "size": "22"}]
 
 
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 16])
+def test_json_lines_read_in_blocks_parse_as_line_by_line(tmp_path, monkeypatch, chunk):
+    """Lines are read in blocks and most are parsed by the C scanner alone; every line it
+    does not take whole (spaces, CRLF, blank, bad) goes through the checked parser."""
+    monkeypatch.setattr(sources, "_CHUNK", chunk)  # lines straddle block boundaries
+    long_text = "1" * 40  # allowed inside a string, refused as a number
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(i) for i in ITEMS) + '\r\n  7 \n\n\n"'
+                    + long_text + '"\n[1,\n', newline="")
+    with pytest.raises(UsageError, match=r"line 13: not valid JSON"):
+        list(sources.read_items(str(path)))  # "[1," alone is no value (no joining of lines)
+    path.write_text("\n".join(json.dumps(i) for i in ITEMS) + '\r\n  7 \n\n\n"'
+                    + long_text + '"\n', newline="")
+    assert list(sources.read_items(str(path))) == ITEMS + [7, long_text]
+    path.write_text("1\n" * 3 + long_text + "\n")
+    with pytest.raises(UsageError, match="40 digits"):
+        list(sources.read_items(str(path)))  # a long number across any block boundary
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("bad.json", '{"not": "an array"}', "must hold a JSON array"),
     ("open.json", "[1, 2, 3", "not closed"),

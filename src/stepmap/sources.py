@@ -16,9 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import IO, Iterator
 
-from .bigint import parse_int_strict, reject_constant
+from .bigint import MAX_INPUT_DIGITS, parse_int_strict, reject_constant
 from .errors import UsageError
 from .job import nesting_depth
 
@@ -64,9 +65,7 @@ def _parse(kind: str, spec: str) -> Iterator:
             if kind == "json":
                 yield from _json_array(text, spec)
             elif kind == "jsonl":
-                for number, line in enumerate(_BoundedLines(text, spec), 1):
-                    if line.strip():
-                        yield _loads(line, f"{spec} line {number}")
+                yield from _json_lines(text, spec)
             else:
                 yield from _csv_rows(text, spec)
         except UnicodeDecodeError:
@@ -128,8 +127,7 @@ class _BoundedLines:
             self.taken = 0
         self.taken += len(line.rstrip("\r\n"))
         if self.taken > MAX_ITEM_CHARS:
-            raise UsageError(f"--items {self.spec}: an item (line or row) is longer than "
-                             f"{MAX_ITEM_CHARS:,} characters")
+            raise _line_too_long(self.spec)
         return line
 
     def row_done(self) -> None:
@@ -147,12 +145,58 @@ def _csv_rows(text: io.TextIOBase, spec: str) -> Iterator[dict]:
         yield row
 
 
+#: Decoders made once (json.loads with options makes one per call). Numbers are parsed by the
+#: C scanner itself unless a line holds a run of digits too long for an input integer: only
+#: then does the strict hook (a Python call per number) see each of them.
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
+_STRICT_DECODER = json.JSONDecoder(parse_int=parse_int_strict, parse_constant=reject_constant)
+_LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
+
+
 def _loads(text: str, where: str):
     _check_depth(text, 0, len(text), where)
+    decoder = _STRICT_DECODER if _LONG_DIGITS.search(text) else _DECODER
     try:
-        return json.loads(text, parse_int=parse_int_strict, parse_constant=reject_constant)
+        return decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: not valid JSON: {exc.msg}") from None
+
+
+def _json_lines(text: io.TextIOBase, spec: str) -> Iterator:
+    """The items of a JSON Lines stream, read in blocks. A line that is one plain JSON value
+    (no surrounding space, shallow, no overlong run of digits) is parsed by the C scanner
+    alone; any other line, blank or bad, takes :func:`_loads` (its checks and messages)."""
+    scan, number, rest = _DECODER.scan_once, 0, ""
+    while True:
+        block = text.read(_CHUNK)
+        joined = rest + block
+        lines = joined.split("\n")
+        rest = lines.pop() if block else ""
+        if len(rest) > MAX_ITEM_CHARS:
+            raise _line_too_long(spec)
+        suspect = _LONG_DIGITS.search(joined) is not None
+        for line in lines:
+            number += 1
+            if len(line) > MAX_ITEM_CHARS and len(line.rstrip("\r")) > MAX_ITEM_CHARS:
+                raise _line_too_long(spec)
+            end = -1
+            if not suspect and line.count("[") + line.count("{") <= MAX_ITEM_DEPTH:
+                try:
+                    value, end = scan(line, 0)
+                except (StopIteration, json.JSONDecodeError):
+                    pass
+            if end != len(line):
+                if not line.strip():
+                    continue
+                value = _loads(line, f"{spec} line {number}")
+            yield value
+        if not block:
+            return
+
+
+def _line_too_long(spec: str) -> UsageError:
+    return UsageError(f"--items {spec}: an item (line or row) is longer than "
+                      f"{MAX_ITEM_CHARS:,} characters")
 
 
 def _check_depth(text: str, first: int, end: int, where: str) -> None:
