@@ -243,6 +243,21 @@ def test_a_list_of_items_is_kept_with_the_run(options, tmp_path):
         stepmap.map(lambda w: fn(w), words[:2], run_id="words", **options)
 
 
+def test_a_list_of_items_is_mapped_from_memory_and_stored_once(options):
+    """The list is stored once, as the run's item snapshot (resume reads it); the run maps
+    the items it holds, so their count is known up front and they are batched as a range
+    is (about four tasks per worker), not read back from the file in batches of 100."""
+    items = [f"w{i}" for i in range(10_000)]
+    run_id = "listed"
+    assert stepmap.map(len, items, run_id=run_id, **options) == [len(w) for w in items]
+    folder = Path(options["runs"]) / run_id
+    record = json.loads((folder / "run.json").read_text())
+    assert record["items"] == 10_000 and record["items_snapshot"] == "complete"
+    assert (folder / "items.jsonl").read_text().splitlines() == [json.dumps(w) for w in items]
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".jsonl")
+                and p.name != "items.jsonl"]
+    assert record["attempts"][0]["tasks"] <= 40
+
 def test_import_stepmap_stays_cheap():
     import subprocess
     import sys

@@ -13,17 +13,20 @@ again with the same ``run_id`` resumes it (finished items are not recomputed).
 
 from __future__ import annotations
 
+import builtins
 import json
 import multiprocessing
 import sys
 import threading
 import warnings
+from json.encoder import encode_basestring_ascii
 from typing import Any, Callable, Iterable, Sized
 
 from . import runner
 from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
+from .drivers.map_driver import ITEMS_SNAPSHOT
 from .errors import IncompleteRunError, UsageError
 from .results import RunStore, check_run_id, new_run_id
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
@@ -31,7 +34,6 @@ from .api_results import MapResults, read_results
 
 __all__ = ["map", "map_reduce", "Executor", "Run", "MapResults"]
 
-ITEMS_FILE = "function-items.jsonl"
 
 
 def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
@@ -193,6 +195,7 @@ class Run:
         store = RunStore.open(self.executor.runs, self.run_id)
         self._resume = store.has_record()
         self._items_from = None
+        self._items: list | None = None  # a fresh run's items, mapped from memory
         self._input: dict = {}
         if self._resume:
             record = store.read_run()
@@ -208,11 +211,9 @@ class Run:
             self._input = {"range": [items.start, items.stop, items.step]}
             self.total_items = len(items)
             return
-        lines = []
-        for position, item in enumerate(items):
-            lines.append(_item_json(item, position))
+        self._items, lines = _items_and_lines(items)
         self.total_items = len(lines)
-        key = store.key(ITEMS_FILE)
+        key = store.key(ITEMS_SNAPSHOT)  # kept with the run: resume reads the same items
         store.storage.put(key, ("\n".join(lines) + "\n").encode() if lines else b"")
         self._items_from = store.storage.describe(key)
 
@@ -231,7 +232,7 @@ class Run:
             else:
                 self._report = runner.run(
                     self.ref, self._input, self.executor.settings(self.run_id, self._items_from),
-                    progress=self._progress, on_start=self._on_start)
+                    progress=self._progress, on_start=self._on_start, items=self._items)
         except BaseException as exc:  # handed to the thread that waits, as a future does
             self._error = exc
         finally:
@@ -366,18 +367,39 @@ def _check_same_items(run_id: str, run_input: dict, count: int | None,
                          "the same items to resume it")
 
 
-def _item_json(item: Any, position: int) -> str:
-    """One item as a line of JSON; items reach the workers as JSON values, so a tuple (which
-    JSON would silently turn into a list) or any other non-JSON value is refused here."""
+_map = builtins.map  # this module's map is stepmap.map
+
+#: One encoder for every item (json.dumps with options builds a new one per call).
+_ITEM_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _items_and_lines(items: Iterable) -> tuple[list, list[str]]:
+    """The items, and each as a line of JSON. Items reach the workers as JSON values, so a
+    tuple (which JSON would silently turn into a list) or any other non-JSON value is refused
+    here, as is an integer too long to be read back as run input."""
+    values = list(items)
+    kinds = set(_map(type, values))
+    if kinds <= {int}:  # the common lists encode in one pass each: an int's repr is its JSON
+        lines = list(_map(int.__repr__, values))
+    elif kinds == {str}:
+        lines = list(_map(encode_basestring_ascii, values))
+    else:
+        lines = [_item_line(item, position) for position, item in enumerate(values)]
+    if lines and max(_map(len, lines)) > MAX_INPUT_DIGITS:
+        for position, item in enumerate(values):
+            if _long_number(item):
+                raise UsageError(f"item {position} holds an integer of more than "
+                                 f"{MAX_INPUT_DIGITS} digits; items are read back as run "
+                                 "input, so pass it as a decimal string (results may be "
+                                 "integers of any size)")
+    return values, lines
+
+
+def _item_line(item: Any, position: int) -> str:
     if not is_json_value(item):
         raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
                          "travel to the workers as JSON (lists, objects, strings, numbers)")
-    text = json.dumps(item, separators=(",", ":"))
-    if _long_number(item):
-        raise UsageError(f"item {position} holds an integer of more than {MAX_INPUT_DIGITS} "
-                         "digits; items are read back as run input, so pass it as a decimal "
-                         "string (results may be integers of any size)")
-    return text
+    return _ITEM_ENCODER.encode(item)
 
 
 def _long_number(value: Any) -> bool:

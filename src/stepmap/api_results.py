@@ -55,6 +55,7 @@ def read_results(store: RunStore, items: int) -> MapResults:
         for position in range(first, end):
             results[position] = failure
         results.failed[failure.position] = failure
+    run_id = store.run_id
     for entry in store.iter_entries(RunStore.manifest_keys(manifest, "PENDING")):
         first, end = entry["ItemPositions"]
         items_in = [item["index"] for item in event_items(entry_input(entry))]
@@ -62,7 +63,7 @@ def read_results(store: RunStore, items: int) -> MapResults:
             results[position] = ItemFailed(
                 f"item {position} ({_short(items_in[offset])}) was not run: the map stopped "
                 "first", item=items_in[offset], position=position, error_type="NotRun",
-                run_id=store.run_id)
+                run_id=run_id)
             results.pending.append(position)
     return results
 

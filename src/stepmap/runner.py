@@ -36,8 +36,10 @@ __all__ = ["run", "resume", "follow", "list_runs", "load_run", "load_record", "r
 def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
         progress: ProgressFn | None = None,
         on_start: Callable[[Start, str], None] | None = None,
-        notify: NotifyFn | None = None) -> RunReport:
-    """Start a new run of ``workload_ref`` on ``config.engine`` and wait for its report."""
+        notify: NotifyFn | None = None, items: list | None = None) -> RunReport:
+    """Start a new run of ``workload_ref`` on ``config.engine`` and wait for its report.
+    ``items``: the items of ``config.items_from``, already in this process's memory
+    (stepmap.api has just stored them there); this attempt maps them as they are."""
     began = time.time()
     _require_s3_client(config.runs, config.items_from)
     start = resolve(workload_ref).start(run_input)
@@ -46,7 +48,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
                          "which would overwrite each item's value in its compute event")
     if config.items_from:
         from .drivers.map_driver import with_source
-        start = with_source(start, config.items_from, config.items_format)
+        start = with_source(start, config.items_from, config.items_format, items)
     driver = for_engine(config.engine)
     driver.check(config)  # a missing extra fails here, before anything is written
     run_id = config.run_id or new_run_id(workload_ref)

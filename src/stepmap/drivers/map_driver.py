@@ -98,8 +98,12 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
                                compact=is_compact_range(start.items))
         taper = Taper(start.count, executor.slots) if start.count and size > 1 else None
     sink = ResultSink(store)
-    if record.items_from and store.storage.local_path(store.key(ITEMS_SNAPSHOT)) is not None:
-        start = replace(start, items=_snapshot(store, record, start.items))
+    snapshot = store.storage.local_path(store.key(ITEMS_SNAPSHOT))
+    if record.items_from and snapshot is not None:
+        if os.path.abspath(record.items_from) == os.path.abspath(snapshot):
+            record.items_snapshot = "complete"  # stored there before the run (stepmap.api)
+        else:
+            start = replace(start, items=_snapshot(store, record, start.items))
     already = done.total()
     tasks = batches(start.items, start.params, size, skip=done if already else None,
                     taper=taper)
@@ -192,13 +196,18 @@ def _write_manifest(store: RunStore, sink: ResultSink, engine: str) -> None:
     store.delete(f for f in store.result_files() if f.status != "SUCCEEDED" and f not in current)
 
 
-def with_source(start: Start, source: str, kind: str | None) -> Start:
+def with_source(start: Start, source: str, kind: str | None,
+                items: list[JSON] | None = None) -> Start:
     """``start`` with its items read from ``source`` (bad sources fail now, before anything
-    is written)."""
+    is written). ``items``: the source's items, already in memory (the caller has just
+    stored them there): used as they are, with their count, instead of read back."""
+    summary = f"{start.summary}; items from {source}".lstrip("; ")
+    if items is not None:
+        return replace(start, items=items, count=len(items), batch_hint=None, summary=summary)
     from ..sources import detect_format, read_items  # csv and friends: only for a source
     kind = kind or detect_format(source)
     return replace(start, items=read_items(source, kind), count=None, batch_hint=None,
-                   summary=f"{start.summary}; items from {source}".lstrip("; "))
+                   summary=summary)
 
 
 def _snapshot(store: RunStore, record: RunRecord, items: Iterable[JSON]) -> Iterator[JSON]:
