@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+from json.scanner import make_scanner
 from typing import IO, Iterator
 
 from .bigint import MAX_INPUT_DIGITS, parse_int_strict, reject_constant
@@ -149,6 +150,8 @@ def _csv_rows(text: io.TextIOBase, spec: str) -> Iterator[dict]:
 #: C scanner itself unless a line holds a run of digits too long for an input integer: only
 #: then does the strict hook (a Python call per number) see each of them.
 _DECODER = json.JSONDecoder(parse_constant=reject_constant)
+#: The C scanner of _DECODER: one value at an index, no space skipped, no trailing check.
+_SCAN = make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed wants a scanner here
 _STRICT_DECODER = json.JSONDecoder(parse_int=parse_int_strict, parse_constant=reject_constant)
 _LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
 
@@ -166,7 +169,7 @@ def _json_lines(text: io.TextIOBase, spec: str) -> Iterator:
     """The items of a JSON Lines stream, read in blocks. A line that is one plain JSON value
     (no surrounding space, shallow, no overlong run of digits) is parsed by the C scanner
     alone; any other line, blank or bad, takes :func:`_loads` (its checks and messages)."""
-    scan, number, rest = _DECODER.scan_once, 0, ""
+    scan, number, rest = _SCAN, 0, ""
     while True:
         block = text.read(_CHUNK)
         joined = rest + block
