@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import json
 import multiprocessing
+import re
 import sys
 import threading
 import warnings
@@ -211,10 +212,10 @@ class Run:
             self._input = {"range": [items.start, items.stop, items.step]}
             self.total_items = len(items)
             return
-        self._items, lines = _items_and_lines(items)
-        self.total_items = len(lines)
+        self._items, text = _items_and_text(items)
+        self.total_items = len(self._items)
         key = store.key(ITEMS_SNAPSHOT)  # kept with the run: resume reads the same items
-        store.storage.put(key, ("\n".join(lines) + "\n").encode() if lines else b"")
+        store.storage.put(key, text.encode())
         self._items_from = store.storage.describe(key)
 
     def execute(self) -> None:
@@ -368,15 +369,16 @@ def _check_same_items(run_id: str, run_input: dict, count: int | None,
 
 
 _map = builtins.map  # this module's map is stepmap.map
+_LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
 
 #: One encoder for every item (json.dumps with options builds a new one per call).
 _ITEM_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def _items_and_lines(items: Iterable) -> tuple[list, list[str]]:
-    """The items, and each as a line of JSON. Items reach the workers as JSON values, so a
-    tuple (which JSON would silently turn into a list) or any other non-JSON value is refused
-    here, as is an integer too long to be read back as run input."""
+def _items_and_text(items: Iterable) -> tuple[list, str]:
+    """The items, and their JSON Lines. Items reach the workers as JSON values, so a tuple
+    (which JSON would silently turn into a list) or any other non-JSON value is refused here,
+    as is an integer too long to be read back as run input."""
     values = list(items)
     kinds = set(_map(type, values))
     if kinds <= {int}:  # the common lists encode in one pass each: an int's repr is its JSON
@@ -385,14 +387,15 @@ def _items_and_lines(items: Iterable) -> tuple[list, list[str]]:
         lines = list(_map(encode_basestring_ascii, values))
     else:
         lines = [_item_line(item, position) for position, item in enumerate(values)]
-    if lines and max(_map(len, lines)) > MAX_INPUT_DIGITS:
+    text = "\n".join(lines) + "\n" if lines else ""
+    if _LONG_DIGITS.search(text):  # one pass in C; only then is each item looked into
         for position, item in enumerate(values):
             if _long_number(item):
                 raise UsageError(f"item {position} holds an integer of more than "
                                  f"{MAX_INPUT_DIGITS} digits; items are read back as run "
                                  "input, so pass it as a decimal string (results may be "
                                  "integers of any size)")
-    return values, lines
+    return values, text
 
 
 def _item_line(item: Any, position: int) -> str:
