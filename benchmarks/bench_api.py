@@ -10,9 +10,12 @@ about four chunks per worker), Dask ``client.map`` (a LocalCluster of the same s
 before the clock starts) and Lithops' localhost ``FunctionExecutor.map`` (run with the Python
 of a separate venv given by ``--lithops-python``; lithops is not a stepmap dependency).
 
-Work: 1,000 / 10,000 / 100,000 tiny items (x*x+1: the cost is all overhead), and a few hundred
-uneven heavy items (a pure-Python loop whose length varies 10x between items, skewed so a few
-items dominate). Each timing covers starting the pool, the map, and stopping the pool; not
+Work: 1,000 / 10,000 / 100,000 tiny items (x*x+1: the cost is all overhead) given as a
+``range``, the same 100,000 given as a list (``--list-sizes``: a list is what most programs
+have, and it travels differently: see the README), and a few hundred uneven heavy items (a
+pure-Python loop whose length varies 10x between items, skewed so a few items dominate). For
+the heavy items the table also gives their floor: the same items computed one after the other
+in one process, divided by the number of workers (no pool can beat it by more than noise). Each timing covers starting the pool, the map, and stopping the pool; not
 importing the library (a program pays that once: the library is imported, and the local pools
 called once on two items, before the clock starts).
 """
@@ -56,8 +59,12 @@ def chunks(n: int, workers: int) -> int:
 # ------------------------------------------------------------ one measurement (child process)
 
 def measure(contender: str, kind: str, n: int, workers: int) -> float:
-    fn = tiny if kind == "tiny" else heavy
-    items = range(n)
+    fn = heavy if kind == "heavy" else tiny
+    items = list(range(n)) if kind == "tiny-list" else range(n)
+    if contender == "floor":
+        began = time.perf_counter()
+        out = [fn(x) for x in items]
+        return (time.perf_counter() - began) / workers
     if contender == "dask":
         from distributed import Client, LocalCluster
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -68,7 +75,7 @@ def measure(contender: str, kind: str, n: int, workers: int) -> float:
     else:
         __import__(IMPORTS[contender])  # imports are not timed: a program pays them once
         if contender != "lithops":  # and a warm-up call imports what the library imports lazily
-            RUNNERS[contender](fn, range(2), workers)
+            RUNNERS[contender](fn, items[:2], workers)  # a list warms up with a list
         began = time.perf_counter()
         out = RUNNERS[contender](fn, items, workers)
         seconds = time.perf_counter() - began
@@ -129,6 +136,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--lithops-python", help="a Python with lithops installed")
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--list-sizes", default="100000",
+                        help="tiny sizes also run with the items given as a list")
     parser.add_argument("--dask-max", type=int, default=10_000,
                         help="largest tiny size run on Dask (one task per item: 100,000 "
                              "takes minutes)")
@@ -146,16 +155,19 @@ def main() -> None:
     contenders = ["stepmap", "ProcessPoolExecutor", "Pool", "dask"]
     if args.lithops_python:
         contenders.append("lithops")
-    work = [("tiny", int(n)) for n in args.sizes.split(",")] + [("heavy", HEAVY_ITEMS)]
+    work = ([("tiny", int(n)) for n in args.sizes.split(",")]
+            + [("tiny-list", int(n)) for n in args.list_sizes.split(",") if n]
+            + [("heavy", HEAVY_ITEMS)])
     times: dict = {}
     for rep in range(args.reps):
         for kind, n in work:
-            order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+            here = contenders + ["floor"] if kind == "heavy" else contenders
+            order = here[rep % len(here):] + here[:rep % len(here)]
             for contender in order:
-                if contender == "dask" and kind == "tiny" and n > args.dask_max:
+                if contender == "dask" and kind != "heavy" and n > args.dask_max:
                     continue
                 if contender == "lithops" and (rep >= args.lithops_reps
-                                               or kind == "tiny" and n > args.lithops_max):
+                                               or kind != "heavy" and n > args.lithops_max):
                     continue
                 python = args.lithops_python if contender == "lithops" else sys.executable
                 seconds = one(python, contender, kind, n, args.workers)
@@ -168,8 +180,10 @@ def main() -> None:
 
 
 def table(times: dict, contenders: list[str], args) -> str:
+    contenders = contenders + ["floor"]
     lines = [f"{args.workers} workers, median of {args.reps} (seconds; ratio to the bare "
-             "pool = the faster of ProcessPoolExecutor and Pool)", "",
+             "pool = the faster of ProcessPoolExecutor and Pool; floor = the heavy items one "
+             "after the other in one process, divided by the workers)", "",
              "| work | " + " | ".join(contenders) + " |",
              "|---|" + "---:|" * len(contenders)]
     for work, by in times.items():
