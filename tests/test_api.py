@@ -113,10 +113,18 @@ def test_a_value_that_cannot_be_stored_names_its_item(options):
 
 
 def test_items_must_be_json_values(runs):
-    with pytest.raises(UsageError, match="item 1 is a tuple"):
+    with pytest.raises(UsageError, match=r"item 1 is a tuple.*as a list"):
         stepmap.map(len, ["a", ("b",)], runs=runs)
+    import numpy  # installed with matplotlib (the report extra, part of the test set-up)
+    with pytest.raises(UsageError, match=r"item 0 is a int64.*items\.tolist\(\)"):
+        stepmap.map(abs, numpy.arange(3), runs=runs)
     with pytest.raises(UsageError, match="item 0 holds an integer of more than 30 digits"):
         stepmap.map(str, [10 ** 40], runs=runs)
+    with pytest.raises(UsageError, match="item 1 holds an integer of more than 30 digits"):
+        stepmap.map(str, [{"k": [1]}, {"k": [1, -10 ** 31]}], runs=runs)
+    digits = ["1" * 40, "-" + "9" * 31]  # long runs of digits in strings are no numbers
+    assert stepmap.map(len, digits, runs=runs) == [40, 32]
+    assert stepmap.map(len, [{"id": d} for d in digits], runs=runs) == [1, 1]
 
 
 # ------------------------------------------------------------ failures

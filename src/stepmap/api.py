@@ -381,14 +381,20 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
     as is an integer too long to be read back as run input."""
     values = list(items)
     kinds = set(_map(type, values))
-    if kinds <= {int}:  # the common lists encode in one pass each: an int's repr is its JSON
+    # the common lists encode in one pass each, and are checked for long integers in one
+    # more: an int's repr is its JSON (a line longer than the limit may be one); strings
+    # hold no number at all; other items are searched for a long run of digits
+    if kinds <= {int}:
         lines = list(_map(int.__repr__, values))
+        suspect = bool(lines) and max(_map(len, lines)) > MAX_INPUT_DIGITS
     elif kinds == {str}:
         lines = list(_map(encode_basestring_ascii, values))
+        suspect = False
     else:
         lines = [_item_line(item, position) for position, item in enumerate(values)]
+        suspect = None
     text = "\n".join(lines) + "\n" if lines else ""
-    if _LONG_DIGITS.search(text):  # one pass in C; only then is each item looked into
+    if suspect or suspect is None and _LONG_DIGITS.search(text):
         for position, item in enumerate(values):
             if _long_number(item):
                 raise UsageError(f"item {position} holds an integer of more than "
@@ -401,8 +407,18 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
 def _item_line(item: Any, position: int) -> str:
     if not is_json_value(item):
         raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
-                         "travel to the workers as JSON (lists, objects, strings, numbers)")
+                         "travel to the workers as JSON (lists, objects, strings, numbers)"
+                         + _convert_hint(item))
     return _ITEM_ENCODER.encode(item)
+
+
+def _convert_hint(item: Any) -> str:
+    """How to turn the common non-JSON items into JSON ones."""
+    if hasattr(item, "tolist"):  # numpy scalars and arrays (numpy is not imported for this)
+        return "; pass numpy values as Python ones: items.tolist()"
+    if isinstance(item, tuple):
+        return "; pass a tuple as a list, e.g. [list(t) for t in items]"
+    return ""
 
 
 def _long_number(value: Any) -> bool:
