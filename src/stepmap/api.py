@@ -14,7 +14,6 @@ again with the same ``run_id`` resumes it (finished items are not recomputed).
 from __future__ import annotations
 
 import builtins
-import json
 import multiprocessing
 import re
 import sys
@@ -28,6 +27,7 @@ from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
+from .sources import item_line
 from .errors import IncompleteRunError, UsageError
 from .results import RunStore, check_run_id, new_run_id
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
@@ -371,10 +371,6 @@ def _check_same_items(run_id: str, run_input: dict, count: int | None,
 _map = builtins.map  # this module's map is stepmap.map
 _LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
 
-#: One encoder for every item (json.dumps with options builds a new one per call).
-_ITEM_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 def _items_and_text(items: Iterable) -> tuple[list, str]:
     """The items, and their JSON Lines. Items reach the workers as JSON values, so a tuple
     (which JSON would silently turn into a list) or any other non-JSON value is refused here,
@@ -409,7 +405,7 @@ def _item_line(item: Any, position: int) -> str:
         raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
                          "travel to the workers as JSON (lists, objects, strings, numbers)"
                          + _convert_hint(item))
-    return _ITEM_ENCODER.encode(item)
+    return item_line(item)
 
 
 def _convert_hint(item: Any) -> str:

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
 from typing import IO, Iterator
 
@@ -256,6 +257,20 @@ def _json_array(text: io.TextIOBase, where: str) -> Iterator:
             raise _too_long(where)
         if at_end and not done:
             raise UsageError(f"--items {where}: the JSON array is not closed")
+
+
+_ITEM_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once (json.dumps: per call)
+
+
+def item_line(value) -> str:
+    """An item as one line of JSON Lines: compact, ASCII, exactly json.dumps's text (ints
+    and strings, the common items, without an encoder call)."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return encode_basestring_ascii(value)
+    return _ITEM_ENCODER.encode(value)
 
 
 def _too_long(where: str) -> UsageError:

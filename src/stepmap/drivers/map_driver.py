@@ -13,7 +13,6 @@ damaged or foreign is counted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from typing import Any, Iterable, Iterator
@@ -218,9 +217,10 @@ def _snapshot(store: RunStore, record: RunRecord, items: Iterable[JSON]) -> Iter
     if record.items_snapshot == "complete" or path is None:
         yield from items
         return
+    from ..sources import item_line
     with open(path, "w", encoding="utf-8") as handle:
         for item in items:
-            handle.write(json.dumps(item, separators=(",", ":")) + "\n")
+            handle.write(item_line(item) + "\n")
             yield item
         handle.flush()
         os.fsync(handle.fileno())
