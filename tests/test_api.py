@@ -215,6 +215,31 @@ def test_maps_from_several_threads_share_one_runs_directory(options):
     assert sorted(r["status"] for r in records) == ["SUCCEEDED"] * 3
 
 
+
+def test_a_second_map_with_a_running_maps_id_is_refused_and_the_first_finishes(options,
+                                                                               tmp_path):
+    """Two runs with one id in one process (two threads, or a notebook cell run twice): the
+    second is refused with the run lock's error, and the first is not disturbed."""
+    import time
+    from stepmap.errors import RunLockedError
+    gate = tmp_path / "go"
+
+    def same(x):  # one function object for both calls; the first run waits for the gate
+        while not gate.exists():
+            time.sleep(0.01)
+        return x
+    record = Path(options["runs"]) / "twice" / "run.json"
+    with stepmap.Executor(**options) as ex:
+        first = ex.map(same, range(6), run_id="twice")
+        deadline = time.monotonic() + 60
+        while not record.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the first run has started: its record exists
+        with pytest.raises(RunLockedError, match="this process"):
+            stepmap.map(same, range(6), run_id="twice", **options)
+        gate.touch()
+        assert first.results() == list(range(6))
+
+
 # ------------------------------------------------------------ resume
 
 def test_same_run_id_resumes_without_recomputing(options, tmp_path):
