@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import multiprocessing
-import re
 import sys
 import threading
 import warnings
@@ -27,14 +26,13 @@ from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
-from .sources import item_line
 from .errors import IncompleteRunError, UsageError
 from .results import RunStore, check_run_id, new_run_id
+from .sources import item_line, may_hold_long_int
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
 from .api_results import MapResults, read_results
 
 __all__ = ["map", "map_reduce", "Executor", "Run", "MapResults"]
-
 
 
 def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
@@ -369,7 +367,7 @@ def _check_same_items(run_id: str, run_input: dict, count: int | None,
 
 
 _map = builtins.map  # this module's map is stepmap.map
-_LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
+
 
 def _items_and_text(items: Iterable) -> tuple[list, str]:
     """The items, and their JSON Lines. Items reach the workers as JSON values, so a tuple
@@ -390,7 +388,7 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
         lines = [_item_line(item, position) for position, item in enumerate(values)]
         suspect = None
     text = "\n".join(lines) + "\n" if lines else ""
-    if suspect or suspect is None and _LONG_DIGITS.search(text):
+    if suspect or suspect is None and may_hold_long_int(text):
         for position, item in enumerate(values):
             if _long_number(item):
                 raise UsageError(f"item {position} holds an integer of more than "

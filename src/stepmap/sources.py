@@ -157,9 +157,15 @@ _STRICT_DECODER = json.JSONDecoder(parse_int=parse_int_strict, parse_constant=re
 _LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_INPUT_DIGITS + 1))
 
 
+def may_hold_long_int(text: str) -> bool:
+    """Does JSON ``text`` hold a run of more digits than an input integer may have (as a
+    number, or inside a string)? One search in C; only then must values be looked into."""
+    return _LONG_DIGITS.search(text) is not None
+
+
 def _loads(text: str, where: str):
     _check_depth(text, 0, len(text), where)
-    decoder = _STRICT_DECODER if _LONG_DIGITS.search(text) else _DECODER
+    decoder = _STRICT_DECODER if may_hold_long_int(text) else _DECODER
     try:
         return decoder.decode(text)
     except json.JSONDecodeError as exc:
@@ -178,7 +184,7 @@ def _json_lines(text: io.TextIOBase, spec: str) -> Iterator:
         rest = lines.pop() if block else ""
         if len(rest) > MAX_ITEM_CHARS:
             raise _line_too_long(spec)
-        suspect = _LONG_DIGITS.search(joined) is not None
+        suspect = may_hold_long_int(joined)
         for line in lines:
             number += 1
             if len(line) > MAX_ITEM_CHARS and len(line.rstrip("\r")) > MAX_ITEM_CHARS:
