@@ -50,6 +50,11 @@ def test_json_lines_read_in_blocks_parse_as_line_by_line(tmp_path, monkeypatch, 
     path.write_text("1\n" * 3 + long_text + "\n")
     with pytest.raises(UsageError, match="40 digits"):
         list(sources.read_items(str(path)))  # a long number across any block boundary
+    path.write_text("1\r2\r\n\r\n3\r[\r4]\n", newline="")  # old Mac, Windows, Unix ends
+    with pytest.raises(UsageError, match=r"line 5: not valid JSON"):
+        list(sources.read_items(str(path)))
+    path.write_text("1\r2\r\n\r\n3\r4\r", newline="")
+    assert list(sources.read_items(str(path))) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("name,content,message", [

@@ -179,15 +179,19 @@ def _json_lines(text: io.TextIOBase, spec: str) -> Iterator:
     scan, number, rest = _SCAN, 0, ""
     while True:
         block = text.read(_CHUNK)
-        joined = rest + block
+        joined, held = rest + block, ""
+        if block and joined.endswith("\r"):  # a CRLF may straddle two blocks
+            joined, held = joined[:-1], "\r"
+        if "\r" in joined:  # line ends as readline splits them: \r\n, \r or \n
+            joined = joined.replace("\r\n", "\n").replace("\r", "\n")
         lines = joined.split("\n")
-        rest = lines.pop() if block else ""
+        rest = lines.pop() + held if block else ""
         if len(rest) > MAX_ITEM_CHARS:
             raise _line_too_long(spec)
         suspect = may_hold_long_int(joined)
         for line in lines:
             number += 1
-            if len(line) > MAX_ITEM_CHARS and len(line.rstrip("\r")) > MAX_ITEM_CHARS:
+            if len(line) > MAX_ITEM_CHARS:
                 raise _line_too_long(spec)
             end = -1
             if not suspect and line.count("[") + line.count("{") <= MAX_ITEM_DEPTH:
