@@ -13,9 +13,13 @@ of a separate venv given by ``--lithops-python``; lithops is not a stepmap depen
 Work: 1,000 / 10,000 / 100,000 tiny items (x*x+1: the cost is all overhead) given as a
 ``range``, the same 100,000 given as a list (``--list-sizes``: a list is what most programs
 have, and it travels differently: see the README), and a few hundred uneven heavy items (a
-pure-Python loop whose length varies 10x between items, skewed so a few items dominate). For
-the heavy items the table also gives their floor: the same items computed one after the other
-in one process, divided by the number of workers (no pool can beat it by more than noise). Each timing covers starting the pool, the map, and stopping the pool; not
+pure-Python loop whose length varies 10x between items): ``heavy``, skewed so a few items
+dominate, spread evenly over the positions, and ``heavy-growing``, whose cost grows with the
+position (as a sweep over sizes does: s3keys' item n costs more as n grows). For the heavy
+items the table also gives their floor: the same items computed one after the other in one
+process, divided by the number of workers (no pool can beat it by more than noise), and
+``ProcessPoolExecutor.map`` with its own default, one item per task
+("ProcessPoolExecutor, chunksize 1"; for tiny items that default is hopeless). Each timing covers starting the pool, the map, and stopping the pool; not
 importing the library (a program pays that once: the library is imported, and the local pools
 called once on two items, before the clock starts).
 """
@@ -52,6 +56,18 @@ def heavy(x):
     return total
 
 
+def heavy_growing(x):
+    """Cost grows with the position, 10x from the first item to the last (from half the
+    cheapest heavy item, so that both heavy works cost about the same in all)."""
+    total = 0
+    for i in range(int(HEAVY_BASE / 2 * (1 + 9 * x / (HEAVY_ITEMS - 1)))):
+        total += i * i
+    return total
+
+
+KINDS = {"tiny": tiny, "tiny-list": tiny, "heavy": heavy, "heavy-growing": heavy_growing}
+
+
 def chunks(n: int, workers: int) -> int:
     return max(1, math.ceil(n / (workers * 4)))
 
@@ -59,7 +75,7 @@ def chunks(n: int, workers: int) -> int:
 # ------------------------------------------------------------ one measurement (child process)
 
 def measure(contender: str, kind: str, n: int, workers: int) -> float:
-    fn = heavy if kind == "heavy" else tiny
+    fn = KINDS[kind]
     items = list(range(n)) if kind == "tiny-list" else range(n)
     if contender == "floor":
         began = time.perf_counter()
@@ -95,6 +111,12 @@ def run_executor(fn, items, workers):
         return list(pool.map(fn, items, chunksize=chunks(len(items), workers)))
 
 
+def run_executor_default(fn, items, workers):
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def run_pool(fn, items, workers):
     import multiprocessing
     with multiprocessing.Pool(workers) as pool:
@@ -110,10 +132,12 @@ def run_lithops(fn, items, workers):
     return out
 
 
+PPE1 = "ProcessPoolExecutor, chunksize 1"
 IMPORTS = {"stepmap": "stepmap.api", "ProcessPoolExecutor": "concurrent.futures",
-           "Pool": "multiprocessing.pool", "lithops": "lithops"}
+           PPE1: "concurrent.futures", "Pool": "multiprocessing.pool", "lithops": "lithops"}
 RUNNERS = {"stepmap": run_stepmap, "ProcessPoolExecutor": run_executor,
-           "Pool": run_pool, "lithops": run_lithops}
+           PPE1: run_executor_default, "Pool": run_pool, "lithops": run_lithops}
+HEAVY_ONLY = ("floor", PPE1)  # measured on heavy items only
 
 
 # ------------------------------------------------------------ the orchestra (parent)
@@ -157,17 +181,18 @@ def main() -> None:
         contenders.append("lithops")
     work = ([("tiny", int(n)) for n in args.sizes.split(",")]
             + [("tiny-list", int(n)) for n in args.list_sizes.split(",") if n]
-            + [("heavy", HEAVY_ITEMS)])
+            + [("heavy", HEAVY_ITEMS), ("heavy-growing", HEAVY_ITEMS)])
     times: dict = {}
     for rep in range(args.reps):
         for kind, n in work:
-            here = contenders + ["floor"] if kind == "heavy" else contenders
+            here = contenders + list(HEAVY_ONLY) if kind.startswith("heavy") else contenders
             order = here[rep % len(here):] + here[:rep % len(here)]
             for contender in order:
-                if contender == "dask" and kind != "heavy" and n > args.dask_max:
+                if contender == "dask" and kind.startswith("tiny") and n > args.dask_max:
                     continue
                 if contender == "lithops" and (rep >= args.lithops_reps
-                                               or kind != "heavy" and n > args.lithops_max):
+                                               or kind.startswith("tiny")
+                                               and n > args.lithops_max):
                     continue
                 python = args.lithops_python if contender == "lithops" else sys.executable
                 seconds = one(python, contender, kind, n, args.workers)
@@ -180,7 +205,7 @@ def main() -> None:
 
 
 def table(times: dict, contenders: list[str], args) -> str:
-    contenders = contenders + ["floor"]
+    contenders = contenders + list(HEAVY_ONLY)
     lines = [f"{args.workers} workers, median of {args.reps} (seconds; ratio to the bare "
              "pool = the faster of ProcessPoolExecutor and Pool; floor = the heavy items one "
              "after the other in one process, divided by the workers)", "",
