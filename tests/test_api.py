@@ -274,6 +274,15 @@ def test_a_list_of_items_is_kept_with_the_run(options, tmp_path):
     assert stepmap.map(lambda w: fn(w), words, run_id="words", **options) == [5, 4, 5, 5]
     with pytest.raises(UsageError, match="other items"):
         stepmap.map(lambda w: fn(w), words[:2], run_id="words", **options)
+    # as many items, but others: refused, not answered with the results of the stored ones
+    with pytest.raises(UsageError, match="other items"):
+        stepmap.map(lambda w: fn(w), ["alpha", "beta", "gamma", "omega"], run_id="words",
+                    **options)
+    assert stepmap.map(lambda w: fn(w), iter(words), run_id="words", **options)[0] == 5
+    stored = Path(options["runs"]) / "words" / "items.jsonl"
+    stored.write_text(stored.read_text().replace("delta", "sigma"))  # an edited copy
+    with pytest.raises(UsageError, match="stored copy of them was changed"):
+        stepmap.map(lambda w: fn(w), words, run_id="words", **options)
 
 
 def test_a_list_of_items_is_mapped_from_memory_and_stored_once(options):

@@ -26,8 +26,8 @@ from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
-from .errors import IncompleteRunError, UsageError
-from .results import RunStore, check_run_id, new_run_id
+from .errors import IncompleteRunError, ResultsError, UsageError
+from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .sources import item_line, may_hold_long_int
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
 from .api_results import MapResults, read_results
@@ -202,7 +202,7 @@ class Run:
                 raise UsageError(f"run {self.run_id} maps {record.workload}, not {self.ref}: "
                                  "give a new run_id, or the same function to resume it")
             self.total_items = record.items
-            _check_same_items(record.run_id, record.input, record.items, items)
+            _check_same_items(store, record, items)
             if record.status == "SUCCEEDED":  # nothing to compute: no engine needed
                 self._report = RunReport.from_record(record)
             return
@@ -353,17 +353,36 @@ class Run:
         return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
 
 
-def _check_same_items(run_id: str, run_input: dict, count: int | None,
-                      items: Iterable) -> None:
-    """A resumed run computes the items it stored; refuse items that visibly differ."""
-    saved = (run_input or {}).get("range")
+def _check_same_items(store: RunStore, record: RunRecord, items: Iterable) -> None:
+    """A resumed run computes the items it stored: refuse other items (a range by its
+    bounds; other items by their JSON Lines, byte for byte against the stored copy, so an
+    edited copy is refused too), rather than return the results of items not given."""
+    saved = (record.input or {}).get("range")
     if isinstance(items, range):
         same = saved == [items.start, items.stop, items.step]
+    elif saved is not None or isinstance(items, Sized) and record.items not in (None,
+                                                                                 len(items)):
+        same = False
     else:
-        same = saved is None and (not isinstance(items, Sized) or count in (None, len(items)))
+        stored = _stored_items(store, record)
+        same = stored is None or stored == _items_and_text(items)[1].encode()
     if not same:
-        raise UsageError(f"run {run_id} was started with other items; give a new run_id, or "
-                         "the same items to resume it")
+        raise UsageError(f"run {record.run_id} was started with other items (or its stored "
+                         "copy of them was changed since); give a new run_id, or the same "
+                         "items to resume it")
+
+
+def _stored_items(store: RunStore, record: RunRecord) -> bytes | None:
+    """The run's stored copy of its items (None if there is none to compare: the resume
+    then fails on it with its own message)."""
+    name = (record.items_from or "").rsplit("/", 1)[-1]
+    key = store.key(name)
+    if not name or store.storage.describe(key) != record.items_from:
+        return None
+    try:
+        return store.storage.get(key)
+    except ResultsError:
+        return None
 
 
 _map = builtins.map  # this module's map is stepmap.map
