@@ -61,6 +61,7 @@ CLI_CASES = {
     "input too large": ["--input", '{"size": 1, "pad": "' + "x" * 300_000 + '"}'],
     "invalid run id": ["--run-id", "../escape"],
     "run id ending in a newline": ["--run-id", "abc\n"],
+    "run id of 101 characters": ["--run-id", "a" * 101],
     "superscript digit in size": ["--size", "\u00b2"],
     "full-width digit in size": ["--size", "\uff14"],
     "Arabic-Indic digits in lengths": ["--lengths", "\u0661-\u0663"],
@@ -535,3 +536,10 @@ def test_a_byte_order_mark_is_not_part_of_the_first_item(tmp_path, kind, text, f
     path = tmp_path / f"bom.{kind}"
     path.write_text(text, encoding="utf-8")
     assert next(iter(read_items(str(path), kind))) == first
+
+
+def test_a_run_id_too_long_is_told_the_limit(cli, runs):
+    code, _, err = cli("run", "s3keys", "--size", "4", "--results", runs, "--run-id", "a" * 101)
+    assert code == 2 and "1 to 100" in err
+    code, _, _ = cli("run", "s3keys", "--size", "4", "--results", runs, "--run-id", "a" * 100)
+    assert code == 0

@@ -50,8 +50,8 @@ def new_run_id(workload: str) -> str:
 def check_run_id(run_id: str) -> str:
     """Run ids become path components: refuse anything that could leave the runs directory."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise UsageError(f"invalid run id {str(run_id)[:60]!r}: use letters, digits, '.', '_' "
-                         "and '-' only")
+        raise UsageError(f"invalid run id {str(run_id)[:60]!r}: use 1 to 100 letters, digits, "
+                         "'.', '_' and '-', starting with a letter or digit, without '..'")
     return run_id
 
 
