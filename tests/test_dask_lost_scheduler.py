@@ -116,6 +116,25 @@ def test_dask_logs_of_a_closed_connection_stay_off_stderr_while_a_run_is_open(da
         dask_log.setLevel(levels[0])
 
 
+@pytest.mark.parametrize("last_opened_closes_first", [True, False])
+def test_overlapping_executors_give_dask_loggers_back_their_own_level(dask_cluster,
+                                                                      last_opened_closes_first):
+    """Maps from several threads open Dask executors that overlap. Each used to restore at
+    close the level it found at open, so one closed out of order left the logger quiet for
+    good (a CI run saw it: the logger test above, after the threaded-maps test)."""
+    import logging
+    batched = logging.getLogger("distributed.batched")
+    before = batched.level
+    first = get_engine("dask").open("chaos", {"scheduler": dask_cluster.address})
+    second = get_engine("dask").open("chaos", {"scheduler": dask_cluster.address})
+    assert batched.level == logging.WARNING
+    closing = [second, first] if last_opened_closes_first else [first, second]
+    closing[0].close()
+    assert batched.level == logging.WARNING  # the other executor is still open
+    closing[1].close()
+    assert batched.level == before
+
+
 def test_a_result_that_never_arrives_is_a_lost_task_not_a_hang(tmp_path, monkeypatch):
     """Freeze (SIGSTOP) the worker holding a finished task's result: fetching it would wait
     forever; with STEPMAP_DASK_GATHER_TIMEOUT=2 the attempt is reported lost (and retried)."""

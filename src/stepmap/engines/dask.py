@@ -69,6 +69,38 @@ GATHER_TIMEOUT_ENV, GATHER_TIMEOUT = "STEPMAP_DASK_GATHER_TIMEOUT", 120.0
 log = logging.getLogger(__name__)
 
 
+class _QuietLoggers:
+    """Dask loggers raised while some open executor needs them quiet. Executors overlap (maps
+    from several threads), so each logger is held at the highest level any holder asked for,
+    and gets back the level it had before the first holder only when the last one lets go
+    (an executor restoring what it found at its own open could leave another's level)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[int, list[int]]] = {}  # name -> (level before, levels)
+
+    def hold(self, name: str, level: int) -> None:
+        logger = logging.getLogger(name)
+        with self._lock:
+            before, levels = self._held.setdefault(name, (logger.level, []))
+            levels.append(level)
+            logger.setLevel(max(levels))
+
+    def release(self, name: str, level: int) -> None:
+        logger = logging.getLogger(name)
+        with self._lock:
+            before, levels = self._held[name]
+            levels.remove(level)
+            if levels:
+                logger.setLevel(max(levels))
+            else:
+                del self._held[name]
+                logger.setLevel(before)
+
+
+_quiet_loggers = _QuietLoggers()
+
+
 class DaskEngine:
     name = "dask"
 
@@ -105,7 +137,7 @@ class DaskExecutor:
                  workers: int | None = None, memory_limit_mb: int | None = None):
         self._ref = workload_ref
         self._cluster: LocalCluster | None = None
-        self._log_levels: dict[str, int] = {}  # Dask loggers quieted meanwhile: their levels
+        self._quieted: list[tuple[str, int]] = []  # Dask loggers held quiet meanwhile
         if scheduler:
             if workers is not None or memory_limit_mb is not None:
                 raise UsageError("--workers and --memory-limit size the local Dask cluster; "
@@ -217,9 +249,8 @@ class DaskExecutor:
 
     def _quiet_log(self, name: str, level: int) -> None:
         """Raise Dask logger ``name`` to ``level`` until this executor closes."""
-        logger = logging.getLogger(name)
-        self._log_levels.setdefault(name, logger.level)
-        logger.setLevel(level)
+        _quiet_loggers.hold(name, level)
+        self._quieted.append((name, level))
 
     def _lost(self) -> EngineLost:
         return EngineLost(f"lost the Dask scheduler at {self._address}: no connection for "
@@ -333,9 +364,9 @@ class DaskExecutor:
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
-            for name, level in self._log_levels.items():
-                logging.getLogger(name).setLevel(level)
-            self._log_levels.clear()
+            for name, level in self._quieted:
+                _quiet_loggers.release(name, level)
+            self._quieted.clear()
 
 
 def _connect(address: str, timeout: float) -> Client:
