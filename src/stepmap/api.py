@@ -394,9 +394,10 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
     as is an integer too long to be read back as run input."""
     values = list(items)
     kinds = set(_map(type, values))
-    # the common lists encode in one pass each, and are checked for long integers in one
-    # more: an int's repr is its JSON (a line longer than the limit may be one); strings
-    # hold no number at all; other items are searched for a long run of digits
+    # sources.item_line's text, for the common lists in one pass of C each (no Python call
+    # per item), then checked for long integers in one more: an int's line longer than the
+    # limit may be one; strings hold no number at all; other items are searched for a long
+    # run of digits
     if kinds <= {int}:
         lines = list(_map(int.__repr__, values))
         suspect = bool(lines) and max(_map(len, lines)) > MAX_INPUT_DIGITS
