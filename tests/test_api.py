@@ -32,7 +32,8 @@ def calls_in(directory: Path) -> dict:
     """item -> how many times the function ran on it (each call leaves a file)."""
     counts: dict = {}
     for path in directory.iterdir():
-        item = int(path.name.split("-")[0])
+        name = path.name.split("-")[0]
+        item = int(name) if name.isdigit() else name
         counts[item] = counts.get(item, 0) + 1
     return counts
 
@@ -299,6 +300,30 @@ def test_a_list_of_items_is_mapped_from_memory_and_stored_once(options):
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".jsonl")
                 and p.name != "items.jsonl"]
     assert record["attempts"][0]["tasks"] <= 40
+
+
+def test_a_resumed_list_map_maps_the_items_it_was_given_once_proven(options, tmp_path,
+                                                                     monkeypatch):
+    """Called again with the same items, a list map compares them with its stored copy and
+    then maps and verifies them from memory: the copy is not parsed back (once per pass, it
+    was, two or three times)."""
+    from stepmap import sources
+    flag = tmp_path / "fail"
+    flag.touch()
+    words = [f"w{i}" for i in range(50)]
+    fn = recording(tmp_path / "calls", lambda w: 1 // 0 if w == "w7" and flag.exists()
+                   else len(w))
+    with pytest.raises(ZeroDivisionError):
+        stepmap.map(fn, words, run_id="again", retries=0, batch_size=5, **options)
+    flag.unlink()
+
+    def not_read_back(*args, **kwargs):
+        raise AssertionError("the stored items were read back")
+    monkeypatch.setattr(sources, "read_items", not_read_back)
+    assert stepmap.map(fn, words, run_id="again", retries=0, **options) == [len(w) for w in words]
+    counts = calls_in(tmp_path / "calls")
+    assert set(counts) == set(words)
+    assert counts["w7"] == 2 and counts["w1"] == 1  # the failed one again, a finished one not
 
 def test_import_stepmap_stays_cheap():
     import subprocess

@@ -202,7 +202,7 @@ class Run:
                 raise UsageError(f"run {self.run_id} maps {record.workload}, not {self.ref}: "
                                  "give a new run_id, or the same function to resume it")
             self.total_items = record.items
-            _check_same_items(store, record, items)
+            self._items = _check_same_items(store, record, items)
             if record.status == "SUCCEEDED":  # nothing to compute: no engine needed
                 self._report = RunReport.from_record(record)
             return
@@ -227,7 +227,7 @@ class Run:
                 self._report = runner.resume(
                     self.run_id, runs=self.executor.runs, workload_ref=self.ref,
                     overrides={"engine": self.executor.engine, **self.executor.overrides()},
-                    progress=self._progress)
+                    progress=self._progress, items=self._items)
             else:
                 self._report = runner.run(
                     self.ref, self._input, self.executor.settings(self.run_id, self._items_from),
@@ -353,11 +353,14 @@ class Run:
         return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
 
 
-def _check_same_items(store: RunStore, record: RunRecord, items: Iterable) -> None:
+def _check_same_items(store: RunStore, record: RunRecord, items: Iterable) -> list | None:
     """A resumed run computes the items it stored: refuse other items (a range by its
     bounds; other items by their JSON Lines, byte for byte against the stored copy, so an
-    edited copy is refused too), rather than return the results of items not given."""
+    edited copy is refused too), rather than return the results of items not given. Returns
+    the items when they were proven to be the stored ones (the resume then maps them from
+    memory instead of reading the copy back)."""
     saved = (record.input or {}).get("range")
+    proven = None
     if isinstance(items, range):
         same = saved == [items.start, items.stop, items.step]
     elif saved is not None or isinstance(items, Sized) and record.items not in (None,
@@ -365,11 +368,14 @@ def _check_same_items(store: RunStore, record: RunRecord, items: Iterable) -> No
         same = False
     else:
         stored = _stored_items(store, record)
-        same = stored is None or stored == _items_and_text(items)[1].encode()
+        values, text = _items_and_text(items)
+        same = stored is None or stored == text.encode()
+        proven = values if stored is not None else None
     if not same:
         raise UsageError(f"run {record.run_id} was started with other items (or its stored "
                          "copy of them was changed since); give a new run_id, or the same "
                          "items to resume it")
+    return proven
 
 
 def _stored_items(store: RunStore, record: RunRecord) -> bytes | None:

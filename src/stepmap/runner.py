@@ -72,9 +72,11 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
 
 def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | None = None,
            overrides: Mapping[str, Any] | None = None, workload_ref: str | None = None,
-           progress: ProgressFn | None = None, notify: NotifyFn | None = None) -> RunReport:
+           progress: ProgressFn | None = None, notify: NotifyFn | None = None,
+           items: list | None = None) -> RunReport:
     """Finish run ``run_id`` with the settings it was started with, changed only where
-    ``overrides`` (flat RunConfig.build keywords) gives a value.
+    ``overrides`` (flat RunConfig.build keywords) gives a value. ``items``: the run's source
+    items, already in memory and proven to be its stored ones (stepmap.api compares them).
 
     ``legacy_config`` is the older spelling, ``resume(run_id, RunOptions(...))``: its engine
     and every setting it sets count as given explicitly."""
@@ -104,7 +106,7 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
         ref = workload_ref if workload_ref == record.workload else record.workload
         start = resolve(ref).start(record.input)
         job = RunJob(store, record, ref, start, config, began,
-                     notify or (lambda line: None))
+                     notify or (lambda line: None), items if record.items_from else None)
         return driver.resume(job, recorded_progress(job, progress))
 
 

@@ -75,6 +75,9 @@ class RunJob:
     config: RunConfig
     began: float
     notify: NotifyFn = lambda line: None
+    #: the items of the run's item source, already in this process's memory and proven to be
+    #: its stored ones (stepmap.api): mapped and verified without reading the source back
+    items: list | None = None
 
 
 class Driver(Protocol):

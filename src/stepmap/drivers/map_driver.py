@@ -52,7 +52,8 @@ class MapDriver:
 
     def resume(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
         if job.record.items_from:
-            job = replace(job, start=_resumed_source(job.store, job.record, job.start))
+            job = replace(job, start=_resumed_source(job.store, job.record, job.start,
+                                                     job.items))
         done = Intervals(check_results(job.store, [f.key for f in job.store.result_files()
                                                    if f.status == "SUCCEEDED"],
                                        _expected(job)).spans)
@@ -181,8 +182,8 @@ def _expected(job: RunJob) -> Expected:
         if isinstance(start.items, (range, list, tuple)):
             return start.items
         again = resolve(job.workload_ref).start(job.record.input)
-        return (_resumed_source(job.store, job.record, again) if job.record.items_from
-                else again).items
+        return (_resumed_source(job.store, job.record, again, job.items)
+                if job.record.items_from else again).items
     return Expected(start.params, items)
 
 
@@ -228,8 +229,9 @@ def _snapshot(store: RunStore, record: RunRecord, items: Iterable[JSON]) -> Iter
     store.write_run(record)
 
 
-def _resumed_source(store: RunStore, record: RunRecord, start: Start) -> Start:
+def _resumed_source(store: RunStore, record: RunRecord, start: Start,
+                    items: list[JSON] | None = None) -> Start:
     path = store.storage.local_path(store.key(ITEMS_SNAPSHOT))
     if record.items_snapshot == "complete" and path is not None:
-        return with_source(start, str(path), "jsonl")
-    return with_source(start, record.items_from or "", record.items_format)
+        return with_source(start, str(path), "jsonl", items)
+    return with_source(start, record.items_from or "", record.items_format, items)
