@@ -123,6 +123,10 @@ def test_items_must_be_json_values(runs):
         stepmap.map(str, [10 ** 40], runs=runs)
     with pytest.raises(UsageError, match="item 1 holds an integer of more than 30 digits"):
         stepmap.map(str, [{"k": [1]}, {"k": [1, -10 ** 31]}], runs=runs)
+    with pytest.raises(UsageError, match="item 1 holds an integer of more than 30 digits"):
+        stepmap.map(str, [5, -10 ** 30], runs=runs)  # a list of ints: 31 digits
+    assert stepmap.map(len, [[10 ** 30 - 1], [-(10 ** 30 - 1)]], runs=runs) == [1, 1]
+    assert stepmap.map(str, [10 ** 30 - 1], runs=runs) == [str(10 ** 30 - 1)]  # 30: allowed
     digits = ["1" * 40, "-" + "9" * 31]  # long runs of digits in strings are no numbers
     assert stepmap.map(len, digits, runs=runs) == [40, 32]
     assert stepmap.map(len, [{"id": d} for d in digits], runs=runs) == [1, 1]

@@ -400,20 +400,19 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
     as is an integer too long to be read back as run input."""
     values = list(items)
     kinds = set(_map(type, values))
-    # sources.item_line's text, for the common lists in one pass of C each (no Python call
-    # per item), then checked for long integers in one more: an int's line longer than the
-    # limit may be one; strings hold no number at all; other items are searched for a long
-    # run of digits
+    # sources.item_line's text; the common lists are encoded in C (no Python call per item),
+    # a slice at a time (no list of every line held at once), and checked for long integers
+    # without their text: ints by their extremes, strings hold no number at all; other items
+    # are searched for a long run of digits
     if kinds <= {int}:
-        lines = list(_map(int.__repr__, values))
-        suspect = bool(lines) and max(_map(len, lines)) > MAX_INPUT_DIGITS
+        text = _lines_of(values, int.__repr__)
+        suspect: bool | None = bool(values) and max(_map(abs, (min(values), max(values)))) \
+            >= 10 ** MAX_INPUT_DIGITS
     elif kinds == {str}:
-        lines = list(_map(encode_basestring_ascii, values))
-        suspect = False
+        text, suspect = _lines_of(values, encode_basestring_ascii), False
     else:
-        lines = [_item_line(item, position) for position, item in enumerate(values)]
+        text = "".join(_item_line(item, position) + "\n" for position, item in enumerate(values))
         suspect = None
-    text = "\n".join(lines) + "\n" if lines else ""
     if suspect or suspect is None and may_hold_long_int(text):
         for position, item in enumerate(values):
             if _long_number(item):
@@ -422,6 +421,11 @@ def _items_and_text(items: Iterable) -> tuple[list, str]:
                                  "input, so pass it as a decimal string (results may be "
                                  "integers of any size)")
     return values, text
+
+
+def _lines_of(values: list, encode: Callable[[Any], str], step: int = 1 << 16) -> str:
+    return "".join("\n".join(_map(encode, values[first:first + step])) + "\n"
+                   for first in range(0, len(values), step))
 
 
 def _item_line(item: Any, position: int) -> str:
