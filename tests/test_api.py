@@ -170,6 +170,37 @@ def test_return_exceptions_and_tolerance_return_what_succeeded(options):
         stepmap.map_reduce(fn, range(1, 21), sum, retries=0, tolerate=25, **options)
 
 
+def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_runs_once(options, tmp_path):
+    """Batches are stepmap's business, not the caller's: with the default batches (13 items
+    here), an item that raises is retried and fails alone; the items before it in its batch
+    are kept from that very attempt, the ones after it run again without it, and each other
+    slot holds its result. Those kept results verify on resume like any other."""
+    flag = tmp_path / "fail"
+    flag.touch()
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: 1 // 0 if x % 30 == 7 and flag.exists() else x * 10)
+    out = stepmap.map(fn, list(range(100)), retries=1, return_exceptions=True, run_id="alone",
+                      **options)
+    assert sorted(out.failed) == [7, 37, 67, 97]
+    assert all(out[p].item == p and out[p].attempts == 2 for p in out.failed)
+    assert [v for p, v in enumerate(out) if p not in out.failed] == \
+        [x * 10 for x in range(100) if x % 30 != 7]
+    assert calls_in(calls) == {x: 2 if x % 30 == 7 else 1 for x in range(100)}
+    flag.unlink()  # resume: only the four failed items run
+    assert stepmap.map(fn, list(range(100)), run_id="alone", **options) == \
+        [x * 10 for x in range(100)]
+    assert calls_in(calls) == {x: 3 if x % 30 == 7 else 1 for x in range(100)}
+
+    def one_bad(x):
+        if x == 50:
+            raise ValueError("fifty")
+        return x
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed"):  # a range's batch too
+        tolerated = stepmap.map(one_bad, range(100), retries=0, tolerate_count=1, **options)
+    assert list(tolerated.failed) == [50] and isinstance(tolerated[50], ValueError)
+    assert tolerated[:50] + tolerated[51:] == [x for x in range(100) if x != 50]
+
+
 def test_killed_worker_costs_one_retry(options, tmp_path):
     once = tmp_path / "killed"
 

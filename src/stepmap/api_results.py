@@ -14,9 +14,9 @@ import sys
 from typing import Any
 
 from .errors import ItemFailed, RemoteTraceback
-from .job import event_items
+from .job import event_items, failing_position
 from .results import RunStore, entry_input, entry_output
-from .workloads.function import decode, failing_position
+from .workloads.function import decode
 
 _TRACEBACK = "Traceback (most recent call last):"
 #: stepmap's own failure names, as the built-in exception a Python user would catch

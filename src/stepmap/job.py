@@ -110,6 +110,33 @@ def batch_event(values: Iterable[JSON], params: Mapping) -> dict:
     return {"Items": [{ITEM_KEY: v} for v in values], "BatchInput": dict(params)}
 
 
+#: The note a compute step adds to an exception one item of its batch raised. It tells the
+#: map which item failed, so that item alone is failed (and retried) while the rest of its
+#: batch runs again (mapper.run_map), and it tells readers which item to name.
+ITEM_NOTE = "stepmap: raised by item #{position} of its batch"
+_ITEM_MARKER = ITEM_NOTE.split("#")[0] + "#"
+
+
+def failing_position(cause: str) -> int | None:
+    """Which item of a failed batch raised (its offset in the batch), from the note."""
+    for line in reversed(cause.splitlines()):
+        if line.startswith(_ITEM_MARKER):
+            number = line[len(_ITEM_MARKER):].split()[0]
+            return int(number) if number.isdigit() else None
+    return None
+
+
+def renumber_failure(cause: str, position: int) -> str:
+    """``cause`` with its note naming ``position`` instead (the item, once split from its
+    batch, is item #0 of a batch of its own)."""
+    lines = cause.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith(_ITEM_MARKER):
+            lines[index] = ITEM_NOTE.format(position=position)
+            break
+    return "\n".join(lines)
+
+
 def is_compact_range(values: object) -> TypeGuard[range]:
     """True for the items that travel as a range: a non-empty ``range`` of step 1."""
     return type(values) is range and values.step == 1 and len(values) > 0

@@ -24,8 +24,9 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
+from .task import Completion
 from .errors import ConfigError, EngineLost
-from .job import JSON, EventSpec, built, is_compact_range
+from .job import JSON, EventSpec, built, failing_position, is_compact_range, renumber_failure
 from .records import dataclass, field
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
@@ -252,6 +253,39 @@ class MapOutcome:
         return self.succeeded + self.failed + self.pending
 
 
+def _isolate(task: _Task, done: Completion, ids: Iterator[int]
+             ) -> tuple[_Task, list[_Task], dict | None]:
+    """A failed batch whose failure names the item that raised (job.ITEM_NOTE), split into
+    that item, which keeps the batch's attempts, and the items after it, which run again as
+    a fresh task; the items before it are kept as a success when the worker sent their
+    results (``done_before``), else run again too. One bad item then fails (is retried,
+    counts against the tolerance) alone, as it would unbatched. Any other failure (a
+    timeout, a dead worker) names no item and stays the whole batch's.
+
+    Returns (the failing task, the tasks to run again, the success entry of the items
+    before it or None)."""
+    batch = task.items > 1 and isinstance(task.event, EventSpec)
+    offset = failing_position(done.cause or "") if batch else None
+    if offset is None or not 0 <= offset < task.items:
+        return task, [], None
+    spec, first = task.event, task.positions[0]
+
+    def part(start: int, end: int, task_id: int, attempts: int) -> _Task:
+        return _Task(0.0, task_id, (first + start, first + end),
+                     EventSpec(spec.values[start:end], spec.params, batched=spec.batched),
+                     attempts)
+    before = None
+    kept = done.done_before
+    if kept is not None and kept[0] == offset:
+        count, input_json, output_json, checksum = kept
+        before = success_entry(input_json, output_json, positions=(first, first + count),
+                               started=done.started, stopped=done.stopped,
+                               attempts=task.attempts, worker=done.worker, checksum=checksum)
+    again = ((offset + 1, task.items),) if before else ((0, offset), (offset + 1, task.items))
+    rest = [part(start, end, next(ids), 0) for start, end in again if start < end]
+    return part(offset, offset + 1, task.task_id, task.attempts), rest, before
+
+
 def _json(event) -> str:
     if isinstance(event, EventSpec):
         return event.input_json()
@@ -322,14 +356,26 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                                            attempts=task.attempts, worker=done.worker,
                                            checksum=done.checksum))
                     outcome.succeeded += task.items
-                elif task.attempts <= policy.retries and outcome.stopped_because is None:
+                    continue
+                task, rest, before = _isolate(task, done, ids)
+                if before is not None:  # the items before the failing one: their results
+                    sink.add(before)
+                    outcome.succeeded += before["ItemPositions"][1] - before["ItemPositions"][0]
+                for other in rest:  # the batch's other items run again, as tasks of their own
+                    heapq.heappush(retry_queue, other)
+                    outcome.tasks += 1
+                cause = done.cause or ""
+                if rest:
+                    cause = renumber_failure(cause, 0)
+                if task.attempts <= policy.retries and outcome.stopped_because is None:
                     outcome.retries += 1
                     task.not_before = time.monotonic() + policy.backoff(task.attempts)
                     heapq.heappush(retry_queue, task)
                 else:
-                    sink.add(failure_entry(done.input_json or _json(task.event),
+                    sink.add(failure_entry(_json(task.event) if rest or not done.input_json
+                                           else done.input_json,
                                            error=done.error or "Error",
-                                           cause=done.cause or "", positions=task.positions,
+                                           cause=cause, positions=task.positions,
                                            started=done.started, stopped=done.stopped,
                                            attempts=task.attempts, worker=done.worker))
                     outcome.failed += task.items

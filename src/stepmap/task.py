@@ -39,6 +39,9 @@ class Completion:
     checksum: str | None = None  # of input_json and output_json (verify.checksum)
     error: str | None = None
     cause: str | None = None
+    #: a failed batch's results for the items before the one that raised, stored as a
+    #: success of their own (mapper._isolate): (their count, input_json, output_json, checksum)
+    done_before: tuple[int, str, str, str] | None = None
     started: float = 0.0
     stopped: float = 0.0
     worker: str = ""
@@ -81,7 +84,26 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
         import traceback  # only now: its linecache and tokenize imports cost every run
         return Completion(task_id, False, input_json=input_json, error=type(exc).__name__,
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
+                          done_before=_done_before(spec, exc) if isinstance(spec, EventSpec) else None,
                           started=started, stopped=time.time(), worker=worker_name())
     return Completion(task_id, True, output_json=output_json, input_json=input_json,
                       checksum=checksum(input_json, output_json), started=started,
                       stopped=time.time(), worker=worker_name())
+
+
+def _done_before(spec: EventSpec, exc: BaseException) -> tuple[int, str, str, str] | None:
+    """The results a function map's batch computed before one of its items raised (see
+    FunctionWorkload.compute_values), as the entry of a batch of those items alone: they
+    are kept instead of computed again."""
+    done = getattr(exc, "stepmap_done", None)
+    if not spec.batched or type(done) is not list or not done:
+        return None
+    from .workloads.function import ResultNotStorable, stored_results
+    try:
+        output_json = json.dumps(stored_results(done), separators=(",", ":"), allow_nan=False)
+    except (ResultNotStorable, ValueError, TypeError):  # an earlier item fails to store:
+        return None  # the batch runs again and that item fails alone
+    if len(output_json) > MAX_RESULT_BYTES:
+        return None
+    input_json = EventSpec(spec.values[:len(done)], spec.params, batched=True).to_json(None)
+    return len(done), input_json, output_json, checksum(input_json, output_json)

@@ -18,6 +18,7 @@ Each result is stored as JSON, typed so it reads back exactly (see :func:`encode
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -26,13 +27,11 @@ import pickle
 from typing import Any, Callable, Iterable
 
 from ..errors import UnknownName, UsageError
-from ..job import Start, Workload, event_items
+from ..job import ITEM_NOTE, Start, Workload, event_items
 
 PREFIX = "fn:"
 #: Ints up to this size are stored as JSON numbers; larger ones as decimal strings.
 SAFE_INT = 2 ** 53
-#: The note a failing item adds to its exception (read back by stepmap.api).
-ITEM_NOTE = "stepmap: raised by item #{position} of its batch"
 
 
 class ResultNotStorable(TypeError):
@@ -135,9 +134,10 @@ class FunctionWorkload(Workload):
                 append(fn(value))
         except BaseException as exc:
             exc.add_note(ITEM_NOTE.format(position=len(out)))
+            with contextlib.suppress(AttributeError, TypeError):  # kept: task.execute
+                exc.stepmap_done = out  # type: ignore[attr-defined]
             raise
-        if not _all_inline(out):
-            out = [result if _inline(result) else encode(result) for result in out]
+        out = stored_results(out)
         return out if batched else out[0]
 
     def reduce(self, outputs: Iterable[Any]) -> Any:
@@ -145,6 +145,23 @@ class FunctionWorkload(Workload):
             # reduce step counts them itself: see total_is_item_count)
             return sum(len(o) if type(o) is list else 1 for o in outputs)
         return encode(self.reduce_fn([decode(v, allow_pickle=True) for v in flatten(outputs)]))
+
+
+def stored_results(results: list) -> list:
+    """A batch's results as stored (see :func:`encode`)."""
+    if _all_inline(results):
+        return results
+    return [result if _inline(result) else _stored(result, position)
+            for position, result in enumerate(results)]
+
+
+def _stored(result: Any, position: int) -> Any:
+    """encode(result), a failure naming the item of the batch that returned it."""
+    try:
+        return encode(result)
+    except ResultNotStorable as exc:
+        exc.add_note(ITEM_NOTE.format(position=position))
+        raise
 
 
 def _inline(result: Any) -> bool:
@@ -252,17 +269,6 @@ def from_name(ref: str) -> FunctionWorkload:
             raise UsageError(f"{module_name}:{qualname} is not a function")
         functions.append(found)
     return FunctionWorkload(functions[0], functions[1] if len(functions) > 1 else None)
-
-
-def failing_position(cause: str) -> int | None:
-    """Which item of a failed batch raised, from the note compute() added."""
-    marker = ITEM_NOTE.split("#")[0] + "#"
-    for line in reversed(cause.splitlines()):
-        if line.startswith(marker):
-            number = line[len(marker):].split()[0]
-            return int(number) if number.isdigit() else None
-    return None
-
 
 
 # ---------------------------------------------------------------- stepmap.workload()
