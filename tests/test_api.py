@@ -8,6 +8,7 @@ import json
 import math
 import os
 import uuid
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
@@ -195,8 +196,9 @@ def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_runs_once(options, tmp
         if x == 50:
             raise ValueError("fifty")
         return x
-    with pytest.warns(UserWarning, match="1 item\\(s\\) failed"):  # a range's batch too
+    with pytest.warns(UserWarning, match="1 item\\(s\\) failed") as warned:  # a range too
         tolerated = stepmap.map(one_bad, range(100), retries=0, tolerate_count=1, **options)
+    assert warned[0].filename == __file__  # the warning points at the caller's line
     assert list(tolerated.failed) == [50] and isinstance(tolerated[50], ValueError)
     assert tolerated[:50] + tolerated[51:] == [x for x in range(100) if x != 50]
 
@@ -400,10 +402,14 @@ def test_a_run_handle_reports_progress_cancels_and_resumes(runs, tmp_path):
         while run.progress[0] < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         run.cancel()
-        with pytest.raises(KeyboardInterrupt, match="run_id='handle'"):
-            run.wait()
-        assert run.done() and 4 <= run.progress[0] < 30
+        with pytest.raises(CancelledError, match="run handle was cancelled.*run_id='handle'"):
+            run.wait()  # as a cancelled Future's result() does (Ctrl-C: KeyboardInterrupt)
+        with pytest.raises(stepmap.RunCancelled):
+            run.results()
+        assert run.done() and run.cancelled() and 4 <= run.progress[0] < 30
         again = ex.map_reduce(abs, range(30), sum, run_id="handle-total")
         assert again.result() == sum(range(30))
+        again.cancel()  # too late: a finished run stays finished
+        assert not again.cancelled() and again.result() == sum(range(30))
     assert stepmap.map(fn, range(30), run_id="handle", runs=runs) == list(range(30))
     assert max(calls_in(calls).values()) <= 2

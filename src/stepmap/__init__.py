@@ -10,10 +10,11 @@ from .job import Param, Params, Start, Workload, batch_event, event_items, item_
 
 __all__ = ["Workload", "Start", "Param", "Params", "event_items", "item_event", "batch_event",
            "StepmapError", "UsageError", "InvalidEvent", "IncompleteRunError", "ItemFailed",
-           "map", "map_reduce", "Executor", "workload"]
+           "map", "map_reduce", "Executor", "RunCancelled", "workload"]
 
 #: The Python library's names, imported on first use so `import stepmap` stays cheap.
 _LAZY = {"map": "stepmap.api", "map_reduce": "stepmap.api", "Executor": "stepmap.api",
+         "RunCancelled": "stepmap.api",
          "workload": "stepmap.workloads.function"}
 
 

@@ -18,6 +18,7 @@ import multiprocessing
 import sys
 import threading
 import warnings
+from concurrent.futures import CancelledError
 from json.encoder import encode_basestring_ascii
 from typing import Any, Callable, Iterable, Sized
 
@@ -26,13 +27,22 @@ from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
-from .errors import IncompleteRunError, ResultsError, UsageError
+from .errors import IncompleteRunError, ResultsError, StepmapError, UsageError
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .sources import item_line, may_hold_long_int
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
 from .api_results import MapResults, read_results
 
-__all__ = ["map", "map_reduce", "Executor", "Run", "MapResults"]
+__all__ = ["map", "map_reduce", "Executor", "Run", "MapResults", "RunCancelled"]
+
+
+class RunCancelled(StepmapError, CancelledError):
+    """What waiting on a run stopped by :meth:`Run.cancel` raises (as a cancelled Future's
+    ``result()`` does); the run stays resumable under its ``run_id``."""
+
+    def __init__(self, message: str, run_id: str):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
@@ -46,7 +56,7 @@ def map(fn: Callable, items: Iterable, *, return_exceptions: bool = False,
         options["tolerate"] = 100.0
     with Executor(**options) as executor:
         run = executor._start(fn, items, None, run_id, background=False)
-        return run.results(return_exceptions=return_exceptions)
+        return run._results(return_exceptions)
 
 
 def map_reduce(fn: Callable, items: Iterable, reduce_fn: Callable, *,
@@ -186,6 +196,7 @@ class Run:
         self._finished = threading.Event()
         self._cancel = threading.Event()
         self._cancel_raised = False
+        self._cancelled_by_call = False  # cancel() was called (not Ctrl-C while waiting)
         self._bar: Any = None
 
     # ------------------------------------------------------------ starting
@@ -275,8 +286,16 @@ class Run:
 
     def cancel(self) -> None:
         """Stop the run as Ctrl-C would: running tasks are cancelled, the run stays
-        resumable (call the same map with this run_id)."""
+        resumable (call the same map with this run_id). Waiting on it then raises
+        :class:`RunCancelled` (a ``concurrent.futures.CancelledError``)."""
+        if not self._finished.is_set():
+            self._cancelled_by_call = True
         self._cancel.set()
+
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` stopped this run before it finished."""
+        return self._cancelled_by_call and self.done() and self._report is not None \
+            and self._report.status == "INTERRUPTED"
 
     def join(self) -> None:
         while not self._finished.wait(0.2):
@@ -291,13 +310,16 @@ class Run:
             elif not self._finished.wait(timeout):
                 return None
         except KeyboardInterrupt:
-            self.cancel()
+            self._cancel.set()
             self.join()
             raise self._interrupted() from None
         if self._error is not None:
             raise self._error
         assert self._report is not None
         if self._report.status == "INTERRUPTED":
+            if self._cancelled_by_call:
+                raise RunCancelled(f"run {self.run_id} was cancelled; call the same map with "
+                                   f"run_id={self.run_id!r} to finish it", self.run_id)
             raise self._interrupted()
         return self._report
 
@@ -315,6 +337,10 @@ class Run:
         """Every item's result in item order. A failed item raises :class:`ItemFailed`
         unless ``return_exceptions`` is set or its failure was tolerated: then its slot holds
         the exception and ``.failed`` lists them."""
+        return self._results(return_exceptions)
+
+    def _results(self, return_exceptions: bool) -> MapResults:
+        """results(); a warning names the line of the caller's caller (results() or map())."""
         report = self._final()
         store = RunStore.open(self.executor.runs, self.run_id)
         results = read_results(store, report.items)
@@ -325,7 +351,7 @@ class Run:
         if return_exceptions or tolerated:
             if tolerated and not return_exceptions:
                 warnings.warn(f"run {self.run_id}: {len(results.failed)} item(s) failed "
-                              "(tolerated); their slots hold ItemFailed", stacklevel=2)
+                              "(tolerated); their slots hold ItemFailed", stacklevel=3)
             return results
         raise results.first_error()
 
