@@ -93,6 +93,15 @@ def test_runs_lists_and_shows(cli, runs):
     assert is_published_total(json.loads(out)["total"])
 
 
+def test_runs_is_the_same_option_as_results(cli, runs):
+    """The library calls the runs directory ``runs=``: the CLI takes --runs for --results."""
+    code, out, _ = cli("run", "s3keys", "--size", "3", "--runs", runs, "--run-id", "as-runs",
+                       "--quiet")
+    assert code == 0 and (Path(runs) / "as-runs" / "manifest.json").exists()
+    code, out, _ = cli("runs", "as-runs", "--runs", runs)
+    assert code == 0 and "status: SUCCEEDED" in out
+
+
 def test_results_env_var(cli, runs, monkeypatch):
     monkeypatch.setenv("STEPMAP_RESULTS", runs)
     cli("run", "s3keys", "--size", "3", "--run-id", "env-run", "--quiet")
@@ -196,3 +205,6 @@ def test_a_job_parameter_named_index_is_refused(cli, runs, tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, err = cli("run", "clash:Clash", "--results", runs)
     assert code == 2 and out == "" and "named 'index'" in err
+    code, out, err = cli("run", "clash:Clash", "--colour", "red", "--results", runs)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "unknown option --colour for workload clash:Clash; it has no parameters" in err

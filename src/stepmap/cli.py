@@ -52,7 +52,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if wanted("runs"):
         runs = sub.add_parser("runs", help="list past runs, or show one")
         runs.add_argument("run_id", nargs="?")
-        runs.add_argument("--results", default=None, metavar="DIR",
+        runs.add_argument("--results", "--runs", dest="results", default=None, metavar="DIR",
                           help="runs directory or s3://")
         runs.add_argument("--json", action="store_true")
         runs.set_defaults(func=cmd_runs)
@@ -140,7 +140,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                        help="local: how worker processes start (fork where available)")
     group.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="dask: an existing scheduler (default: start a local cluster)")
-    group.add_argument("--results", default=None, metavar="DIR",
+    group.add_argument("--results", "--runs", dest="results", default=None, metavar="DIR",
                        help=f"runs directory or s3://bucket/prefix (default ./{DEFAULT_RUNS_DIR}"
                             f" or ${RUNS_ENV})")
 

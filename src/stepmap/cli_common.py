@@ -97,8 +97,10 @@ def workload_input(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]
         key = name.replace("-", "_")
         param = workload.parameters.get(key)
         if param is None:
-            raise UsageError(f"unknown option --{name} for workload {args.workload}; its "
-                             f"parameters: {', '.join('--' + p for p in workload.parameters)}")
+            known = ", ".join("--" + p for p in workload.parameters)
+            raise UsageError(f"unknown option --{name} for workload {args.workload}; "
+                             + (f"its parameters: {known}" if known else "it has no parameters")
+                             + " (see stepmap run --help for the run options)")
         if not eq:
             if not pending:
                 raise UsageError(f"--{name} needs a value")

@@ -251,7 +251,7 @@ def register(sub, *, engine_options, output_options) -> None:
     parser = sub.add_parser("report", allow_abbrev=False,
                             help="timeline, durations and stragglers of a past run (PNG)")
     parser.add_argument("run_id")
-    parser.add_argument("--results", default=None, metavar="DIR",
+    parser.add_argument("--results", "--runs", dest="results", default=None, metavar="DIR",
                         help="runs directory or s3:// (default ./stepmap-runs or "
                              "$STEPMAP_RESULTS)")
     parser.add_argument("--out", metavar="FILE.png",

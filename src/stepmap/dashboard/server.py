@@ -28,7 +28,8 @@ _URL = re.compile(r"^(http://\S+)$")
 def register(sub, *, engine_options, output_options) -> None:
     parser = sub.add_parser("dashboard", allow_abbrev=False,
                             help="a live web page of the runs (local, dask and AWS)")
-    parser.add_argument("--results", default=None, metavar="DIR|s3://BUCKET/PREFIX",
+    parser.add_argument("--results", "--runs", dest="results",
+                        default=None, metavar="DIR|s3://BUCKET/PREFIX",
                         help="runs directory or s3:// (default ./stepmap-runs or "
                              "$STEPMAP_RESULTS)")
     parser.add_argument("--host", default="127.0.0.1",

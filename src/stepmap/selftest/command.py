@@ -29,7 +29,7 @@ def register(sub, *, engine_options, output_options) -> None:
                              "stepmap-selftest-XXXXXX)")
     parser.add_argument("--keep", action="store_true",
                         help="aws: keep the stacks it deployed (to rerun with --stack-name)")
-    parser.add_argument("--results", metavar="DIR",
+    parser.add_argument("--results", "--runs", dest="results", metavar="DIR",
                         help="the runs directory (default: a new temporary directory)")
     parser.add_argument("--json", action="store_true", help="the checks as one JSON object")
     parser.set_defaults(func=cmd_selftest)
