@@ -8,6 +8,7 @@ import json
 import math
 import os
 import uuid
+import warnings
 from concurrent.futures import CancelledError
 from pathlib import Path
 
@@ -192,6 +193,21 @@ def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_runs_once(options, tmp
         [x * 10 for x in range(100)]
     assert calls_in(calls) == {x: 3 if x % 30 == 7 else 1 for x in range(100)}
 
+    def edges(x):  # the last item of a batch, and the first of the next
+        if x in (3, 4):
+            raise ValueError(f"edge {x}")
+        return x
+    out = stepmap.map(edges, range(8), retries=0, batch_size=4, return_exceptions=True,
+                      run_id="edges", **options)
+    assert sorted(out.failed) == [3, 4] and out[:3] + out[5:] == [0, 1, 2, 5, 6, 7]
+    assert [(out[p].item, out[p].error_message) for p in (3, 4)] == [(3, "edge 3"),
+                                                                     (4, "edge 4")]
+    for failed in (Path(options["runs"]) / "edges").glob("FAILED_*.json"):
+        for entry in json.loads(failed.read_text()):  # each names its one item, alone
+            first, end = entry["ItemPositions"]
+            assert end == first + 1 and json.loads(entry["Input"])["Items"] == \
+                {"Range": [first, end]}
+
     def one_bad(x):
         if x == 50:
             raise ValueError("fifty")
@@ -230,6 +246,26 @@ def test_timeout_fails_the_item_as_timeout_error(options):
         stepmap.map(fn, range(4), retries=0, timeout=1.5, batch_size=1, **options)
     assert info.value.error_type == "TaskTimeout" and info.value.item == 2
 
+
+
+def test_a_timeout_is_its_whole_batchs_and_each_slot_says_so(options):
+    """A timeout names no item: every item of the batch fails with it, each slot holding an
+    exception for its own item and position, all listed in ``failed``."""
+    import time
+
+    def fn(x):
+        if x == 2:
+            time.sleep(60)
+        return x
+    out = stepmap.map(fn, range(8), retries=0, timeout=1.5, batch_size=4,
+                      return_exceptions=True, **options)
+    assert sorted(out.failed) == [0, 1, 2, 3] and out[4:] == [4, 5, 6, 7]
+    for position in range(4):
+        failure = out[position]
+        assert isinstance(failure, TimeoutError) and out.failed[position] is failure
+        assert (failure.position, failure.item) == (position, position)
+        assert f"item {position} ({position}) failed" in str(failure)
+        assert "with its batch, items 0-3" in str(failure)
 
 
 def test_maps_from_several_threads_share_one_runs_directory(options):
@@ -298,6 +334,50 @@ def test_same_run_id_resumes_without_recomputing(options, tmp_path):
     assert calls_in(calls) == counts
     with pytest.raises(UsageError, match="maps fn:"):
         stepmap.map(math.factorial, range(30), run_id="again", **options)
+
+
+def test_a_finished_maps_results_are_verified_when_it_is_called_again(options, tmp_path):
+    """Calling a finished map again reads its results back only if they still verify: an
+    edited result is computed again (with a warning), never returned."""
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: x * 3)
+    items = [5, 6, 7, 8]
+    assert stepmap.map(fn, items, run_id="edited", batch_size=2, **options) == [15, 18, 21, 24]
+    files = sorted((Path(options["runs"]) / "edited").glob("SUCCEEDED_*.json"))
+    entries = json.loads(files[0].read_text())
+    assert entries[0]["Output"] in ("[15,18]", "[21,24]")
+    edited = entries[0]["Output"].replace("1", "9").replace("2", "9")
+    entries[0]["Output"] = edited
+    files[0].write_text(json.dumps(entries))
+    with pytest.warns(UserWarning, match="1 stored result entry failed verification"):
+        assert stepmap.map(fn, items, run_id="edited", **options) == [15, 18, 21, 24]
+    assert sorted(calls_in(calls).values()) == [1, 1, 2, 2]  # the edited entry's two items
+    with warnings.catch_warnings():  # the edited entry, superseded, is not reported again
+        warnings.simplefilter("error")
+        assert stepmap.map(fn, items, run_id="edited", **options) == [15, 18, 21, 24]
+    assert sorted(calls_in(calls).values()) == [1, 1, 2, 2]
+
+
+def test_results_that_do_not_verify_are_never_read_back(runs):
+    """read_results on its own (as for an INCOMPLETE run): an entry that fails verification
+    is not returned; its items are pending, each saying why."""
+    from stepmap.api_results import read_results
+    from stepmap.results import RunStore
+    from stepmap.verify import Expected
+    assert stepmap.map(abs, [-1, -2, -3, -4], run_id="unread", batch_size=2, runs=runs,
+                       workers=1) == [1, 2, 3, 4]
+    store = RunStore.open(runs, "unread")
+    [path] = (Path(runs) / "unread").glob("SUCCEEDED_*.json")
+    entries = json.loads(path.read_text())
+    first = entries[0]["ItemPositions"][0]
+    entries[0]["Output"] = entries[0]["Output"].replace("1", "7").replace("3", "7")
+    path.write_text(json.dumps(entries))
+    out = read_results(store, 4, Expected({}, lambda: [-1, -2, -3, -4]))
+    assert out.pending == [first, first + 1] and not out.failed
+    assert all(out[p].error_type == "Unverified" and "run_id='unread'" in str(out[p])
+               for p in out.pending)
+    assert [v for p, v in enumerate(out) if p not in out.pending] == \
+        [abs(x) for p, x in enumerate([-1, -2, -3, -4]) if p not in out.pending]
 
 
 def test_a_list_of_items_is_kept_with_the_run(options, tmp_path):

@@ -29,7 +29,8 @@ from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
 from .errors import IncompleteRunError, ResultsError, StepmapError, UsageError
 from .results import RunRecord, RunStore, check_run_id, new_run_id
-from .sources import item_line, may_hold_long_int
+from .sources import item_line, may_hold_long_int, read_items
+from .verify import Expected, check_results
 from .workloads.function import FunctionRef, decode, function_ref, is_json_value
 from .api_results import MapResults, read_results
 
@@ -207,6 +208,7 @@ class Run:
         self._items_from = None
         self._items: list | None = None  # a fresh run's items, mapped from memory
         self._input: dict = {}
+        self._source: str | None = None  # where the run's stored items are
         if self._resume:
             record = store.read_run()
             if record.workload != str(self.ref):
@@ -214,8 +216,14 @@ class Run:
                                  "give a new run_id, or the same function to resume it")
             self.total_items = record.items
             self._items = _check_same_items(store, record, items)
-            if record.status == "SUCCEEDED":  # nothing to compute: no engine needed
-                self._report = RunReport.from_record(record)
+            self._input, self._source = record.input or {}, record.items_from
+            if record.status == "SUCCEEDED":  # nothing to compute, if its results still
+                # verify (else the resume computes again what no longer does)
+                verified = check_results(store, _succeeded_keys(store), self._expected())
+                if verified.items == record.items:  # (a rejected entry that a later attempt
+                    # computed again is superseded: it is not read, and not reported again)
+                    self._report = RunReport.from_record(record)
+                    self._report.accepted = frozenset(verified.accepted)
             return
         if isinstance(items, range):
             self._input = {"range": [items.start, items.stop, items.step]}
@@ -225,7 +233,16 @@ class Run:
         self.total_items = len(self._items)
         key = store.key(ITEMS_SNAPSHOT)  # kept with the run: resume reads the same items
         store.storage.put(key, text.encode())
-        self._items_from = store.storage.describe(key)
+        self._items_from = self._source = store.storage.describe(key)
+
+    def _expected(self) -> Expected:
+        """This run's items (a function map has no params), to verify its results by."""
+        bounds = self._input.get("range")
+        items = range(*bounds) if bounds is not None else self._items
+        if items is not None:
+            return Expected({}, lambda: items)
+        source = self._source or ""
+        return Expected({}, lambda: read_items(source, "jsonl"))
 
     def execute(self) -> None:
         """Run (or resume) to the end; a Ctrl-C in the calling thread is recorded, then
@@ -342,8 +359,14 @@ class Run:
     def _results(self, return_exceptions: bool) -> MapResults:
         """results(); a warning names the line of the caller's caller (results() or map())."""
         report = self._final()
+        if report.rejected:
+            one = len(report.rejected) == 1
+            warnings.warn(f"run {self.run_id}: {len(report.rejected)} stored result "
+                          f"entr{'y' if one else 'ies'} failed verification; "
+                          f"{'its' if one else 'their'} items were computed again (first: "
+                          f"{report.rejected[0]})", stacklevel=3)
         store = RunStore.open(self.executor.runs, self.run_id)
-        results = read_results(store, report.items)
+        results = read_results(store, report.items, self._expected(), report.accepted)
         if not results.failed and not results.pending:
             return results
         tolerated = report.pending == 0 and (self.executor.policy.tolerate_percent
@@ -360,7 +383,7 @@ class Run:
         report = self._final()
         if report.status != "SUCCEEDED":
             store = RunStore.open(self.executor.runs, self.run_id)
-            failed = read_results(store, report.items)
+            failed = read_results(store, report.items, self._expected(), report.accepted)
             if failed.failed:
                 raise failed.first_error()
             raise IncompleteRunError(f"run {self.run_id} is incomplete: {report.reason}",
@@ -377,6 +400,10 @@ class Run:
         done, total = self.progress
         state = self._report.status if self._report else "RUNNING"
         return f"<stepmap.Run {self.run_id} {state} {done}/{total if total is not None else '?'}>"
+
+
+def _succeeded_keys(store: RunStore) -> list[str]:
+    return RunStore.manifest_keys(store.read_manifest(), "SUCCEEDED")
 
 
 def _check_same_items(store: RunStore, record: RunRecord, items: Iterable) -> list | None:

@@ -13,9 +13,11 @@ import io
 import sys
 from typing import Any
 
-from .errors import ItemFailed, RemoteTraceback
+from .errors import ItemFailed, RemoteTraceback, ResultsError
 from .job import event_items, failing_position
+from .mapper import Intervals
 from .results import RunStore, entry_input, entry_output
+from .verify import Expected, check_results
 from .workloads.function import decode
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -38,56 +40,106 @@ class MapResults(list):
         return self[self.pending[0]]
 
 
-def read_results(store: RunStore, items: int) -> MapResults:
+def read_results(store: RunStore, items: int, expected: Expected,
+                 accepted: frozenset | None = None) -> MapResults:
+    """The run's results, from the SUCCEEDED entries that verify: ``accepted``, those the
+    run's reduce has just verified and counted, or (None) verified here against
+    ``expected``. A result damaged or edited on disk is never returned: its item is pending
+    (calling the same map again recomputes it)."""
     manifest = store.read_manifest()
     values: list[Any] = [None] * items
-    for entry in store.iter_entries(RunStore.manifest_keys(manifest, "SUCCEEDED")):
-        first = entry["ItemPositions"][0]
-        output = entry_output(entry)
-        stored = output if type(output) is list else [output]
-        if "{" in entry["Output"]:  # some envelope inside (plain results have no object)
-            stored = [decode(v, allow_pickle=True) for v in stored]
-        values[first:first + len(stored)] = stored
+    keys = RunStore.manifest_keys(manifest, "SUCCEEDED")
+    cache: dict = {}
+    if accepted is None:
+        verified = check_results(store, keys, expected)
+        accepted, cache = frozenset(verified.accepted), verified.cache
+    spans = []
+    for key in keys:
+        entries = cache.pop(key, None)
+        for index, entry in enumerate(entries if entries is not None
+                                      else store.read_entries(key)):
+            if (key, index) in accepted:
+                spans.append(_place(values, entry))
     results = MapResults(values)
     for entry in store.iter_entries(RunStore.manifest_keys(manifest, "FAILED")):
-        failure = _failure(entry, store.run_id)
-        first, end = entry["ItemPositions"]
-        for position in range(first, end):
-            results[position] = failure
-        results.failed[failure.position] = failure
+        for failure in _failures(entry, store.run_id, items):
+            results[failure.position] = results.failed[failure.position] = failure
+            spans.append((failure.position, failure.position + 1))
     run_id = store.run_id
     for entry in store.iter_entries(RunStore.manifest_keys(manifest, "PENDING")):
-        first, end = entry["ItemPositions"]
-        items_in = [item["index"] for item in event_items(entry_input(entry))]
+        first, end, items_in = _span(entry, items)
+        spans.append((first, end))
         for offset, position in enumerate(range(first, end)):
             results[position] = ItemFailed(
                 f"item {position} ({_short(items_in[offset])}) was not run: the map stopped "
                 "first", item=items_in[offset], position=position, error_type="NotRun",
                 run_id=run_id)
             results.pending.append(position)
+    for first, end in Intervals(spans).gaps(0, items):  # results that did not verify
+        for position in range(first, end):
+            results[position] = ItemFailed(
+                f"item {position} has no verified result (its stored result is damaged or "
+                f"was changed): call the same map with run_id={run_id!r} to compute it again",
+                position=position, error_type="Unverified", run_id=run_id)
+            results.pending.append(position)
+    results.pending.sort()
     return results
 
 
-def _failure(entry: dict, run_id: str) -> ItemFailed:
-    """The exception for a FAILED entry: the item that raised, the worker's error type,
-    message and traceback (and an instance of the original type when we know it here)."""
+def _place(values: list, entry: dict) -> tuple[int, int]:
+    """Put a verified SUCCEEDED entry's results in their slots; returns its span."""
+    first, end = entry["ItemPositions"]
+    output = entry_output(entry)
+    stored = output if type(output) is list else [output]
+    if len(stored) != end - first:
+        raise ResultsError(f"result entry {str(entry.get('Name'))[:60]!r} holds "
+                           f"{len(stored)} result(s) for {end - first} item(s)")
+    if "{" in entry["Output"]:  # some envelope inside (plain results have no object)
+        stored = [decode(v, allow_pickle=True) for v in stored]
+    values[first:end] = stored
+    return first, end
+
+
+def _span(entry: dict, count: int) -> tuple[int, int, list]:
+    """A FAILED or PENDING entry's [first, end) and its items' values, which must agree
+    (such entries carry no checksum: a damaged one is an error, never an IndexError)."""
+    span = entry.get("ItemPositions")
     items = [item["index"] for item in event_items(entry_input(entry))]
+    if (type(span) is not list or len(span) != 2 or not all(type(p) is int for p in span)
+            or not 0 <= span[0] < span[1] <= count or span[1] - span[0] != len(items)):
+        raise ResultsError(f"corrupt {entry.get('Status')} entry {str(entry.get('Name'))[:60]!r}"
+                           f": its ItemPositions {str(span)[:40]} do not match its "
+                           f"{len(items)} item(s) in a run of {count}")
+    return span[0], span[1], items
+
+
+def _failures(entry: dict, run_id: str, count: int) -> list[ItemFailed]:
+    """An exception for each item of a FAILED entry: the worker's error type, message and
+    traceback (and an instance of the original type when we know it here). A failure that
+    names no item (a timeout, a lost worker) is its whole batch's: each item's says so."""
+    first, _, items = _span(entry, count)
     cause, error = str(entry.get("Cause", "")), str(entry.get("Error", "Error"))
-    offset = failing_position(cause) or 0
+    named = failing_position(cause)
     message, _, trace = cause.partition(_TRACEBACK)
     message = message.strip()
-    position = entry["ItemPositions"][0] + offset
     attempts = entry.get("Attempts", 0)
-    text = (f"item {position} ({_short(items[offset])}) failed after {attempts} attempt(s): "
-            f"{error}: {message}")
     kind = _dual(_original_type(error, trace))
-    exc: ItemFailed = kind.__new__(kind, text)
-    ItemFailed.__init__(exc, text, item=items[offset], position=position, error_type=error,
-                        error_message=message, remote_traceback=_TRACEBACK + trace if trace
-                        else "", run_id=run_id, attempts=attempts)
-    if trace:
-        exc.__cause__ = RemoteTraceback(_TRACEBACK + trace.rstrip())
-    return exc
+    failures = []
+    for offset, item in enumerate(items):
+        position = first + offset
+        text = (f"item {position} ({_short(item)}) failed after {attempts} attempt(s): "
+                f"{error}: {message}")
+        if len(items) > 1:
+            text += (f" (item {first + named} of its batch raised it)" if named is not None
+                     else f" (with its batch, items {first}-{first + len(items) - 1})")
+        exc: ItemFailed = kind.__new__(kind, text)
+        ItemFailed.__init__(exc, text, item=item, position=position, error_type=error,
+                            error_message=message, remote_traceback=_TRACEBACK + trace
+                            if trace else "", run_id=run_id, attempts=attempts)
+        if trace:
+            exc.__cause__ = RemoteTraceback(_TRACEBACK + trace.rstrip())
+        failures.append(exc)
+    return failures
 
 
 def _original_type(error: str, trace: str) -> type | None:

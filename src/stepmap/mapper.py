@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Iterator
 from .engines.base import Executor
 from .task import Completion
 from .errors import ConfigError, EngineLost
-from .job import JSON, EventSpec, built, failing_position, is_compact_range, renumber_failure
+from .job import (JSON, EventSpec, built, failing_position, is_compact_range,
+                  renumber_failure)
 from .records import dataclass, field
 from .results import ResultSink, failure_entry, pending_entry, success_entry
 
@@ -357,22 +358,23 @@ def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec
                                            checksum=done.checksum))
                     outcome.succeeded += task.items
                     continue
-                task, rest, before = _isolate(task, done, ids)
+                batch = task
+                task, rest, before = _isolate(batch, done, ids)
                 if before is not None:  # the items before the failing one: their results
                     sink.add(before)
                     outcome.succeeded += before["ItemPositions"][1] - before["ItemPositions"][0]
                 for other in rest:  # the batch's other items run again, as tasks of their own
                     heapq.heappush(retry_queue, other)
                     outcome.tasks += 1
-                cause = done.cause or ""
-                if rest:
+                cause, alone = done.cause or "", task is not batch  # split from its batch
+                if alone:
                     cause = renumber_failure(cause, 0)
                 if task.attempts <= policy.retries and outcome.stopped_because is None:
                     outcome.retries += 1
                     task.not_before = time.monotonic() + policy.backoff(task.attempts)
                     heapq.heappush(retry_queue, task)
                 else:
-                    sink.add(failure_entry(_json(task.event) if rest or not done.input_json
+                    sink.add(failure_entry(_json(task.event) if alone or not done.input_json
                                            else done.input_json,
                                            error=done.error or "Error",
                                            cause=cause, positions=task.positions,

@@ -23,6 +23,7 @@ class Reduction:
     total: JSON
     items: int
     rejected: list = field(default_factory=list)  # entries ignored: "<file> <entry>: <why>"
+    accepted: frozenset = frozenset()  # (file key, entry index) of the entries counted
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
@@ -52,7 +53,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
         total: JSON = verified.items
     else:
         total = workload.reduce(verified.outputs(store, keys))
-    return Reduction(total, verified.items, verified.rejected)
+    return Reduction(total, verified.items, verified.rejected, frozenset(verified.accepted))
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:

@@ -47,6 +47,9 @@ class RunReport:
     rejected: list[str] = field(default_factory=list)  # entries that failed verification
     by_user: bool = False  # INTERRUPTED by Ctrl-C (exit 130), not by a lost engine (exit 1)
     resumable: bool = True  # False: a resume would fail the same way (the CLI gives no hint)
+    #: (file key, entry index) of the SUCCEEDED entries reduce verified and counted (None:
+    #: not known here), so stepmap.api reads back those and only those
+    accepted: frozenset | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,

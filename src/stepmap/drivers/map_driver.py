@@ -161,6 +161,7 @@ def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int,
         reduction = reduce_run(job.store, resolve(job.workload_ref), expected_items=item_total,
                                expected=_expected(job), written=written)
         report.total, report.rejected = reduction.total, reduction.rejected
+        report.accepted = reduction.accepted
     except IncompleteRunError as exc:
         report.status = "INTERRUPTED" if outcome.interrupted or outcome.lost else "INCOMPLETE"
         report.by_user = outcome.interrupted
