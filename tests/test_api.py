@@ -115,6 +115,18 @@ def test_a_value_that_cannot_be_stored_names_its_item(options):
     assert "neither JSON nor picklable" in str(failure) and "item 4" in str(failure)
 
 
+def test_bad_settings_are_named_as_they_were_given(runs):
+    """A bad argument is refused before anything runs, by the name the caller used."""
+    for given, message in [({"tolerate": 150}, "tolerate must be a percentage"),
+                           ({"memory_limit": -5}, "memory_limit must be at least 64 MB"),
+                           ({"backoff": -1}, "backoff must be between 0 and 3600"),
+                           ({"workers": 0}, "workers must be between 1 and 1024"),
+                           ({"retries": 1.5}, "retries must be an integer")]:
+        with pytest.raises(UsageError, match=f"^{message}"):
+            stepmap.Executor(runs=runs, **given)
+    assert not Path(runs).exists() or not any(Path(runs).iterdir())
+
+
 def test_items_must_be_json_values(runs):
     with pytest.raises(UsageError, match=r"item 1 is a tuple.*as a list"):
         stepmap.map(len, ["a", ("b",)], runs=runs)

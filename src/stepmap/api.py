@@ -27,7 +27,7 @@ from .bigint import MAX_INPUT_DIGITS
 from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
-from .errors import IncompleteRunError, ResultsError, StepmapError, UsageError
+from .errors import ConfigError, IncompleteRunError, ResultsError, StepmapError, UsageError
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .sources import item_line, may_hold_long_int, read_items
 from .verify import Expected, check_results
@@ -97,7 +97,10 @@ class Executor:
                       "backoff": backoff, "timeout": timeout, "tolerate": tolerate,
                       "tolerate_count": tolerate_count, "memory_limit": memory_limit,
                       "scheduler": scheduler}
-        self.policy = self.settings(None, None).policy  # validates every argument now
+        try:  # validates every argument now, naming it as it was given here
+            self.policy = self.settings(None, None).policy
+        except ConfigError as exc:
+            raise ConfigError(_ARGUMENTS.get(exc.field, exc.field), exc.problem) from None
         self._runs: list[Run] = []
 
     def map(self, fn: Callable, items: Iterable, *, run_id: str | None = None) -> "Run":
@@ -147,6 +150,11 @@ class Executor:
         elif self.engine == "dask" and given["scheduler"] is None and given["workers"] is None:
             given["scheduler"] = _dask_scheduler_address()
         return given
+
+
+#: Executor's argument for each RunConfig field it names differently.
+_ARGUMENTS = {"tolerate_percent": "tolerate", "memory_limit_mb": "memory_limit",
+              "backoff_seconds": "backoff"}
 
 
 def _refuse_in_bootstrapping_worker() -> None:
