@@ -231,6 +231,27 @@ def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_runs_once(options, tmp
     assert tolerated[:50] + tolerated[51:] == [x for x in range(100) if x != 50]
 
 
+def test_a_reduce_function_that_raises_keeps_every_result(options, tmp_path):
+    flag = tmp_path / "broken"
+    flag.touch()
+    calls = tmp_path / "calls"
+    fn = recording(calls, lambda x: x + 1)
+
+    def total(values):
+        if flag.exists():
+            raise ValueError("reduce broke")
+        return sum(values)
+    with pytest.raises(stepmap.ReduceFailed, match="reduce step raised ValueError: reduce "
+                       "broke \\(at .*test_api.py:[0-9]+ in total\\)") as info:
+        stepmap.map_reduce(fn, range(10), total, run_id="reduce-fails", **options)
+    assert isinstance(info.value.__cause__, ValueError)  # with the reduce's own traceback
+    record = json.loads((Path(options["runs"]) / "reduce-fails" / "run.json").read_text())
+    assert record["status"] == "FAILED" and "reduce broke" in record["reason"]
+    flag.unlink()  # fixed: the same call reduces again, computing nothing
+    assert stepmap.map_reduce(fn, range(10), total, run_id="reduce-fails", **options) == 55
+    assert calls_in(calls) == {x: 1 for x in range(10)}
+
+
 def test_killed_worker_costs_one_retry(options, tmp_path):
     once = tmp_path / "killed"
 

@@ -192,6 +192,37 @@ def test_user_workload_module(cli, runs, tmp_path, monkeypatch):
     assert code == 2 and "--workload wordjob:Lengths" in err
 
 
+def test_a_reduce_that_raises_is_one_line_and_resumes_once_fixed(cli, runs, tmp_path,
+                                                                   monkeypatch):
+    flag = tmp_path / "broken"
+    flag.touch()
+    (tmp_path / "breaks.py").write_text(
+        "import os\n"
+        "import stepmap\n"
+        "def start(event):\n"
+        "    return range(10)\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+        "def reduce(values):\n"
+        f"    if os.path.exists({str(flag)!r}):\n"
+        "        raise ValueError('reduce broke')\n"
+        "    return sum(values)\n"
+        "WL = stepmap.workload(start=start, compute=double, reduce=reduce, name='breaks')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = cli("run", "breaks:WL", "--results", runs, "--run-id", "rb")
+    assert code == 1 and out == "" and err.count("error:") == 1
+    assert "the reduce step raised ValueError: reduce broke (at " in err
+    assert "breaks.py:9 in reduce" in err
+    record = json.loads((Path(runs) / "rb" / "run.json").read_text())
+    assert record["status"] == "FAILED" and "reduce broke" in record["reason"]
+    flag.unlink()
+    code, out, _ = cli("resume", "rb", "--results", runs, "--workload", "breaks:WL")
+    assert code == 0 and out == "90\n"
+    code, out, _ = cli("runs", "rb", "--results", runs)
+    assert "attempt: #1 on local: computed 10 items" in out  # the one whose reduce raised
+    assert "attempt: #2 on local: computed 0 items" in out
+
+
 def test_a_job_parameter_named_index_is_refused(cli, runs, tmp_path, monkeypatch):
     (tmp_path / "clash.py").write_text(
         "from stepmap import Workload, Start\n"

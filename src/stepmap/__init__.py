@@ -5,11 +5,13 @@ The names a workload author needs are importable from here; everything else live
 module named after its concept (job, results, mapper, runner, engines, workloads, cli).
 """
 
-from .errors import IncompleteRunError, InvalidEvent, ItemFailed, StepmapError, UsageError
+from .errors import (IncompleteRunError, InvalidEvent, ItemFailed, ReduceFailed, StepmapError,
+                     UsageError)
 from .job import Param, Params, Start, Workload, batch_event, event_items, item_event
 
 __all__ = ["Workload", "Start", "Param", "Params", "event_items", "item_event", "batch_event",
            "StepmapError", "UsageError", "InvalidEvent", "IncompleteRunError", "ItemFailed",
+           "ReduceFailed",
            "map", "map_reduce", "Executor", "RunCancelled", "workload"]
 
 #: The Python library's names, imported on first use so `import stepmap` stays cheap.

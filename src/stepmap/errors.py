@@ -11,6 +11,8 @@
      │    └── EngineLost     (1)  the engine went away mid-run (a lost Dask scheduler):
      │                            the run stops as INTERRUPTED, resumable
      ├── IncompleteRunError  (1)  not every item succeeded, so there is no total
+ ├── ReduceFailed        (1)  the workload's reduce raised (the original error is its
+ │                            __cause__); every result is kept: resumable once it is fixed
      └── ItemFailed          (1)  stepmap.map: an item failed after its retries (carries the
                                   item, the original error type and message, the worker's
                                   traceback as __cause__; also an instance of the original
@@ -85,6 +87,16 @@ class IncompleteRunError(StepmapError):
         self.failed = failed
         self.pending = pending
         self.missing = missing or []
+        self.run_id = run_id
+
+
+class ReduceFailed(StepmapError):
+    """The workload's reduce (stepmap.map_reduce's reduce function) raised."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str, *, run_id: str | None = None):
+        super().__init__(message)
         self.run_id = run_id
 
 

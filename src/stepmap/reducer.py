@@ -9,9 +9,9 @@ counts as missing (resume recomputes it) and is reported.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from .errors import IncompleteRunError, ResultsError
+from .errors import IncompleteRunError, ReduceFailed, ResultsError, StepmapError
 from .job import JSON, Workload, item_count
 from .records import dataclass, field
 from .results import RunStore, entry_input
@@ -52,8 +52,25 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
     if workload.total_is_item_count:  # nothing to combine: the results stay unread here
         total: JSON = verified.items
     else:
-        total = workload.reduce(verified.outputs(store, keys))
+        total = _reduced(workload, verified.outputs(store, keys), store.run_id)
     return Reduction(total, verified.items, verified.rejected, frozenset(verified.accepted))
+
+
+def _reduced(workload: Workload, outputs: Iterable[JSON], run_id: str) -> JSON:
+    """workload.reduce(outputs); its own exception becomes one line naming where it was
+    raised (the original is the __cause__), since every result it was given is kept."""
+    try:
+        return workload.reduce(outputs)
+    except StepmapError:  # the results store's (a file changed while it was read)
+        raise
+    except Exception as exc:
+        import traceback  # only now: its linecache and tokenize imports cost every run
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" \
+            if frames else ""
+        raise ReduceFailed(f"run {run_id}: the reduce step raised {type(exc).__name__}: "
+                           f"{str(exc)[:300]}{where}; every result is kept: once reduce is "
+                           "fixed, resume the run", run_id=run_id) from exc
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:

@@ -114,17 +114,19 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
 
     attempt = Attempt(engine=config.engine, started=time.time(), settings=config.to_dict(),
                       already_done=already)
-    with _failed_on_error(store, record):  # e.g. the results disk filled up, a corrupt file
+    with _failed_on_error(store, record, attempt):  # e.g. the results disk filled up, a
+        # corrupt file, a reduce that raised
         outcome = run_map(executor, tasks, config.policy, sink, total_items=start.count,
                           on_progress=report_progress,
                           on_task_seconds=taper.observe if taper else None)
+        attempt.tasks, attempt.retries = outcome.tasks, outcome.retries
+        attempt.computed = outcome.succeeded
         report_progress(outcome)
         item_total = start.count if start.count is not None else already + outcome.items
         _write_manifest(store, sink, config.engine)
         report = _reduce(job, outcome, item_total, already,
                          {f.key: f.digest for f in sink.written})
-    attempt.finished, attempt.tasks = time.time(), outcome.tasks
-    attempt.retries, attempt.computed = outcome.retries, outcome.succeeded
+    attempt.finished = time.time()
     record.status, record.items, record.finished = report.status, item_total, time.time()
     record.succeeded, record.failed, record.pending = (report.succeeded, report.failed,
                                                        report.pending)
@@ -137,14 +139,17 @@ def _execute(job: RunJob, executor: Executor, done: Intervals,
 
 
 @contextlib.contextmanager
-def _failed_on_error(store: RunStore, record: RunRecord) -> Iterator[None]:
-    """An error that ends the attempt is said in the record (FAILED, with the reason), so
-    ``stepmap runs`` shows why instead of a run that merely stopped."""
+def _failed_on_error(store: RunStore, record: RunRecord, attempt: Attempt) -> Iterator[None]:
+    """An error that ends the attempt is said in the record (FAILED, with the reason, and
+    the attempt with what it computed), so ``stepmap runs`` shows why instead of a run that
+    merely stopped."""
     try:
         yield
     except StepmapError as exc:
         with contextlib.suppress(StepmapError):
             record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
+            attempt.finished = record.finished
+            record.attempts.append(attempt)
             store.write_run(record)
         raise
 
