@@ -223,6 +223,43 @@ def test_a_reduce_that_raises_is_one_line_and_resumes_once_fixed(cli, runs, tmp_
     assert "attempt: #2 on local: computed 0 items" in out
 
 
+def test_a_start_step_that_fails_is_one_line_and_runs_nothing(cli, runs, tmp_path,
+                                                                monkeypatch):
+    (tmp_path / "starts.py").write_text(
+        "import stepmap\n"
+        "from stepmap import Workload, Start, event_items\n"
+        "def keyed(event):\n"
+        "    return range(event['n'])\n"
+        "def number(event):\n"
+        "    return 5\n"
+        "def pairs(event):\n"
+        "    return [1, (2, 3)]\n"
+        "def one(x):\n"
+        "    return 1\n"
+        "KEYED, NUMBER, PAIRS = (stepmap.workload(start=s, compute=one, reduce=sum, name=n)\n"
+        "    for s, n in ((keyed, 'keyed'), (number, 'number'), (pairs, 'pairs')))\n"
+        "class Sets(Workload):\n"
+        "    def start(self, event):\n"
+        "        return Start(params={}, items=[1, {2, 3}, 4], count=3)\n"
+        "    def compute(self, event):\n"
+        "        return len(event_items(event))\n"
+        "    def reduce(self, outputs):\n"
+        "        return sum(outputs)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, message in [
+            ("KEYED", "the start step raised KeyError: 'n' (at "),
+            ("NUMBER", "number: start must return its items (a list, a range or another "
+                       "iterable) or a Start; it returned int"),
+            ("PAIRS", "pairs: start's item 1 is a tuple, not a JSON value")]:
+        code, out, err = cli("run", f"starts:{name}", "--results", runs)
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert not Path(runs).exists() or not any(Path(runs).iterdir())  # nothing was run
+    code, out, err = cli("run", "starts:Sets", "--results", runs, "--retries", "0")
+    assert code == 1 and out == "" and "Traceback" not in err  # the item's task fails, alone
+    assert "first failure: items-1-1: TypeError: Object of type set is not JSON" in err
+    assert "starts.py:4 in keyed" in cli("run", "starts:KEYED", "--results", runs)[2]
+
+
 def test_a_job_parameter_named_index_is_refused(cli, runs, tmp_path, monkeypatch):
     (tmp_path / "clash.py").write_text(
         "from stepmap import Workload, Start\n"

@@ -31,7 +31,8 @@ from .errors import ConfigError, IncompleteRunError, ResultsError, StepmapError,
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .sources import item_line, may_hold_long_int, read_items
 from .verify import Expected, check_results
-from .workloads.function import FunctionRef, decode, function_ref, is_json_value
+from .workloads.function import (FunctionRef, convert_hint, decode, function_ref,
+                                 is_json_value)
 from .api_results import MapResults, read_results
 
 __all__ = ["map", "map_reduce", "Executor", "Run", "MapResults", "RunCancelled"]
@@ -493,17 +494,8 @@ def _item_line(item: Any, position: int) -> str:
     if not is_json_value(item):
         raise UsageError(f"item {position} is a {type(item).__name__}, not a JSON value: items "
                          "travel to the workers as JSON (lists, objects, strings, numbers)"
-                         + _convert_hint(item))
+                         + convert_hint(item))
     return item_line(item)
-
-
-def _convert_hint(item: Any) -> str:
-    """How to turn the common non-JSON items into JSON ones."""
-    if hasattr(item, "tolist"):  # numpy scalars and arrays (numpy is not imported for this)
-        return "; pass numpy values as Python ones: items.tolist()"
-    if isinstance(item, tuple):
-        return "; pass a tuple as a list, e.g. [list(t) for t in items]"
-    return ""
 
 
 def _long_number(value: Any) -> bool:

@@ -4,6 +4,8 @@
      ├── UsageError          (2)  bad input: an option, the run input, a workload parameter
      │    ├── InvalidEvent   (2)  a step's event (a Lambda handler's input) is malformed
      │    ├── UnknownName    (2)  no such workload, engine, alphabet, method or run
+ │    ├── StartFailed    (2)  the workload's start raised (the original is its __cause__):
+ │                            nothing was run
      │    └── ConfigError    (2)  a run setting is out of range or cannot apply to the engine
      ├── ResultsError        (2)  the results store is unusable or its files are corrupt
      ├── RunLockedError      (2)  another process is already working on this run
@@ -47,6 +49,19 @@ class InvalidEvent(UsageError):
 
 class UnknownName(UsageError):
     pass
+
+
+class StartFailed(UsageError):
+    """The workload's start step raised: nothing was run."""
+
+
+def raised_at(exc: BaseException) -> str:
+    """" (at FILE:LINE in FUNCTION)", where ``exc`` was raised: a one-line error about a
+    step's own exception still says where to look."""
+    import traceback  # only now: its linecache and tokenize imports cost every run
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" \
+        if frames else ""
 
 
 class ConfigError(UsageError):

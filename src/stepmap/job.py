@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeGuard, overload
 
 from .bigint import parse_int_strict, reject_constant
-from .errors import InvalidEvent, UsageError
+from .errors import InvalidEvent, StartFailed, StepmapError, UsageError, raised_at
 from .records import dataclass, field
 
 JSON = Any
@@ -96,6 +96,21 @@ class Workload(ABC):
     @abstractmethod
     def reduce(self, outputs: Iterable[JSON]) -> JSON:
         """Combine every compute result (read back from the results store) into the total."""
+
+def started(workload: "Workload", run_input: dict) -> "Start":
+    """``workload.start(run_input)``; its own exception (not one of stepmap's) becomes a
+    one-line StartFailed naming where it was raised, the original as its ``__cause__``."""
+    try:
+        start = workload.start(run_input)
+    except StepmapError:
+        raise
+    except Exception as exc:
+        raise StartFailed(f"the start step raised {type(exc).__name__}: {str(exc)[:300]}"
+                          f"{raised_at(exc)}; nothing was run") from exc
+    if not isinstance(start, Start):
+        raise StartFailed(f"the start step returned a {type(start).__name__}, not a Start")
+    return start
+
 
 def item_event(value: JSON, params: Mapping) -> dict:
     """The event one compute call receives for one item (as ItemSelector builds it)."""

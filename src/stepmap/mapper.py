@@ -288,9 +288,13 @@ def _isolate(task: _Task, done: Completion, ids: Iterator[int]
 
 
 def _json(event) -> str:
-    if isinstance(event, EventSpec):
-        return event.input_json()
-    return json.dumps(built(event), separators=(",", ":"))
+    try:
+        if isinstance(event, EventSpec):
+            return event.input_json()
+        return json.dumps(built(event), separators=(",", ":"))
+    except (TypeError, ValueError):  # an item that is not JSON (its task failed on it):
+        # the FAILED or PENDING entry shows it as well as it can
+        return json.dumps(built(event), separators=(",", ":"), default=repr)
 
 
 def run_map(executor: Executor, tasks: Iterator[tuple[tuple[int, int], EventSpec]],

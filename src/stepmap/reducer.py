@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .errors import IncompleteRunError, ReduceFailed, ResultsError, StepmapError
+from .errors import (IncompleteRunError, ReduceFailed, ResultsError, StepmapError,
+                     raised_at)
 from .job import JSON, Workload, item_count
 from .records import dataclass, field
 from .results import RunStore, entry_input
@@ -64,13 +65,9 @@ def _reduced(workload: Workload, outputs: Iterable[JSON], run_id: str) -> JSON:
     except StepmapError:  # the results store's (a file changed while it was read)
         raise
     except Exception as exc:
-        import traceback  # only now: its linecache and tokenize imports cost every run
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" \
-            if frames else ""
         raise ReduceFailed(f"run {run_id}: the reduce step raised {type(exc).__name__}: "
-                           f"{str(exc)[:300]}{where}; every result is kept: once reduce is "
-                           "fixed, resume the run", run_id=run_id) from exc
+                           f"{str(exc)[:300]}{raised_at(exc)}; every result is kept: once "
+                           "reduce is fixed, resume the run", run_id=run_id) from exc
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:

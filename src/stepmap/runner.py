@@ -22,7 +22,7 @@ from .drivers import for_engine
 from .drivers.base import NotifyFn, ProgressFn, RunJob, RunReport
 from .errors import ResultsError, UsageError
 from .extras import require
-from .job import ITEM_KEY, Start
+from .job import ITEM_KEY, Start, started
 from .locks import create_run, lock_holder, run_lock
 from .mapper import MapPolicy
 from .results import RunRecord, RunStore, check_run_id, new_run_id
@@ -42,7 +42,7 @@ def run(workload_ref: str, run_input: dict[str, Any], config: RunConfig, *,
     (stepmap.api has just stored them there); this attempt maps them as they are."""
     began = time.time()
     _require_s3_client(config.runs, config.items_from)
-    start = resolve(workload_ref).start(run_input)
+    start = started(resolve(workload_ref), run_input)
     if ITEM_KEY in start.params:
         raise UsageError(f"workload {workload_ref} emits a job parameter named {ITEM_KEY!r}, "
                          "which would overwrite each item's value in its compute event")
@@ -104,7 +104,7 @@ def resume(run_id: str, legacy_config: RunConfig | None = None, *, runs: str | N
                              f"--workload {record.workload} to confirm importing it")
         # the caller's ref object when it names the saved workload (stepmap.api's carries code)
         ref = workload_ref if workload_ref == record.workload else record.workload
-        start = resolve(ref).start(record.input)
+        start = started(resolve(ref), record.input)
         job = RunJob(store, record, ref, start, config, began,
                      notify or (lambda line: None), items if record.items_from else None)
         return driver.resume(job, recorded_progress(job, progress))

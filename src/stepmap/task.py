@@ -65,11 +65,12 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
     started = time.time()
     spec = event
     direct = isinstance(spec, EventSpec) and not spec.params
-    if direct:  # a function map's item values: no event dict per item is built (see below)
-        event, input_json = None, spec.to_json(None)
-    else:
-        event, input_json = event_json(spec)
+    input_json = None
     try:
+        if direct:  # a function map's item values: no event dict per item is built (below)
+            event, input_json = None, spec.to_json(None)
+        else:  # (an item that is not JSON fails here: its task, not the worker)
+            event, input_json = event_json(spec)
         workload = resolve(workload_ref)
         if direct and hasattr(workload, "compute_values"):
             # a function map's fast path: the item values, without an event dict per item

@@ -164,6 +164,15 @@ def _stored(result: Any, position: int) -> Any:
         raise
 
 
+def convert_hint(item: Any) -> str:
+    """How to turn the common non-JSON items into JSON ones."""
+    if hasattr(item, "tolist"):  # numpy scalars and arrays (numpy is not imported for this)
+        return "; pass numpy values as Python ones: items.tolist()"
+    if isinstance(item, tuple):
+        return "; pass a tuple as a list, e.g. [list(t) for t in items]"
+    return ""
+
+
 def _inline(result: Any) -> bool:
     """Whether a result is stored as itself (a JSON number or string), not encoded."""
     kind = type(result)
@@ -286,7 +295,17 @@ class PlainWorkload(Workload):
         emitted = self._start(event)
         if isinstance(emitted, Start):
             return emitted
-        items = emitted if isinstance(emitted, range) else list(emitted)
+        if isinstance(emitted, range):
+            return Start(params={}, items=emitted, count=len(emitted), summary=self.summary)
+        if isinstance(emitted, (str, bytes, dict)) or not hasattr(emitted, "__iter__"):
+            raise UsageError(f"{self.name}: start must return its items (a list, a range or "
+                             f"another iterable) or a Start; it returned {type(emitted).__name__}")
+        items = list(emitted)
+        for position, item in enumerate(items):  # they travel as JSON: say which is not
+            if not is_json_value(item):
+                raise UsageError(f"{self.name}: start's item {position} is a "
+                                 f"{type(item).__name__}, not a JSON value: items travel to "
+                                 "compute as JSON" + convert_hint(item))
         return Start(params={}, items=items, count=len(items), summary=self.summary)
 
     def compute(self, event: dict) -> Any:
