@@ -7,6 +7,7 @@ is what lets the Dask workers (whose path holds src/ but not tests/) run them.""
 import json
 import math
 import os
+import pickle
 import uuid
 import warnings
 from concurrent.futures import CancelledError
@@ -163,6 +164,10 @@ def test_failed_item_raises_with_type_message_and_worker_traceback(options):
     assert failure.remote_traceback.startswith("Traceback (most recent call last):")
     assert ", in fn\n" in failure.remote_traceback  # the worker's frames (by value: no source)
     assert "KeyError: 'no key for 11'" in str(failure.__cause__)
+    again = pickle.loads(pickle.dumps(failure))  # as results holding failures are pickled
+    assert isinstance(again, KeyError) and isinstance(again, ItemFailed)
+    assert (again.item, again.position, again.attempts, str(again)) == \
+        (11, 11, 2, str(failure))
 
 
 def test_return_exceptions_and_tolerance_return_what_succeeded(options):
@@ -174,6 +179,8 @@ def test_return_exceptions_and_tolerance_return_what_succeeded(options):
                       **options)
     assert sorted(out.failed) == [4, 9, 14, 19]
     assert all(isinstance(out[p], ValueError) and out[p].item == p + 1 for p in out.failed)
+    copied = pickle.loads(pickle.dumps(out))
+    assert sorted(copied.failed) == [4, 9, 14, 19] and isinstance(copied[4], ValueError)
     assert [v for p, v in enumerate(out) if p not in out.failed] == \
         [-x for x in range(1, 21) if x % 5]
     with pytest.warns(UserWarning, match="4 item\\(s\\) failed"):

@@ -168,11 +168,27 @@ def _dual(original: type | None) -> type[ItemFailed]:
         return ItemFailed
     try:
         kind: type[ItemFailed] = type(original.__name__, (ItemFailed, original),
-                    {"__module__": "stepmap", "__str__": BaseException.__str__})
+                    {"__module__": "stepmap", "__str__": BaseException.__str__,
+                     "__reduce__": _reduce_dual, "original_type": original})
         kind.__new__(kind, "probe")
         return kind
     except TypeError:
         return ItemFailed
+
+
+def _reduce_dual(failure: ItemFailed) -> tuple:
+    """Pickle a dual failure by its original type (a class made here has no importable
+    name), so results holding failures can be pickled, and copied, like any results."""
+    return _restore_dual, (type(failure).original_type,  # type: ignore[attr-defined]
+                           str(failure), dict(failure.__dict__))
+
+
+def _restore_dual(original: type, text: str, state: dict) -> ItemFailed:
+    kind = _dual(original)
+    failure: ItemFailed = kind.__new__(kind, text)
+    ItemFailed.__init__(failure, text)
+    failure.__dict__.update(state)
+    return failure
 
 
 def _short(value: Any) -> str:
