@@ -24,12 +24,12 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from .engines.base import Executor
-from .task import Completion
 from .errors import ConfigError, EngineLost
 from .job import (JSON, EventSpec, built, failing_position, is_compact_range,
                   renumber_failure)
 from .records import dataclass, field
 from .results import ResultSink, failure_entry, pending_entry, success_entry
+from .task import Completion
 
 #: The largest batch stepmap builds by itself (an explicit --batch-size may be larger).
 AUTO_BATCH_MAX = 100_000

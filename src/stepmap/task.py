@@ -85,7 +85,8 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
         import traceback  # only now: its linecache and tokenize imports cost every run
         return Completion(task_id, False, input_json=input_json, error=type(exc).__name__,
                           cause=f"{exc}\n{traceback.format_exc()}".strip(),
-                          done_before=_done_before(spec, exc) if isinstance(spec, EventSpec) else None,
+                          done_before=_done_before(spec, exc)
+                          if isinstance(spec, EventSpec) else None,
                           started=started, stopped=time.time(), worker=worker_name())
     return Completion(task_id, True, output_json=output_json, input_json=input_json,
                       checksum=checksum(input_json, output_json), started=started,
