@@ -204,3 +204,21 @@ def test_a_frozen_worker_running_a_task_past_its_timeout_is_restarted(tmp_path, 
             except ProcessLookupError:
                 pass
             executor.close(cancel=True)
+
+
+def test_a_scheduler_that_does_not_answer_leaves_the_run_failed_with_why(cli, runs,
+                                                                        monkeypatch):
+    """The run is created before the engine opens: a scheduler nobody listens on ends it
+    FAILED, saying why, in one line (resumable on a working cluster), not RUNNING."""
+    import json
+    import socket
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("STEPMAP_DASK_SCHEDULER_TIMEOUT", "1")
+    code, out, err = cli("run", "s3keys", "--size", "10", "--engine", "dask", "--scheduler",
+                         f"tcp://127.0.0.1:{port}", "--results", runs, "--run-id", "unanswered")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert f"cannot connect to the Dask scheduler at tcp://127.0.0.1:{port}" in err
+    record = json.loads((Path(runs) / "unanswered" / "run.json").read_text())
+    assert record["status"] == "FAILED" and "cannot connect" in record["reason"]

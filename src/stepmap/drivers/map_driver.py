@@ -46,7 +46,7 @@ class MapDriver:
         return RunReport.from_record(record)
 
     def run(self, job: RunJob, progress: ProgressFn | None) -> RunReport:
-        executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
+        executor = _opened(job)
         with _closing(executor):
             return _execute(job, executor, Intervals(), progress)
 
@@ -57,7 +57,7 @@ class MapDriver:
         done = Intervals(check_results(job.store, [f.key for f in job.store.result_files()
                                                    if f.status == "SUCCEEDED"],
                                        _expected(job)).spans)
-        executor = open_executor(job.config, job.workload_ref, job.start.workers_hint)
+        executor = _opened(job)
         with _closing(executor):
             return _execute(job, executor, done, progress)
 
@@ -74,6 +74,19 @@ def open_executor(config: RunConfig, workload_ref: str,
     if config.policy.max_concurrency:
         options.setdefault("max_concurrency", config.policy.max_concurrency)
     return get_engine(config.engine).open(workload_ref, options)
+
+
+def _opened(job: RunJob) -> Executor:
+    """The run's executor; an engine that cannot start (a scheduler that does not answer)
+    leaves the run FAILED with the reason, resumable on a working one."""
+    try:
+        return open_executor(job.config, job.workload_ref, job.start.workers_hint)
+    except StepmapError as exc:
+        with contextlib.suppress(StepmapError):
+            job.record.status, job.record.reason = "FAILED", str(exc)
+            job.record.finished = time.time()
+            job.store.write_run(job.record)
+        raise
 
 
 @contextlib.contextmanager
