@@ -65,9 +65,10 @@ def _reduced(workload: Workload, outputs: Iterable[JSON], run_id: str) -> JSON:
     except StepmapError:  # the results store's (a file changed while it was read)
         raise
     except Exception as exc:
-        raise ReduceFailed(f"run {run_id}: the reduce step raised {type(exc).__name__}: "
-                           f"{str(exc)[:300]}{raised_at(exc)}; every result is kept: once "
-                           "reduce is fixed, resume the run", run_id=run_id) from exc
+        # (no run id in the text: in the AWS reduce Lambda the store's is the map run's)
+        raise ReduceFailed(f"the reduce step raised {type(exc).__name__}: {str(exc)[:300]}"
+                           f"{raised_at(exc)}; every result is kept: once reduce is fixed, "
+                           "resume the run", run_id=run_id) from exc
 
 
 def _unfinished(store: RunStore, manifest: dict) -> list[tuple[str, int, str]]:
