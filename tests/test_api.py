@@ -128,6 +128,14 @@ def test_bad_settings_are_named_as_they_were_given(runs):
     assert not Path(runs).exists() or not any(Path(runs).iterdir())
 
 
+def test_a_runs_location_that_is_a_file_is_said_so(tmp_path):
+    from stepmap.errors import ResultsError
+    (tmp_path / "afile").touch()
+    for items in ([1, 2], range(2)):  # a list is stored before the run starts: same message
+        with pytest.raises(ResultsError, match="results directory .*afile is not writable"):
+            stepmap.map(abs, items, runs=str(tmp_path / "afile"))
+
+
 def test_items_must_be_json_values(runs):
     with pytest.raises(UsageError, match=r"item 1 is a tuple.*as a list"):
         stepmap.map(len, ["a", ("b",)], runs=runs)

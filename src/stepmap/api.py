@@ -241,6 +241,7 @@ class Run:
         self._items, text = _items_and_text(items)
         self.total_items = len(self._items)
         key = store.key(ITEMS_SNAPSHOT)  # kept with the run: resume reads the same items
+        store.storage.ensure_writable()  # "not writable", rather than a failed write, first
         store.storage.put(key, text.encode())
         self._items_from = self._source = store.storage.describe(key)
 
