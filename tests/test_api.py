@@ -84,6 +84,18 @@ def test_a_map_returns_with_its_workers_gone(runs):
         assert workers() == before
 
 
+def test_the_dask_engine_uses_the_processs_default_client(dask_cluster, runs):
+    """A Dask user's own Client (the default one, as dask.compute uses) is where a map on
+    the dask engine runs, rather than a new local cluster of its own."""
+    from distributed import Client
+    with Client(dask_cluster.address) as client:
+        assert client is Client.current()
+        out = stepmap.map(abs, range(-3, 3), engine="dask", runs=runs, run_id="own-client")
+    assert out == [3, 2, 1, 0, 1, 2]
+    record = json.loads((Path(runs) / "own-client" / "run.json").read_text())
+    assert record["settings"]["engine_options"]["scheduler"] == dask_cluster.address
+
+
 def test_map_reduce_one_value(options):
     assert stepmap.map_reduce(lambda n: 3 ** n, range(300), sum, **options) == \
         sum(3 ** n for n in range(300))

@@ -75,8 +75,9 @@ class Executor:
     engine: "local" or "dask"; workers; batch_size (default: about four calls per worker);
     max_concurrency; retries (2); backoff (0.5 s); timeout (900 s per compute call);
     tolerate (percent of items) / tolerate_count; memory_limit (MB per worker); scheduler
-    (dask: an existing cluster's address; default: Dask's ``scheduler-address`` setting, else
-    a local cluster is started for the run); runs (the runs directory or s3:// location,
+    (dask: an existing cluster's address; default: the default ``distributed.Client``'s
+    cluster, else Dask's ``scheduler-address`` setting, else a local cluster is started for
+    the run); runs (the runs directory or s3:// location,
     default ./stepmap-runs); progress (True/False; default: in Jupyter or on a terminal).
     """
 
@@ -169,11 +170,17 @@ def _refuse_in_bootstrapping_worker() -> None:
 
 
 def _dask_scheduler_address() -> str | None:
-    """Dask's own setting (``DASK_SCHEDULER_ADDRESS``, or dask.config's
-    ``scheduler-address``), which ``distributed.Client()`` follows too: with it, a map on
-    the dask engine uses that cluster instead of starting a local one."""
+    """The cluster a Dask user already has: the default ``distributed.Client`` of this
+    process (as ``dask.compute`` uses it), else Dask's own setting (``DASK_SCHEDULER_ADDRESS``,
+    or dask.config's ``scheduler-address``, which ``distributed.Client()`` follows too). With
+    either, a map on the dask engine uses that cluster instead of starting a local one."""
     import dask.config
-    return dask.config.get("scheduler-address", None)
+    from distributed import default_client
+    try:
+        address = default_client().scheduler.address
+    except ValueError:  # no client in this process
+        address = None
+    return address or dask.config.get("scheduler-address", None)
 
 
 def _start_method() -> str | None:
