@@ -94,6 +94,12 @@ def test_the_dask_engine_uses_the_processs_default_client(dask_cluster, runs):
     assert out == [3, 2, 1, 0, 1, 2]
     record = json.loads((Path(runs) / "own-client" / "run.json").read_text())
     assert record["settings"]["engine_options"]["scheduler"] == dask_cluster.address
+    from distributed import LocalCluster  # threads in this process: not stepmap's to use
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as threads, \
+            Client(threads):
+        assert stepmap.map(abs, [-4], engine="dask", runs=runs, run_id="inproc") == [4]
+    record = json.loads((Path(runs) / "inproc" / "run.json").read_text())
+    assert record["settings"]["engine_options"].get("scheduler") is None  # its own cluster
 
 
 def test_map_reduce_one_value(options):

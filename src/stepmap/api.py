@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sized
 
 from . import runner
 from .bigint import MAX_INPUT_DIGITS
-from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig
+from .config import DEFAULT_RUNS_DIR, REMOTE_ENGINES, RunConfig, is_scheduler_address
 from .drivers.base import RunReport
 from .drivers.map_driver import ITEMS_SNAPSHOT
 from .errors import ConfigError, IncompleteRunError, ResultsError, StepmapError, UsageError
@@ -180,6 +180,8 @@ def _dask_scheduler_address() -> str | None:
         address = default_client().scheduler.address
     except ValueError:  # no client in this process
         address = None
+    if address and not is_scheduler_address(address):  # an in-process cluster (inproc://):
+        address = None  # its workers are threads here, which stepmap's timeouts cannot stop
     return address or dask.config.get("scheduler-address", None)
 
 
