@@ -150,3 +150,47 @@ def test_ctrl_c_stops_workers_and_leaves_a_resumable_run(mode, tmp_path):
         counts[item] = counts.get(item, 0) + 1
     assert set(counts) == set(range(40))
     assert all(counts[item] == 1 for item in finished)  # finished items were not recomputed
+
+
+@pytest.mark.parametrize("mode", ["map", "executor"])
+def test_a_killed_script_leaves_no_worker_and_the_same_call_finishes_it(mode, tmp_path):
+    """The fault around a run: the calling program SIGKILLed mid-map. Its workers die with
+    it, the run is left RUNNING (``stepmap runs``: STOPPED), and the same call, run again,
+    finishes it without recomputing what reached a result file."""
+    import psutil
+    (tmp_path / "script.py").write_text(SCRIPT)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    argv = [sys.executable, "script.py", str(calls), mode]
+    proc = subprocess.Popen(argv + ["slow"], cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list(calls.iterdir())) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)  # past a flush of the results (at least every second)
+    program = psutil.Process(proc.pid)
+    helpers = {p.pid for p in program.children()  # a forkserver, a resource tracker
+               if "multiprocessing" in " ".join(p.cmdline())}
+    processes = program.children(recursive=True)
+    assert [p for p in processes if p.pid not in helpers]  # the workers, forked or served
+    proc.kill()
+    proc.communicate(timeout=60)
+    gone, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive  # none outlives the program, even a worker asleep in a task
+    record = json.loads((tmp_path / "runs" / "ctrlc" / "run.json").read_text())
+    assert record["status"] == "RUNNING"
+    finished = set()
+    for path in (tmp_path / "runs" / "ctrlc").glob("SUCCEEDED_*.json"):
+        for entry in json.loads(path.read_text()):
+            finished.update(range(*entry["ItemPositions"]))
+    assert 0 < len(finished) < 40
+    resumed = subprocess.run(argv + ["fast"], cwd=tmp_path, env=ENV, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(resumed.stdout) == 2 * sum(range(40))
+    counts: dict = {}
+    for path in calls.iterdir():
+        item = int(path.name.split("-")[0])
+        counts[item] = counts.get(item, 0) + 1
+    assert set(counts) == set(range(40))
+    assert all(counts[item] == 1 for item in finished)  # finished items were not recomputed
