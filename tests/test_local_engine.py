@@ -27,6 +27,7 @@ def test_memory_exhaustion_fails_only_that_item(runs):
     store = RunStore.open(runs, report.run_id)
     [failed] = store.iter_entries(RunStore.manifest_keys(store.read_manifest(), "FAILED"))
     assert failed["Error"] == "MemoryError"
+    assert failed["Cause"].startswith("out of memory under the worker's memory limit of 512 MB")
 
 
 def test_worker_is_replaced_after_it_dies():

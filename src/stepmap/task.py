@@ -84,13 +84,28 @@ def execute(workload_ref: str, task_id: int, event) -> Completion:
     except (Exception, SystemExit) as exc:  # every failure of the step becomes task data
         import traceback  # only now: its linecache and tokenize imports cost every run
         return Completion(task_id, False, input_json=input_json, error=type(exc).__name__,
-                          cause=f"{exc}\n{traceback.format_exc()}".strip(),
+                          cause=f"{_message(exc)}\n{traceback.format_exc()}".strip(),
                           done_before=_done_before(spec, exc)
                           if isinstance(spec, EventSpec) else None,
                           started=started, stopped=time.time(), worker=worker_name())
     return Completion(task_id, True, output_json=output_json, input_json=input_json,
                       checksum=checksum(input_json, output_json), started=started,
                       stopped=time.time(), worker=worker_name())
+
+
+def _message(exc: BaseException) -> str:
+    """The exception's message; a bare MemoryError under a worker's memory limit says so."""
+    message = str(exc)
+    if isinstance(exc, MemoryError) and not message:
+        try:
+            import resource
+        except ImportError:  # not POSIX: no limit was set (see local_worker)
+            return message
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            message = (f"out of memory under the worker's memory limit of "
+                       f"{limit // (1024 * 1024):,} MB (--memory-limit, memory_limit=)")
+    return message
 
 
 def _done_before(spec: EventSpec, exc: BaseException) -> tuple[int, str, str, str] | None:
