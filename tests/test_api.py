@@ -557,5 +557,7 @@ def test_a_run_handle_reports_progress_cancels_and_resumes(runs, tmp_path):
         assert again.result() == sum(range(30))
         again.cancel()  # too late: a finished run stays finished
         assert not again.cancelled() and again.result() == sum(range(30))
+        plain = ex.map(abs, range(-2, 2))
+        assert plain.result() == plain.results() == [2, 1, 0, 1]  # not its item count
     assert stepmap.map(fn, range(30), run_id="handle", runs=runs) == list(range(30))
     assert max(calls_in(calls).values()) <= 2

@@ -398,7 +398,10 @@ class Run:
         raise results.first_error()
 
     def result(self) -> Any:
-        """map_reduce's total: ``reduce_fn`` over every result (none is missing)."""
+        """map_reduce's total: ``reduce_fn`` over every result (none is missing); for a map,
+        its results, as :meth:`results` (a map's own total is only its item count)."""
+        if not self.reduce:
+            return self._results(False)
         report = self._final()
         if report.status != "SUCCEEDED":
             store = RunStore.open(self.executor.runs, self.run_id)
