@@ -559,5 +559,6 @@ def test_a_run_handle_reports_progress_cancels_and_resumes(runs, tmp_path):
         assert not again.cancelled() and again.result() == sum(range(30))
         plain = ex.map(abs, range(-2, 2))
         assert plain.result() == plain.results() == [2, 1, 0, 1]  # not its item count
+        assert repr(plain.wait()).endswith("verified entries>)")  # not one pair per entry
     assert stepmap.map(fn, range(30), run_id="handle", runs=runs) == list(range(30))
     assert max(calls_in(calls).values()) <= 2

@@ -30,7 +30,7 @@ from .drivers.map_driver import ITEMS_SNAPSHOT
 from .errors import ConfigError, IncompleteRunError, ResultsError, StepmapError, UsageError
 from .results import RunRecord, RunStore, check_run_id, new_run_id
 from .sources import item_line, may_hold_long_int, read_items
-from .verify import Expected, check_results
+from .verify import Accepted, Expected, check_results
 from .workloads.function import (FunctionRef, convert_hint, decode, function_ref,
                                  is_json_value)
 from .api_results import MapResults, read_results
@@ -241,7 +241,7 @@ class Run:
                 if verified.items == record.items:  # (a rejected entry that a later attempt
                     # computed again is superseded: it is not read, and not reported again)
                     self._report = RunReport.from_record(record)
-                    self._report.accepted = frozenset(verified.accepted)
+                    self._report.accepted = Accepted(verified.accepted)
             return
         if isinstance(items, range):
             self._input = {"range": [items.start, items.stop, items.step]}

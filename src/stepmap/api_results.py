@@ -17,7 +17,7 @@ from .errors import ItemFailed, RemoteTraceback, ResultsError
 from .job import event_items, failing_position
 from .mapper import Intervals
 from .results import RunStore, entry_input, entry_output
-from .verify import Expected, check_results
+from .verify import Accepted, Expected, check_results
 from .workloads.function import decode
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -41,7 +41,7 @@ class MapResults(list):
 
 
 def read_results(store: RunStore, items: int, expected: Expected,
-                 accepted: frozenset | None = None) -> MapResults:
+                 accepted: Accepted | None = None) -> MapResults:
     """The run's results, from the SUCCEEDED entries that verify: ``accepted``, those the
     run's reduce has just verified and counted, or (None) verified here against
     ``expected``. A result damaged or edited on disk is never returned: its item is pending
@@ -52,7 +52,7 @@ def read_results(store: RunStore, items: int, expected: Expected,
     cache: dict = {}
     if accepted is None:
         verified = check_results(store, keys, expected)
-        accepted, cache = frozenset(verified.accepted), verified.cache
+        accepted, cache = Accepted(verified.accepted), verified.cache
     spans = []
     for key in keys:
         entries = cache.pop(key, None)

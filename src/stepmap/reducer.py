@@ -16,7 +16,7 @@ from .errors import (IncompleteRunError, ReduceFailed, ResultsError, StepmapErro
 from .job import JSON, Workload, item_count
 from .records import dataclass, field
 from .results import RunStore, entry_input
-from .verify import Expected, Verified, check_results, entry_positions
+from .verify import Accepted, Expected, Verified, check_results, entry_positions
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Reduction:
     total: JSON
     items: int
     rejected: list = field(default_factory=list)  # entries ignored: "<file> <entry>: <why>"
-    accepted: frozenset = frozenset()  # (file key, entry index) of the entries counted
+    accepted: Accepted = Accepted()  # the entries counted
 
 
 def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | None,
@@ -54,7 +54,7 @@ def reduce_run(store: RunStore, workload: Workload, *, expected_items: int | Non
         total: JSON = verified.items
     else:
         total = _reduced(workload, verified.outputs(store, keys), store.run_id)
-    return Reduction(total, verified.items, verified.rejected, frozenset(verified.accepted))
+    return Reduction(total, verified.items, verified.rejected, Accepted(verified.accepted))
 
 
 def _reduced(workload: Workload, outputs: Iterable[JSON], run_id: str) -> JSON:

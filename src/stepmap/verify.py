@@ -123,6 +123,14 @@ class _Span:
     ranged: bool = False  # a sub-range map item's [first, end] position (stepmap.aws)
 
 
+class Accepted(frozenset):
+    """(file key, entry index) of the SUCCEEDED entries that verified; shown by its size,
+    since a report that carries it is printed (one pair per result entry)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} verified entries>"
+
+
 @dataclass
 class Verified:
     """The SUCCEEDED entries that passed, what they cover, and what was ignored."""

@@ -18,6 +18,10 @@ from ..job import Start
 from ..records import dataclass, field
 from ..results import RunRecord, RunStore
 
+TYPE_CHECKING = False  # (the constant type checkers treat as true; see records.py)
+if TYPE_CHECKING:
+    from ..verify import Accepted
+
 #: (items done, items failed so far) -> None; drawn by the CLI's progress bar
 ProgressFn = Callable[[int, int], None]
 #: one informational line for the user (the CLI prints it on stderr unless --quiet/--json)
@@ -49,7 +53,7 @@ class RunReport:
     resumable: bool = True  # False: a resume would fail the same way (the CLI gives no hint)
     #: (file key, entry index) of the SUCCEEDED entries reduce verified and counted (None:
     #: not known here), so stepmap.api reads back those and only those
-    accepted: frozenset | None = None
+    accepted: Accepted | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "items": self.items, "succeeded": self.succeeded,
