@@ -110,19 +110,47 @@ def test_an_unguarded_script_is_told_to_guard_its_top_level(tmp_path):
     assert "if __name__ == '__main__':" in proc.stderr
 
 
-@pytest.mark.parametrize("mode", ["map", "executor"])
-def test_ctrl_c_stops_workers_and_leaves_a_resumable_run(mode, tmp_path):
+def start_slow_script(tmp_path, mode: str, calls_before: int, **popen):
+    """SCRIPT started on its slow items, once it has made ``calls_before`` calls: (the
+    process, its argv, the directory its calls leave a file in)."""
     (tmp_path / "script.py").write_text(SCRIPT)
     calls = tmp_path / "calls"
     calls.mkdir()
     argv = [sys.executable, "script.py", str(calls), mode]
     proc = subprocess.Popen(argv + ["slow"], cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own process group, as a terminal's
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     deadline = time.monotonic() + 60
-    while len(list(calls.iterdir())) < 6 and time.monotonic() < deadline:
+    while len(list(calls.iterdir())) < calls_before and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    return proc, argv, calls
+
+
+def finish_without_recomputing(tmp_path, argv, calls, status: str) -> None:
+    """The stopped run has ``status`` and some finished items; the same call, run again,
+    finishes it, and no item that reached a result file runs a second time."""
+    record = json.loads((tmp_path / "runs" / "ctrlc" / "run.json").read_text())
+    assert record["status"] == status
+    finished = set()
+    for path in (tmp_path / "runs" / "ctrlc").glob("SUCCEEDED_*.json"):
+        for entry in json.loads(path.read_text()):
+            finished.update(range(*entry["ItemPositions"]))
+    assert 0 < len(finished) < 40
+    resumed = subprocess.run(argv + ["fast"], cwd=tmp_path, env=ENV, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(resumed.stdout) == 2 * sum(range(40))
+    counts: dict = {}
+    for path in calls.iterdir():
+        item = int(path.name.split("-")[0])
+        counts[item] = counts.get(item, 0) + 1
+    assert set(counts) == set(range(40))
+    assert all(counts[item] == 1 for item in finished)  # finished items were not recomputed
+
+
+@pytest.mark.parametrize("mode", ["map", "executor"])
+def test_ctrl_c_stops_workers_and_leaves_a_resumable_run(mode, tmp_path):
+    proc, argv, calls = start_slow_script(tmp_path, mode, 6, start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends (its own group)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT, err
     assert "KeyboardInterrupt" in err and "run_id='ctrlc'" in err
@@ -133,23 +161,7 @@ def test_ctrl_c_stops_workers_and_leaves_a_resumable_run(mode, tmp_path):
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    record = json.loads((tmp_path / "runs" / "ctrlc" / "run.json").read_text())
-    assert record["status"] == "INTERRUPTED"
-    finished = set()
-    for path in (tmp_path / "runs" / "ctrlc").glob("SUCCEEDED_*.json"):
-        for entry in json.loads(path.read_text()):
-            finished.update(range(*entry["ItemPositions"]))
-    assert 0 < len(finished) < 40
-    resumed = subprocess.run(argv + ["fast"], cwd=tmp_path, env=ENV, capture_output=True,
-                             text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert int(resumed.stdout) == 2 * sum(range(40))
-    counts: dict = {}
-    for path in calls.iterdir():
-        item = int(path.name.split("-")[0])
-        counts[item] = counts.get(item, 0) + 1
-    assert set(counts) == set(range(40))
-    assert all(counts[item] == 1 for item in finished)  # finished items were not recomputed
+    finish_without_recomputing(tmp_path, argv, calls, "INTERRUPTED")
 
 
 @pytest.mark.parametrize("mode", ["map", "executor"])
@@ -158,15 +170,7 @@ def test_a_killed_script_leaves_no_worker_and_the_same_call_finishes_it(mode, tm
     it, the run is left RUNNING (``stepmap runs``: STOPPED), and the same call, run again,
     finishes it without recomputing what reached a result file."""
     import psutil
-    (tmp_path / "script.py").write_text(SCRIPT)
-    calls = tmp_path / "calls"
-    calls.mkdir()
-    argv = [sys.executable, "script.py", str(calls), mode]
-    proc = subprocess.Popen(argv + ["slow"], cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(list(calls.iterdir())) < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc, argv, calls = start_slow_script(tmp_path, mode, 8)
     time.sleep(1.2)  # past a flush of the results (at least every second)
     program = psutil.Process(proc.pid)
     helpers = {p.pid for p in program.children()  # a forkserver, a resource tracker
@@ -177,20 +181,4 @@ def test_a_killed_script_leaves_no_worker_and_the_same_call_finishes_it(mode, tm
     proc.communicate(timeout=60)
     gone, alive = psutil.wait_procs(processes, timeout=10)
     assert not alive  # none outlives the program, even a worker asleep in a task
-    record = json.loads((tmp_path / "runs" / "ctrlc" / "run.json").read_text())
-    assert record["status"] == "RUNNING"
-    finished = set()
-    for path in (tmp_path / "runs" / "ctrlc").glob("SUCCEEDED_*.json"):
-        for entry in json.loads(path.read_text()):
-            finished.update(range(*entry["ItemPositions"]))
-    assert 0 < len(finished) < 40
-    resumed = subprocess.run(argv + ["fast"], cwd=tmp_path, env=ENV, capture_output=True,
-                             text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert int(resumed.stdout) == 2 * sum(range(40))
-    counts: dict = {}
-    for path in calls.iterdir():
-        item = int(path.name.split("-")[0])
-        counts[item] = counts.get(item, 0) + 1
-    assert set(counts) == set(range(40))
-    assert all(counts[item] == 1 for item in finished)  # finished items were not recomputed
+    finish_without_recomputing(tmp_path, argv, calls, "RUNNING")
