@@ -4,8 +4,8 @@
      ├── UsageError          (2)  bad input: an option, the run input, a workload parameter
      │    ├── InvalidEvent   (2)  a step's event (a Lambda handler's input) is malformed
      │    ├── UnknownName    (2)  no such workload, engine, alphabet, method or run
- │    ├── StartFailed    (2)  the workload's start raised (the original is its __cause__):
- │                            nothing was run
+     │    ├── StartFailed    (2)  the workload's start raised (the original is its __cause__):
+     │                            nothing was run
      │    └── ConfigError    (2)  a run setting is out of range or cannot apply to the engine
      ├── ResultsError        (2)  the results store is unusable or its files are corrupt
      ├── RunLockedError      (2)  another process is already working on this run
@@ -13,8 +13,8 @@
      │    └── EngineLost     (1)  the engine went away mid-run (a lost Dask scheduler):
      │                            the run stops as INTERRUPTED, resumable
      ├── IncompleteRunError  (1)  not every item succeeded, so there is no total
- ├── ReduceFailed        (1)  the workload's reduce raised (the original error is its
- │                            __cause__); every result is kept: resumable once it is fixed
+     ├── ReduceFailed        (1)  the workload's reduce raised (the original error is its
+     │                            __cause__); every result is kept: resumable once it is fixed
      └── ItemFailed          (1)  stepmap.map: an item failed after its retries (carries the
                                   item, the original error type and message, the worker's
                                   traceback as __cause__; also an instance of the original

@@ -97,7 +97,8 @@ class Workload(ABC):
     def reduce(self, outputs: Iterable[JSON]) -> JSON:
         """Combine every compute result (read back from the results store) into the total."""
 
-def started(workload: "Workload", run_input: dict) -> "Start":
+
+def started(workload: Workload, run_input: dict) -> Start:
     """``workload.start(run_input)``; its own exception (not one of stepmap's) becomes a
     one-line StartFailed naming where it was raised, the original as its ``__cause__``."""
     try:

@@ -82,10 +82,7 @@ def _opened(job: RunJob) -> Executor:
     try:
         return open_executor(job.config, job.workload_ref, job.start.workers_hint)
     except StepmapError as exc:
-        with contextlib.suppress(StepmapError):
-            job.record.status, job.record.reason = "FAILED", str(exc)
-            job.record.finished = time.time()
-            job.store.write_run(job.record)
+        _record_failure(job.store, job.record, exc)
         raise
 
 
@@ -159,12 +156,18 @@ def _failed_on_error(store: RunStore, record: RunRecord, attempt: Attempt) -> It
     try:
         yield
     except StepmapError as exc:
-        with contextlib.suppress(StepmapError):
-            record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
-            attempt.finished = record.finished
-            record.attempts.append(attempt)
-            store.write_run(record)
+        attempt.finished = time.time()
+        record.attempts.append(attempt)
+        _record_failure(store, record, exc)
         raise
+
+
+def _record_failure(store: RunStore, record: RunRecord, exc: StepmapError) -> None:
+    """The run is FAILED, with the error as its reason (if the record can still be written:
+    the error may be the results store's own)."""
+    with contextlib.suppress(StepmapError):
+        record.status, record.reason, record.finished = "FAILED", str(exc), time.time()
+        store.write_run(record)
 
 
 def _reduce(job: RunJob, outcome: MapOutcome, item_total: int, already: int,
