@@ -402,7 +402,8 @@ def test_same_run_id_resumes_without_recomputing(options, tmp_path):
         stepmap.map(math.factorial, range(30), run_id="again", **options)
 
 
-def test_a_finished_maps_results_are_verified_when_it_is_called_again(options, tmp_path):
+def test_a_finished_maps_results_are_verified_when_it_is_called_again(options, tmp_path,
+                                                                      monkeypatch):
     """Calling a finished map again reads its results back only if they still verify: an
     edited result is computed again (with a warning), never returned."""
     calls = tmp_path / "calls"
@@ -418,10 +419,16 @@ def test_a_finished_maps_results_are_verified_when_it_is_called_again(options, t
     with pytest.warns(UserWarning, match="1 stored result entry failed verification"):
         assert stepmap.map(fn, items, run_id="edited", **options) == [15, 18, 21, 24]
     assert sorted(calls_in(calls).values()) == [1, 1, 2, 2]  # the edited entry's two items
+    from stepmap.results import RunStore
+    parsed: list = []
+    parse = RunStore.parse_entries
+    monkeypatch.setattr(RunStore, "parse_entries",
+                        lambda self, key, data: parsed.append(key) or parse(self, key, data))
     with warnings.catch_warnings():  # the edited entry, superseded, is not reported again
         warnings.simplefilter("error")
         assert stepmap.map(fn, items, run_id="edited", **options) == [15, 18, 21, 24]
     assert sorted(calls_in(calls).values()) == [1, 1, 2, 2]
+    assert sorted(parsed) == sorted(set(parsed)) and parsed  # each file parsed once
 
 
 def test_results_that_do_not_verify_are_never_read_back(runs):

@@ -227,6 +227,7 @@ class Run:
         self._items: list | None = None  # a fresh run's items, mapped from memory
         self._input: dict = {}
         self._source: str | None = None  # where the run's stored items are
+        self._entries: dict = {}  # result files already parsed (key -> entries), if small
         if self._resume:
             record = store.read_run()
             if record.workload != str(self.ref):
@@ -242,6 +243,7 @@ class Run:
                     # computed again is superseded: it is not read, and not reported again)
                     self._report = RunReport.from_record(record)
                     self._report.accepted = Accepted(verified.accepted)
+                    self._entries = verified.cache  # parsed once: results() reads these
             return
         if isinstance(items, range):
             self._input = {"range": [items.start, items.stop, items.step]}
@@ -385,7 +387,8 @@ class Run:
                           f"{'its' if one else 'their'} items were computed again (first: "
                           f"{report.rejected[0]})", stacklevel=3)
         store = RunStore.open(self.executor.runs, self.run_id)
-        results = read_results(store, report.items, self._expected(), report.accepted)
+        results = read_results(store, report.items, self._expected(), report.accepted,
+                               self._entries)
         if not results.failed and not results.pending:
             return results
         tolerated = report.pending == 0 and (self.executor.policy.tolerate_percent
@@ -405,7 +408,8 @@ class Run:
         report = self._final()
         if report.status != "SUCCEEDED":
             store = RunStore.open(self.executor.runs, self.run_id)
-            failed = read_results(store, report.items, self._expected(), report.accepted)
+            failed = read_results(store, report.items, self._expected(), report.accepted,
+                                  self._entries)
             if failed.failed:
                 raise failed.first_error()
             raise IncompleteRunError(f"run {self.run_id} is incomplete: {report.reason}",

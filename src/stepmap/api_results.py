@@ -41,15 +41,16 @@ class MapResults(list):
 
 
 def read_results(store: RunStore, items: int, expected: Expected,
-                 accepted: Accepted | None = None) -> MapResults:
+                 accepted: Accepted | None = None, parsed: dict | None = None) -> MapResults:
     """The run's results, from the SUCCEEDED entries that verify: ``accepted``, those the
-    run's reduce has just verified and counted, or (None) verified here against
+    run's reduce (or the caller) has just verified, or (None) verified here against
     ``expected``. A result damaged or edited on disk is never returned: its item is pending
-    (calling the same map again recomputes it)."""
+    (calling the same map again recomputes it). ``parsed``: result files the verification
+    already parsed (key -> entries), not read again."""
     manifest = store.read_manifest()
     values: list[Any] = [None] * items
     keys = RunStore.manifest_keys(manifest, "SUCCEEDED")
-    cache: dict = {}
+    cache: dict = dict(parsed or {})
     if accepted is None:
         verified = check_results(store, keys, expected)
         accepted, cache = Accepted(verified.accepted), verified.cache
